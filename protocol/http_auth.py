@@ -1,0 +1,129 @@
+"""Signed HTTP requests: every organizer and peer request carries its sender's signature.
+
+The sender signs ``SIGN_PREFIX`` followed by these lines joined with ``\\n``::
+
+    METHOD
+    /path?query          (exactly as sent, percent-encoding included)
+    hex SHA-256 of the body (of b"" when there is none)
+    unix time in seconds (decimal)
+    nonce (base64url of 16 random bytes)
+
+and sends ``Podlink-Key``, ``Podlink-Time``, ``Podlink-Nonce``, ``Podlink-Signature``
+(base64url). The receiver refuses a time outside :data:`WINDOW_S` of its own clock
+(``stale``) and a nonce it has seen within the window (``replayed``, see NonceCache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from podlink.protocol.errors import ProtocolError
+from podlink.protocol.keys import KEY_LEN, SIG_LEN, Keypair, verify_signature
+from podlink.protocol.text import b64d, b64e
+
+SIGN_PREFIX = b"podlink/http/v1\x00"
+WINDOW_S = 300  # a signed request is good for five minutes either side of our clock
+H_KEY, H_TIME, H_NONCE, H_SIG = (
+    "Podlink-Key", "Podlink-Time", "Podlink-Nonce", "Podlink-Signature",
+)  # fmt: skip
+
+
+def signing_input(method: str, path_qs: str, body: bytes, when: int, nonce: str) -> bytes:
+    lines = [method.upper(), path_qs, hashlib.sha256(body).hexdigest(), str(when), nonce]
+    return SIGN_PREFIX + "\n".join(lines).encode("utf-8")
+
+
+def sign_request(
+    keypair: Keypair,
+    method: str,
+    path_qs: str,
+    body: bytes = b"",
+    *,
+    when: int | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The four headers that authenticate one request by ``keypair``."""
+    when = int(time.time()) if when is None else when
+    nonce = b64e(os.urandom(16)) if nonce is None else nonce
+    sig = keypair.sign(signing_input(method, path_qs, body, when, nonce))
+    return {H_KEY: keypair.public_text, H_TIME: str(when), H_NONCE: nonce, H_SIG: b64e(sig)}
+
+
+class SignedRequest:
+    """What a verified request tells: who sent it, and its nonce and time."""
+
+    __slots__ = ("key", "nonce", "when")
+
+    def __init__(self, key: bytes, when: int, nonce: str) -> None:
+        self.key, self.when, self.nonce = key, when, nonce
+
+
+def verify_request(
+    headers: Mapping[str, str],
+    method: str,
+    path_qs: str,
+    body: bytes,
+    *,
+    now: float | None = None,
+) -> SignedRequest:
+    """Check a request's signature headers. Raises ``unauthorised``, ``stale`` or ``forged``.
+    Replays are the caller's to refuse, with a :class:`NonceCache`."""
+    missing = [h for h in (H_KEY, H_TIME, H_NONCE, H_SIG) if h not in headers]
+    if missing:
+        raise ProtocolError("unauthorised", f"unsigned request: missing {', '.join(missing)}")
+    key = b64d(headers[H_KEY], length=KEY_LEN, what=H_KEY)
+    sig = b64d(headers[H_SIG], length=SIG_LEN, what=H_SIG)
+    nonce = headers[H_NONCE]
+    if not 16 <= len(nonce) <= 64:
+        raise ProtocolError("invalid", f"{H_NONCE} must be 16 to 64 characters")
+    try:
+        when = int(headers[H_TIME])
+    except ValueError:
+        raise ProtocolError("invalid", f"{H_TIME} must be unix seconds") from None
+    now = time.time() if now is None else now
+    if abs(now - when) > WINDOW_S:
+        raise ProtocolError(
+            "stale",
+            f"request time is {int(now - when)} s away from this node's clock "
+            f"(limit {WINDOW_S} s); check the clock of the sending machine",
+        )
+    if not verify_signature(key, signing_input(method, path_qs, body, when, nonce), sig):
+        raise ProtocolError("forged", "request signature does not verify")
+    return SignedRequest(key, when, nonce)
+
+
+class NonceCache:
+    """Remembers (key, nonce) pairs for the signature window, bounded in size.
+
+    A request older than the window is refused as stale anyway, so remembering nonces
+    for ``WINDOW_S`` seconds either side is enough to refuse every replay; when full, the
+    oldest entries go first and the cache refuses requests older than what it still holds.
+    """
+
+    def __init__(self, capacity: int = 100_000, window_s: int = WINDOW_S) -> None:
+        self._seen: OrderedDict[tuple[bytes, str], float] = OrderedDict()
+        self._capacity = capacity
+        self._window = window_s
+        self._floor = 0.0  # requests at or before this time can no longer be checked
+
+    def check_and_add(self, req: SignedRequest, now: float | None = None) -> None:
+        """Raise ``replayed`` if this (key, nonce) was seen; remember it otherwise."""
+        now = time.time() if now is None else now
+        while self._seen:
+            (_, oldest_at) = next(iter(self._seen.items()))
+            if oldest_at >= now - 2 * self._window:
+                break
+            self._seen.popitem(last=False)
+        ident = (req.key, req.nonce)
+        if ident in self._seen:
+            raise ProtocolError("replayed", "this request was already received (nonce reused)")
+        if req.when <= self._floor:
+            raise ProtocolError("stale", "request too old for this node's replay window")
+        if len(self._seen) >= self._capacity:
+            _, dropped_at = self._seen.popitem(last=False)
+            self._floor = max(self._floor, dropped_at + 0.0)
+        self._seen[ident] = float(req.when)
