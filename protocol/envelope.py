@@ -42,7 +42,7 @@ Key32 = Annotated[bytes, msgspec.Meta(min_length=KEY_LEN, max_length=KEY_LEN)]
 Id32 = Annotated[bytes, msgspec.Meta(min_length=ID_LEN, max_length=ID_LEN)]
 Sig64 = Annotated[bytes, msgspec.Meta(min_length=SIG_LEN, max_length=SIG_LEN)]
 KindName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=MAX_KIND_LEN, pattern=r"^[a-z][a-z0-9.\-]*$")
+    str, msgspec.Meta(min_length=1, max_length=MAX_KIND_LEN, pattern=r"^[a-z][a-z0-9.\-]*\Z")
 ]
 
 
@@ -169,9 +169,11 @@ def encode_wire(payload: bytes, sig: bytes, body: bytes | None) -> bytes:
     return _encoder.encode(Wire(payload, sig, body))
 
 
-def _invalid(err: msgspec.MsgspecError, what: str) -> ProtocolError:
+def _invalid(err: Exception, what: str) -> ProtocolError:
     text = str(err)
-    if "length <=" in text or "at most length" in text:
+    # Only a size limit (a Meta max_length) is too-large; an array with too many
+    # elements ("at most length N") is a malformed header or event, so invalid.
+    if "length <=" in text:
         return ProtocolError("too-large", f"{what}: {text}")
     return ProtocolError("invalid", f"{what}: {text}")
 
@@ -182,7 +184,7 @@ def decode_header(payload: bytes) -> Header:
         raise ProtocolError("too-large", f"header is {len(payload)} bytes, limit {MAX_HEADER}")
     try:
         header = _header_decoder.decode(payload)
-    except msgspec.MsgspecError as err:
+    except (msgspec.MsgspecError, UnicodeDecodeError) as err:  # msgspec lets bad UTF-8 through
         raise _invalid(err, "malformed header") from None
     if header.v not in SUPPORTED_VERSIONS:
         raise ProtocolError(
@@ -199,7 +201,7 @@ def decode_event(data: bytes | memoryview) -> Event:
         raise ProtocolError("too-large", f"event is {len(data)} bytes, limit {MAX_EVENT}")
     try:
         wire = _wire_decoder.decode(data)
-    except msgspec.MsgspecError as err:
+    except (msgspec.MsgspecError, UnicodeDecodeError) as err:
         raise _invalid(err, "malformed event") from None
     return Event(decode_header(wire.payload), wire.payload, wire.sig, wire.body)
 
@@ -210,6 +212,21 @@ def decode_event_list(data: bytes) -> list[bytes]:
         return [bytes(raw) for raw in _wire_list_decoder.decode(data)]
     except msgspec.MsgspecError as err:
         raise _invalid(err, "malformed event list") from None
+
+
+def verify_signature_parts(
+    id_: bytes, author: bytes, payload: bytes, sig: bytes, body: bytes | None
+) -> str | None:
+    """Re-check stored parts of an event; a sentence naming the problem, or None if sound."""
+    if blake2b256(payload) != id_:
+        return "id is not the hash of its header"
+    if not verify_signature(author, SIGN_PREFIX + payload, sig):
+        return "signature does not verify"
+    if body is not None:
+        header = decode_header(payload)
+        if len(body) != header.body_size or blake2b256(body) != header.body_hash:
+            return "body does not match its header hash"
+    return None
 
 
 def check_time(event: Event, now_ms: int | None = None) -> None:

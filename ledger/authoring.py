@@ -1,0 +1,51 @@
+"""Writing this pod's own events: chain the next event of a feed and sign it.
+
+Used by the CLI (organizers' keys) and the node (its pod key), and by tests; the head of
+a feed comes from the ledger or from the node's organizer API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+
+from podlink.protocol import clock
+from podlink.protocol.envelope import Event, Lane, sign_event
+from podlink.protocol.keys import Keypair
+from podlink.protocol.kinds import Body, encode_body
+
+
+@dataclass
+class Author:
+    """A key writing for a pod: remembers its feed heads so each event chains on the last."""
+
+    keypair: Keypair
+    pod: bytes
+    clock: clock.HybridClock = field(default_factory=clock.HybridClock)
+    heads: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # lane -> (seq, id)
+
+    def set_head(self, lane: str, seq: int, id_: bytes | None, ts: int = 0) -> None:
+        if seq and id_ is not None:
+            self.heads[lane] = (seq, id_)
+        else:
+            self.heads.pop(lane, None)
+        self.clock.observe(ts)
+
+    def write(
+        self,
+        body: Body | msgspec.Struct,
+        lane: Lane,
+        refs: list[bytes] | tuple[bytes, ...] = (),
+        *,
+        ts: int | None = None,
+    ) -> Event:
+        """Sign the next event of this author's ``lane`` feed."""
+        seq, prev = self.heads.get(lane, (0, None))
+        event = sign_event(
+            self.keypair, pod=self.pod, lane=lane, seq=seq + 1, prev=prev,
+            ts=self.clock.now() if ts is None else ts, kind=type(body).KIND,  # type: ignore[attr-defined]
+            body=encode_body(body), refs=refs,
+        )  # fmt: skip
+        self.heads[lane] = (seq + 1, event.id)
+        return event

@@ -1,0 +1,471 @@
+"""The ingest pipeline: verify → dedupe → chain → authorise → store → project.
+
+One call of :func:`ingest_batch` is one SQLite transaction. Per event it returns a
+result: ``stored``, ``duplicate``, ``pending`` (waiting for a feed predecessor or for its
+author's roster entry) or ``refused`` with a reason word. Stateless checks (decode,
+signature, body hash, kind rules) run before the transaction, signature checks spread over
+a thread pool (libsodium releases the GIL); stateful ones run in store order inside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from podlink.ledger import projections
+from podlink.ledger import state as st
+from podlink.ledger.store import chunks, marks, rows
+from podlink.protocol import clock, kinds
+from podlink.protocol.envelope import Event, check_time, decode_event
+from podlink.protocol.errors import ProtocolError, Reason
+from podlink.protocol.text import b64e
+
+if TYPE_CHECKING:
+    from podlink.ledger.ledger import Ledger
+
+log = logging.getLogger("podlink.ledger")
+
+Status = Literal["stored", "duplicate", "pending", "refused"]
+PARALLEL_MIN = 64  # below this many events, verifying inline beats a thread hand-off
+
+
+class IngestResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What happened to one submitted event."""
+
+    status: Status
+    id: str | None = None  # base64url id, when the bytes decoded far enough
+    reason: Reason | None = None
+    message: str = ""
+    body_dropped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("stored", "duplicate")
+
+
+@dataclass
+class Candidate:
+    """An event that passed the stateless checks, with what the stateful ones need."""
+
+    index: int  # position in the submitted batch; -1 for events released from pending
+    event: Event
+    body: kinds.Body | None
+    wire: bytes
+    body_dropped: bool = False
+
+
+@dataclass
+class Batch:
+    """State of one ingest transaction."""
+
+    ledger: Ledger
+    source: str
+    allow_pending: bool
+    now: int
+    results: list[IngestResult | None]
+    rows: list[tuple] = field(default_factory=list)
+    heads: dict[tuple[bytes, str], tuple[int, bytes, int]] = field(default_factory=dict)
+    dirty_heads: dict[tuple[bytes, str], bytes] = field(default_factory=dict)  # feed -> pod
+    roots: set[bytes] = field(default_factory=set)
+    claim_roots: dict[bytes, bytes] = field(default_factory=dict)  # claim id -> request
+    waiting_seq: dict[tuple[bytes, str, int], list[Candidate]] = field(default_factory=dict)
+    waiting_roster: list[Candidate] = field(default_factory=list)
+    forks: list[tuple] = field(default_factory=list)
+    released: int = 0
+    stored: int = 0
+
+    def result(self, cand: Candidate, res: IngestResult) -> None:
+        if cand.index >= 0:
+            self.results[cand.index] = res
+
+
+def _refused(err: ProtocolError, id_: bytes | None = None) -> IngestResult:
+    return IngestResult("refused", b64e(id_) if id_ else None, err.reason, err.message)
+
+
+def _check_stateless(wire: bytes, now: int) -> tuple[Event, kinds.Body | None, bool]:
+    """Decode, check time, signature, body hash and kind rules; runs in a worker thread.
+
+    A body that does not match its header is dropped (DESIGN: the header is kept)."""
+    ev = decode_event(wire)
+    ev.verify_signature()
+    check_time(ev, now)
+    dropped = False
+    if ev.body is not None and not ev.body_matches():
+        ev, dropped = ev.without_body(), True
+    return ev, kinds.check_kind(ev), dropped
+
+
+def _check_all(wires: Sequence[bytes], now: int) -> list[tuple | ProtocolError]:
+    out: list[tuple | ProtocolError] = []
+    for w in wires:
+        try:
+            out.append(_check_stateless(w, now))
+        except ProtocolError as err:
+            out.append(err)
+    return out
+
+
+async def check_stateless(
+    wires: Sequence[bytes], now: int, executor: Executor | None, workers: int
+) -> list[tuple | ProtocolError]:
+    """Run the stateless checks, split over ``workers`` threads for large batches."""
+    if executor is None or workers < 2 or len(wires) < PARALLEL_MIN:
+        return _check_all(wires, now)
+    loop = asyncio.get_running_loop()
+    size = -(-len(wires) // workers)
+    parts = [wires[i : i + size] for i in range(0, len(wires), size)]
+    done = await asyncio.gather(*(loop.run_in_executor(executor, _check_all, p, now) for p in parts))
+    return [r for part in done for r in part]
+
+
+async def ingest_batch(
+    ledger: Ledger, wires: Sequence[bytes], *, source: str, allow_pending: bool
+) -> list[IngestResult]:
+    """Ingest ``wires`` (events in wire form) as one transaction; see the module doc."""
+    db = ledger.db
+    now = clock.now_ms()
+    results: list[IngestResult | None] = [None] * len(wires)
+
+    # 1. Stateless checks: size, decode, time, signature, body hash, kind rules.
+    checked = await check_stateless(wires, now, ledger.executor, ledger.workers)
+    fresh: list[Candidate] = []
+    for i, outcome in enumerate(checked):
+        if isinstance(outcome, ProtocolError):
+            results[i] = _refused(outcome)
+        else:
+            ev, body, dropped = outcome
+            fresh.append(Candidate(i, ev, body, wires[i], dropped))
+
+    # 2. Dedupe, within the batch and against the store (refilling bodies lost in transit).
+    batch = Batch(ledger, source, allow_pending, now, results)
+    seen: set[bytes] = set()
+    unique: list[Candidate] = []
+    for cand in fresh:
+        if cand.event.id in seen:
+            batch.result(cand, IngestResult("duplicate", cand.event.id_text))
+        else:
+            seen.add(cand.event.id)
+            unique.append(cand)
+    known = await _known_ids(db, [c.event.id for c in unique])
+    refills: list[Candidate] = []
+    candidates: list[Candidate] = []
+    for cand in unique:
+        refillable = known.get(cand.event.id)
+        if refillable is None:
+            candidates.append(cand)
+            continue
+        if refillable and cand.event.body is not None:
+            refills.append(cand)
+        batch.result(cand, IngestResult("duplicate", cand.event.id_text))
+
+    if not candidates and not refills:
+        return [r or IngestResult("refused") for r in results]
+
+    # 3. Chain, authorise, store, project: one transaction.
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await _load_heads(batch, candidates)
+        for cand in candidates:
+            await _offer(batch, cand)
+        await _park_waiting(batch)
+        await _flush(batch)
+        for cand in refills:
+            await db.execute(
+                "UPDATE events SET body = ? WHERE id = ? AND body IS NULL AND dropped = 0",
+                (cand.event.body, cand.event.id),
+            )
+            root = st.root_of(cand.event.kind, cand.event.id, cand.event.pod,
+                              tuple(cand.event.header.refs))  # fmt: skip
+            if root is not None:
+                batch.roots.add(await _resolve_root(batch, cand.event, root))
+        await projections.refold(db, batch.roots, ledger.roster)
+        await db.commit()
+    except BaseException:
+        await db.rollback()
+        ledger.forget_caches()
+        raise
+    ledger.after_commit(batch)
+    return [r or IngestResult("refused") for r in results]
+
+
+async def _known_ids(db, ids: list[bytes]) -> dict[bytes, bool]:
+    """Stored ids, each with whether its body is missing and may be refilled."""
+    known: dict[bytes, bool] = {}
+    for part in chunks(ids):
+        sql = (
+            "SELECT id, body IS NULL AND dropped = 0 FROM events "
+            f"WHERE id IN ({marks(len(part))})"
+        )
+        for id_, refillable in await rows(db, sql, part):
+            known[id_] = bool(refillable)
+    return known
+
+
+async def _load_heads(batch: Batch, cands: list[Candidate]) -> None:
+    feeds = list({(c.event.author, c.event.lane) for c in cands})
+    cache = batch.ledger.heads
+    missing = [f for f in feeds if f not in cache]
+    for part in chunks(missing, 250):
+        where = " OR ".join(["(author = ? AND lane = ?)"] * len(part))
+        params = [x for f in part for x in f]
+        for author, lane, seq, id_, ts in await rows(
+            batch.ledger.db, f"SELECT author, lane, seq, id, ts FROM feeds WHERE {where}", params
+        ):
+            cache[(author, lane)] = (seq, id_, ts)
+    for f in feeds:
+        if f in cache:
+            batch.heads[f] = cache[f]
+
+
+async def _offer(batch: Batch, cand: Candidate) -> None:
+    """Chain and authorise one candidate; store it, park it, or refuse it."""
+    ev = cand.event
+    h = ev.header
+    ledger = batch.ledger
+    feed = (h.author, h.lane)
+    head_seq, head_id, head_ts = batch.heads.get(feed, (0, None, -1))
+
+    # Pod-lane events never leave their pod: refuse other pods' ones outright.
+    if h.lane == "pod" and ledger.pod is not None and h.pod != ledger.pod:
+        batch.result(cand, _refused(ProtocolError(
+            "unauthorised", "pod-lane events of another pod are never accepted"), ev.id))
+        return
+
+    # Chain: the next seq with prev = our head; a gap waits; a clash is a fork.
+    if h.seq <= head_seq:
+        kept_id = await _id_at(batch, h.author, h.lane, h.seq)
+        if kept_id == ev.id:  # a copy released from pending after a fresh one was stored
+            batch.result(cand, IngestResult("duplicate", ev.id_text))
+        else:
+            _record_fork(batch, cand, kept_id)
+        return
+    if h.seq == head_seq + 1 and h.prev != head_id:
+        _record_fork(batch, cand, head_id or b"")  # its history differs from ours before it
+        return
+    if h.seq > head_seq + 1:
+        _wait(batch, cand, "seq", f"waiting for seq {head_seq + 1} of this feed")
+        return
+    if h.ts <= head_ts:
+        batch.result(cand, _refused(ProtocolError(
+            "invalid", "timestamp is not after the previous event of its feed"), ev.id))
+        return
+
+    # Authorisation: the pod's key, or an organizer on its roster at this timestamp.
+    if not ledger.roster.authorised(h.pod, h.author, h.ts):
+        if ledger.roster.ever_added(h.pod, h.author, h.ts):
+            batch.result(cand, _refused(ProtocolError(
+                "unauthorised", "author was removed from its pod's roster before this event"),
+                ev.id))  # fmt: skip
+        else:
+            _wait(batch, cand, "roster", "author not (yet) on its pod's roster")
+        return
+
+    await _store(batch, cand)
+
+
+def _wait(batch: Batch, cand: Candidate, why: str, message: str) -> None:
+    if not batch.allow_pending:
+        batch.result(cand, _refused(ProtocolError("pending", message), cand.event.id))
+        return
+    h = cand.event.header
+    if why == "seq":
+        batch.waiting_seq.setdefault((h.author, h.lane, h.seq), []).append(cand)
+    else:
+        batch.waiting_roster.append(cand)
+    batch.result(cand, IngestResult("pending", cand.event.id_text, "pending", message))
+
+
+async def _id_at(batch: Batch, author: bytes, lane: str, seq: int) -> bytes:
+    """The id of the stored event at a feed position (this batch's unflushed rows too)."""
+    for r in batch.rows:
+        if r[3] == author and r[4] == lane and r[5] == seq:
+            return r[1]
+    kept = await rows(
+        batch.ledger.db,
+        "SELECT id FROM events WHERE author = ? AND lane = ? AND seq = ?",
+        (author, lane, seq),
+    )
+    return kept[0][0] if kept else b""
+
+
+def _record_fork(batch: Batch, cand: Candidate, kept_id: bytes) -> None:
+    """Keep the newcomer's signed header as evidence next to the event we hold."""
+    h = cand.event.header
+    batch.forks.append((
+        h.author, h.lane, h.seq, kept_id, cand.event.id, cand.event.payload, cand.event.sig,
+        batch.source, batch.now,
+    ))  # fmt: skip
+    log.warning(
+        "fork: %s signed two events at %s seq %d (kept %s, refused %s, from %s)",
+        b64e(h.author)[:8], h.lane, h.seq, b64e(kept_id)[:8], cand.event.id_text[:8],
+        batch.source,
+    )  # fmt: skip
+    batch.result(cand, _refused(ProtocolError(
+        "fork", f"another event is already stored at {h.lane} seq {h.seq} of this author"),
+        cand.event.id))  # fmt: skip
+
+
+async def _resolve_root(batch: Batch, ev: Event, root: bytes) -> bytes:
+    """Map a claim's answer to the claim's request when the claim is known."""
+    if ev.kind not in st.CLAIM_ANSWERS:
+        return root
+    if root in batch.claim_roots:
+        return batch.claim_roots[root]
+    found = await rows(
+        batch.ledger.db, "SELECT root FROM events WHERE id = ? AND kind = 'claim.make'", (root,)
+    )
+    return found[0][0] if found and found[0][0] is not None else root
+
+
+async def _store(batch: Batch, cand: Candidate) -> None:
+    ev, h = cand.event, cand.event.header
+    ledger = batch.ledger
+    root = st.root_of(h.kind, ev.id, h.pod, tuple(h.refs))
+    if root is not None:
+        root = await _resolve_root(batch, ev, root)
+        batch.roots.add(root)
+    if h.kind == "claim.make" and root is not None:
+        batch.claim_roots[ev.id] = root
+    pos = ledger.next_pos
+    ledger.next_pos += 1
+    batch.rows.append((
+        pos, ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, root, ev.payload, ev.sig,
+        ev.body, batch.now,
+    ))  # fmt: skip
+    feed = (h.author, h.lane)
+    batch.heads[feed] = (h.seq, ev.id, h.ts)
+    batch.dirty_heads[feed] = h.pod
+    batch.stored += 1
+    batch.result(cand, IngestResult("stored", ev.id_text, body_dropped=cand.body_dropped))
+    ledger.clock.observe(h.ts)
+
+    if h.kind in st.ROSTER_KINDS:
+        await _flush(batch)  # the roster fold reads this event from the table
+        changed = await projections.refold_roster(ledger.db, ledger.roster, h.pod)
+        if changed:
+            batch.roots.update(await _roots_by_authors(batch, changed))
+            await _release_roster_waiters(batch, changed)
+
+    # Successors that were waiting for exactly this event.
+    nxt = (h.author, h.lane, h.seq + 1)
+    for waiter in batch.waiting_seq.pop(nxt, []):
+        await _offer(batch, waiter)
+    if feed in ledger.pending_feeds:
+        for waiter in await _take_pending(batch, "seq = ? AND author = ? AND lane = ?",
+                                          (h.seq + 1, h.author, h.lane)):  # fmt: skip
+            await _offer(batch, waiter)
+
+
+async def _roots_by_authors(batch: Batch, authors: set[bytes]) -> set[bytes]:
+    await _flush(batch)
+    keys = list(authors)
+    found: set[bytes] = set()
+    for part in chunks(keys):
+        sql = (
+            f"SELECT DISTINCT root FROM events WHERE author IN ({marks(len(part))}) "
+            "AND root IS NOT NULL"
+        )
+        found.update(r[0] for r in await rows(batch.ledger.db, sql, part))
+    return found
+
+
+async def _release_roster_waiters(batch: Batch, keys: set[bytes]) -> None:
+    waiters = [c for c in batch.waiting_roster if c.event.author in keys]
+    batch.waiting_roster = [c for c in batch.waiting_roster if c.event.author not in keys]
+    if batch.ledger.pending_roster & keys:
+        part = list(keys)[:500]
+        waiters += await _take_pending(
+            batch, f"why = 'roster' AND author IN ({marks(len(part))})", part
+        )
+    for cand in waiters:
+        await _offer(batch, cand)
+
+
+async def _take_pending(batch: Batch, where: str, params: Sequence) -> list[Candidate]:
+    """Move parked events matching ``where`` out of the pending table, ready to retry."""
+    db = batch.ledger.db
+    found = await rows(db, f"SELECT id, wire, source FROM pending WHERE {where}", params)
+    if not found:
+        return []
+    await db.executemany("DELETE FROM pending WHERE id = ?", [(r[0],) for r in found])
+    for _, _, source in found:
+        batch.ledger.pending_count_changed(source, -1, [])
+    out = []
+    for _, wire, _ in found:
+        ev = decode_event(wire)  # verified before it was parked
+        if ev.body is not None and not ev.body_matches():
+            ev = ev.without_body()
+        out.append(Candidate(-1, ev, kinds.check_kind(ev), wire))
+    batch.released += len(out)
+    return out
+
+
+async def _park_waiting(batch: Batch) -> None:
+    """Write what still waits at the end of the batch to the bounded pending table."""
+    ledger = batch.ledger
+    waiting = [c for cs in batch.waiting_seq.values() for c in cs] + batch.waiting_roster
+    if not waiting:
+        return
+    room = ledger.limits.pending_per_source - ledger.pending_count(batch.source)
+    keep, over = waiting[: max(room, 0)], waiting[max(room, 0) :]
+    for cand in over:
+        batch.result(cand, _refused(ProtocolError(
+            "rate-limited",
+            f"too many events waiting from {batch.source} "
+            f"(limit {ledger.limits.pending_per_source}); send the missing ones first"),
+            cand.event.id))  # fmt: skip
+    for_roster = {id(c) for c in batch.waiting_roster}
+    rows_ = []
+    for cand in keep:
+        h = cand.event.header
+        why = "roster" if id(cand) in for_roster else "seq"
+        rows_.append((cand.event.id, batch.source, h.author, h.lane, h.seq, cand.wire, why,
+                      batch.now))  # fmt: skip
+    await ledger.db.executemany(
+        "INSERT OR IGNORE INTO pending (id, source, author, lane, seq, wire, why, received) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows_,
+    )
+    ledger.pending_count_changed(
+        batch.source, len(rows_), [(r[2], r[3], r[6]) for r in rows_]
+    )
+
+
+async def _flush(batch: Batch) -> None:
+    """Write stored events, feed heads and fork evidence gathered so far."""
+    db = batch.ledger.db
+    if batch.rows:
+        await db.executemany(
+            "INSERT INTO events (pos, id, pod, author, lane, seq, ts, kind, root, payload, "
+            "sig, body, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            batch.rows,
+        )
+        for row in batch.rows:
+            if row[7] == "claim.make" and row[8] is not None:
+                # Answers that arrived before their claim now join the claim's request.
+                await db.execute(
+                    "UPDATE events SET root = ? WHERE root = ? "
+                    "AND kind IN ('claim.accept', 'claim.decline')",
+                    (row[8], row[1]),
+                )
+        batch.rows = []
+    if batch.dirty_heads:
+        await db.executemany(
+            "INSERT INTO feeds (author, lane, pod, seq, id, ts) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (author, lane) DO UPDATE SET seq = excluded.seq, id = excluded.id, "
+            "ts = excluded.ts",
+            [(a, ln, pod, *batch.heads[(a, ln)]) for (a, ln), pod in batch.dirty_heads.items()],
+        )
+        batch.dirty_heads = {}
+    if batch.forks:
+        await db.executemany(
+            "INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.forks
+        )
+        batch.forks = []

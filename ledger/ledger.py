@@ -1,0 +1,316 @@
+"""The Ledger: a pod's memory, one SQLite file, one writer at a time.
+
+``Ledger.open(path)`` gives a ledger; ``ingest`` takes events from peers (gaps wait in the
+bounded pending area), ``append`` takes this pod's own events (gaps are refused, the client
+must chain). Reads live in ledger/queries.py and take ``ledger.db``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiosqlite
+
+from podlink.ledger import projections
+from podlink.ledger import state as st
+from podlink.ledger.ingest import IngestResult, ingest_batch
+from podlink.ledger.schema import PROJECTIONS
+from podlink.ledger.store import connect, rows, scalar, translated
+from podlink.protocol import clock
+from podlink.protocol.envelope import decode_header, verify_signature_parts
+
+if TYPE_CHECKING:
+    from podlink.ledger.ingest import Batch
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one source from filling memory or disk."""
+
+    pending_per_source: int = 10_000
+    pending_ttl_s: int = 24 * 3600
+    batch_size: int = 1000
+
+
+@dataclass
+class VerifyReport:
+    events: int = 0
+    problems: list[str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Ledger:
+    """One node's event store, ingest pipeline and read model."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path, limits: Limits, workers: int):
+        self.db = db
+        self.path = path
+        self.limits = limits
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(workers, "podlink-verify") if workers > 1 else None
+        self.pod: bytes | None = None
+        self.epoch: bytes = b""
+        self.clock = clock.HybridClock()
+        self.roster = st.Roster()
+        self.heads: dict[tuple[bytes, str], tuple[int, bytes, int]] = {}
+        self.next_pos = 1
+        self.pending_by_source: Counter[str] = Counter()
+        self.pending_feeds: set[tuple[bytes, str]] = set()
+        self.pending_roster: set[bytes] = set()
+        self._write = asyncio.Lock()
+        self._last_purge = 0.0
+        self._stale_caches = False
+        self.stored_listeners: list[Callable[[int], None]] = []
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def open(
+        cls, path: Path | str, *, limits: Limits | None = None, workers: int | None = None
+    ) -> Ledger:
+        """Open or create the ledger at ``path`` (created 0600; schema migrated forward)."""
+        path = Path(path)
+        db = await connect(path)
+        ledger = cls(db, path, limits or Limits(), workers or min(2, os.cpu_count() or 1))
+        try:
+            await ledger._load()
+        except BaseException:
+            await ledger.close()
+            raise
+        return ledger
+
+    async def _load(self) -> None:
+        db = self.db
+        async with translated("loading the ledger"):
+            epoch = await scalar(db, "SELECT value FROM meta WHERE key = 'epoch'")
+            if epoch is None:
+                epoch = os.urandom(16)
+                await db.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
+                await db.commit()
+            self.epoch = epoch
+            self.pod = await scalar(db, "SELECT value FROM meta WHERE key = 'pod'")
+            self.next_pos = (await scalar(db, "SELECT max(pos) FROM events") or 0) + 1
+            last_ts = await scalar(db, "SELECT max(ts) FROM events") or 0
+            self.clock = clock.HybridClock(last=last_ts)
+            self.roster = await projections.load_roster(db)
+            self.pending_by_source.clear()
+            for source, n in await rows(db, "SELECT source, count(*) FROM pending GROUP BY 1"):
+                self.pending_by_source[source] = n
+            for author, lane, why in await rows(
+                db, "SELECT DISTINCT author, lane, why FROM pending"
+            ):
+                self._note_pending(author, lane, why)
+
+    async def close(self) -> None:
+        """Close the database (waiting for the batch in flight) and the verify threads."""
+        async with self._write:
+            await self.db.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def set_pod(self, pod: bytes) -> None:
+        """Record which pod this ledger belongs to (pod-lane events of others are refused)."""
+        async with self._write:
+            await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('pod', ?)", (pod,))
+            await self.db.commit()
+        self.pod = pod
+
+    async def rotate_epoch(self) -> bytes:
+        """Start a new store epoch (after restoring a backup): peers then repair by heads."""
+        async with self._write:
+            self.epoch = os.urandom(16)
+            await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (self.epoch,))
+            await self.db.commit()
+        return self.epoch
+
+    # ---------------------------------------------------------------- writing
+
+    async def ingest(
+        self, wires: Sequence[bytes], *, source: str = "peer", allow_pending: bool = True
+    ) -> list[IngestResult]:
+        """Ingest events in wire form, ``limits.batch_size`` per transaction."""
+        results: list[IngestResult] = []
+        size = self.limits.batch_size
+        for start in range(0, len(wires), size):
+            async with self._write, translated("ingest failed and was rolled back"):
+                if self._stale_caches:
+                    await self._load()
+                    self._stale_caches = False
+                await self._purge_pending()
+                results += await ingest_batch(
+                    self, wires[start : start + size], source=source, allow_pending=allow_pending
+                )
+        return results
+
+    async def append(self, wires: Sequence[bytes]) -> list[IngestResult]:
+        """This pod's own events: same pipeline, but a gap is refused, never parked."""
+        return await self.ingest(wires, source="local", allow_pending=False)
+
+    def forget_caches(self) -> None:
+        """After a rollback: in-memory heads, positions and roster may be ahead of disk."""
+        self.heads.clear()
+        self._stale_caches = True
+
+    def after_commit(self, batch: Batch) -> None:
+        self.heads.update(batch.heads)
+        if batch.stored:
+            for listener in list(self.stored_listeners):
+                listener(self.next_pos - 1)
+
+    # ---------------------------------------------------------------- pending accounting
+
+    def pending_count(self, source: str) -> int:
+        return self.pending_by_source[source]
+
+    def pending_count_changed(
+        self, source: str, delta: int, parked: list[tuple[bytes, str, str]]
+    ) -> None:
+        self.pending_by_source[source] += delta
+        if self.pending_by_source[source] <= 0:
+            del self.pending_by_source[source]
+        for author, lane, why in parked:
+            self._note_pending(author, lane, why)
+
+    def _note_pending(self, author: bytes, lane: str, why: str) -> None:
+        if why == "roster":
+            self.pending_roster.add(author)
+        else:
+            self.pending_feeds.add((author, lane))
+
+    async def _purge_pending(self) -> None:
+        """Drop parked events older than the TTL (checked at most once a minute)."""
+        now = time.monotonic()
+        if now - self._last_purge < 60:
+            return
+        self._last_purge = now
+        cutoff = clock.now_ms() - self.limits.pending_ttl_s * 1000
+        async with translated("expiring pending events"):
+            await self.db.execute("DELETE FROM pending WHERE received < ?", (cutoff,))
+            await self.db.commit()
+            self.pending_by_source.clear()
+            for source, n in await rows(
+                self.db, "SELECT source, count(*) FROM pending GROUP BY 1"
+            ):
+                self.pending_by_source[source] = n
+
+    # ---------------------------------------------------------------- maintenance
+
+    async def rebuild(self, progress: Progress | None = None) -> None:
+        """Drop every projection and replay the log; the result equals the live state."""
+        async with self._write, translated("rebuilding projections"):
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for table in PROJECTIONS:
+                    await db.execute(f"DELETE FROM {table}")
+                await _recompute_roots(db)
+                self.roster = st.Roster()
+                pods = [r[0] for r in await rows(
+                    db, "SELECT DISTINCT pod FROM events WHERE kind IN "
+                    "('roster.add', 'roster.remove')")]  # fmt: skip
+                for pod in pods:
+                    await projections.refold_roster(db, self.roster, pod)
+                total = await scalar(
+                    db, "SELECT count(DISTINCT root) FROM events WHERE root IS NOT NULL")
+                done, after = 0, b""
+                while True:  # keyset pages of roots: memory stays flat at any log size
+                    page = [r[0] for r in await rows(
+                        db, "SELECT DISTINCT root FROM events WHERE root > ? "
+                        "ORDER BY root LIMIT 2000", (after,))]  # fmt: skip
+                    if not page:
+                        break
+                    await projections.refold(db, page, self.roster)
+                    done, after = done + len(page), page[-1]
+                    if progress:
+                        progress(done, total)
+                await db.commit()
+            except BaseException:
+                await db.rollback()
+                raise
+
+    async def verify(self, progress: Progress | None = None) -> VerifyReport:
+        """Re-check every stored signature, body hash and feed chain."""
+        report = VerifyReport(problems=[])
+        assert report.problems is not None
+        total = await scalar(self.db, "SELECT count(*) FROM events") or 0
+        heads: dict[tuple[bytes, str], tuple[int, bytes]] = {}
+        last = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await rows(
+                self.db,
+                "SELECT pos, id, author, lane, seq, payload, sig, body FROM events "
+                "WHERE pos > ? ORDER BY pos LIMIT 2000",
+                (last,),
+            )
+            if not batch:
+                break
+            last = batch[-1][0]
+            checked = await loop.run_in_executor(self.executor, _verify_rows, batch)
+            report.problems += checked
+            for _, id_, author, lane, seq, payload, _, _ in batch:
+                prev_seq, prev_id = heads.get((author, lane), (0, None))
+                prev = decode_header(payload).prev
+                if seq != prev_seq + 1 or prev != prev_id:
+                    report.problems.append(
+                        f"chain broken at {lane} seq {seq} of {author.hex()[:12]}"
+                    )
+                heads[(author, lane)] = (seq, id_)
+            report.events += len(batch)
+            if progress:
+                progress(report.events, total)
+        return report
+
+    async def dump(self) -> dict[str, list[list]]:
+        """A canonical dump of every projection (equal dumps: equal state)."""
+        return await projections.canonical_dump(self.db)
+
+
+def _verify_rows(batch: list[tuple]) -> list[str]:
+    problems = []
+    for pos, id_, author, _lane, _seq, payload, sig, body in batch:
+        problem = verify_signature_parts(id_, author, payload, sig, body)
+        if problem:
+            problems.append(f"event at position {pos}: {problem}")
+    return problems
+
+
+async def _recompute_roots(db: aiosqlite.Connection) -> None:
+    """Set every event's aggregate root from its header alone, then re-home claim answers."""
+    last = 0
+    while True:
+        page = await rows(
+            db, "SELECT pos, id, pod, kind, payload FROM events WHERE pos > ? "
+            "ORDER BY pos LIMIT 5000", (last,))  # fmt: skip
+        if not page:
+            break
+        last = page[-1][0]
+        updates = [
+            (st.root_of(kind, id_, pod, tuple(decode_header(payload).refs)), pos)
+            for pos, id_, pod, kind, payload in page
+        ]
+        await db.executemany("UPDATE events SET root = ? WHERE pos = ?", updates)
+    await db.execute(
+        "UPDATE events AS a SET root = c.root FROM events AS c "
+        "WHERE a.kind IN ('claim.accept', 'claim.decline') AND c.id = a.root "
+        "AND c.kind = 'claim.make' AND c.root IS NOT NULL"
+    )

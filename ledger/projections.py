@@ -1,0 +1,207 @@
+"""Writing the read model: fold each touched aggregate and replace its rows.
+
+Called inside the ingest transaction with the set of aggregate roots a batch touched, and
+by ``rebuild`` with every root. Both paths run the same folds of ledger/state.py, which is
+why a rebuild equals the live projections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+
+import aiosqlite
+
+from podlink.ledger import state as st
+from podlink.ledger.schema import PROJECTIONS
+from podlink.ledger.store import chunks, marks, rows
+from podlink.protocol import kinds
+from podlink.protocol.envelope import decode_header
+
+EVENT_COLUMNS = "id, pod, author, lane, seq, ts, kind, payload, body"
+MEMBER_KINDS = ("member.join", "member.update", "member.forget")
+
+
+def view_from_row(row: tuple) -> st.EventView:
+    """An EventView from ``SELECT {EVENT_COLUMNS}`` (stored bodies were checked at ingest)."""
+    id_, pod, author, lane, seq, ts, kind, payload, body = row
+    refs = tuple(decode_header(payload).refs)
+    decoded = kinds.decode_body(kind, body) if body is not None else None
+    return st.EventView(id_, pod, author, lane, seq, ts, kind, refs, decoded)
+
+
+async def load_roots(db: aiosqlite.Connection, roots: Iterable[bytes]) -> dict[bytes, list]:
+    """Every stored event of each root, grouped by root."""
+    grouped: dict[bytes, list[st.EventView]] = defaultdict(list)
+    roots = list(roots)
+    for part in chunks(roots):
+        sql = f"SELECT root, {EVENT_COLUMNS} FROM events WHERE root IN ({marks(len(part))})"
+        for row in await rows(db, sql, part):
+            grouped[row[0]].append(view_from_row(row[1:]))
+    return grouped
+
+
+async def load_roster(db: aiosqlite.Connection) -> st.Roster:
+    """The roster as last projected (the ledger keeps it in memory between batches)."""
+    roster = st.Roster()
+    sql = "SELECT pod, key, name, from_ts, add_id, until_ts, remove_id FROM roster"
+    for pod, key, name, from_ts, add_id, until_ts, remove_id in await rows(db, sql):
+        roster.tenures.setdefault(pod, []).append(
+            st.Tenure(pod, key, name, from_ts, add_id, until_ts, remove_id)
+        )
+    return roster
+
+
+async def refold_roster(db: aiosqlite.Connection, roster: st.Roster, pod: bytes) -> set[bytes]:
+    """Re-fold one pod's roster into ``roster`` and its table; return keys whose tenures
+    changed (their events may now be authorised, or soft-failed)."""
+    sql = (
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE root = ? "
+        "AND kind IN ('roster.add', 'roster.remove')"
+    )
+    views = [view_from_row(r) for r in await rows(db, sql, (pod,))]
+    before = {(t.key, t.from_ts, t.until_ts) for t in roster.tenures.get(pod, [])}
+    tenures = st.fold_roster(pod, views)
+    roster.set_pod(pod, tenures)
+    after = {(t.key, t.from_ts, t.until_ts) for t in tenures}
+    await db.execute("DELETE FROM roster WHERE pod = ?", (pod,))
+    await db.executemany(
+        "INSERT INTO roster (pod, key, name, from_ts, until_ts, add_id, remove_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(t.pod, t.key, t.name, t.from_ts, t.until_ts, t.add_id, t.remove_id) for t in tenures],
+    )
+    return {key for key, _, _ in before ^ after}
+
+
+class Writer:
+    """Collects the rows of re-folded aggregates and writes them with executemany."""
+
+    def __init__(self) -> None:
+        self.deletes: dict[str, list[tuple]] = defaultdict(list)
+        self.inserts: dict[str, list[tuple]] = defaultdict(list)
+        self.forgotten: list[bytes] = []
+
+    def fold(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
+        kinds_here = {e.kind for e in events}
+        if kinds_here & st.POD_KINDS:
+            self._pod(root, events, roster)
+        elif any(kd.startswith(("request.", "claim.")) for kd in kinds_here):
+            self._request(root, events, roster)
+        elif any(kd.startswith("member.") for kd in kinds_here):
+            self._member(root, events, roster)
+        elif any(kd.startswith("offer.") for kd in kinds_here):
+            self._offer(root, events, roster)
+        elif "resource.share" in kinds_here:
+            self._resource(root, events, roster)
+
+    def _pod(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
+        self.deletes["pods"].append((root,))
+        pod = st.fold_pod(root, events, roster)
+        if pod is not None:
+            self.inserts["pods"].append((
+                pod.pod, pod.name, pod.zone, pod.description, json.dumps(pod.categories),
+                pod.contact, pod.founded_ts, pod.updated_ts,
+            ))  # fmt: skip
+
+    def _request(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
+        for table in ("requests", "claims", "fulfilments"):
+            self.deletes[table].append((root,))
+        req = st.fold_request(root, events, roster)
+        if req is None:
+            return
+        self.inserts["requests"].append((
+            req.id, req.pod, req.author, req.lane, req.title, req.details, req.category,
+            req.urgency, req.needed_by, req.area, req.for_member, req.status,
+            req.accepted_claim, req.opened_ts, req.updated_ts, req.closed_ts, len(req.claims),
+        ))  # fmt: skip
+        for c in req.claims.values():
+            self.inserts["claims"].append((
+                c.id, c.request, c.pod, c.author, c.lane, c.by_member, c.note, c.status,
+                c.ts, c.decided_ts,
+            ))  # fmt: skip
+        for f in req.fulfilments:
+            self.inserts["fulfilments"].append((f.id, f.request, f.pod, f.note, f.hours, f.ts))
+
+    def _member(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
+        self.deletes["members"].append((root,))
+        m = st.fold_member(root, events, roster)
+        if m is None:
+            return
+        if m.status == "forgotten":
+            self.forgotten.append(root)
+        self.inserts["members"].append(
+            (m.id, m.pod, m.status, m.box, m.joined_ts, m.updated_ts)
+        )
+
+    def _offer(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
+        self.deletes["offers"].append((root,))
+        o = st.fold_offer(root, events, roster)
+        if o is not None:
+            self.inserts["offers"].append((
+                o.id, o.pod, o.author, o.lane, o.title, o.category, o.details, o.by_member,
+                o.availability, o.capacity, o.status, o.opened_ts, o.closed_ts,
+            ))  # fmt: skip
+
+    def _resource(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
+        self.deletes["resources"].append((root,))
+        r = st.fold_resource(root, events, roster)
+        if r is not None:
+            self.inserts["resources"].append((
+                r.id, r.pod, r.lane, r.name, r.category, r.what, r.where, r.when, r.contact,
+                r.ts,
+            ))  # fmt: skip
+
+    async def write(self, db: aiosqlite.Connection) -> None:
+        for table, params in self.deletes.items():
+            column = "request" if table in ("claims", "fulfilments") else "id"
+            column = "pod" if table == "pods" else column
+            await db.executemany(f"DELETE FROM {table} WHERE {column} = ?", params)
+        for table, values in self.inserts.items():
+            if values:
+                sql = f"INSERT INTO {table} VALUES ({marks(len(values[0]))})"
+                await db.executemany(sql, values)
+        if self.forgotten:
+            await forget_members(db, self.forgotten)
+
+
+async def forget_members(db: aiosqlite.Connection, members: list[bytes]) -> None:
+    """Crypto-shred: destroy each member's key and drop the bodies of their events."""
+    params = [(m,) for m in members]
+    await db.executemany("DELETE FROM member_keys WHERE member = ?", params)
+    await db.executemany(
+        "UPDATE events SET body = NULL, dropped = 1 "
+        f"WHERE root = ? AND kind IN ({marks(len(MEMBER_KINDS))}) AND body IS NOT NULL",
+        [(m, *MEMBER_KINDS) for m in members],
+    )
+
+
+async def refold(db: aiosqlite.Connection, roots: Iterable[bytes], roster: st.Roster) -> None:
+    """Re-fold the given aggregates from the log and replace their rows."""
+    roots = list(roots)
+    for part in chunks(roots, 2000):
+        grouped = await load_roots(db, part)
+        writer = Writer()
+        for root in part:
+            events = grouped.get(root)
+            if events:
+                writer.fold(root, events, roster)
+        await writer.write(db)
+
+
+async def canonical_dump(db: aiosqlite.Connection) -> dict[str, list[list]]:
+    """Every projection table sorted by all its columns: equal dumps mean equal state."""
+    dump: dict[str, list[list]] = {}
+    for table in PROJECTIONS:
+        data = await rows(db, f"SELECT * FROM {table}")
+        dump[table] = sorted(
+            ([c.hex() if isinstance(c, bytes) else c for c in r] for r in data),
+            key=lambda r: json.dumps(r),
+        )
+    return dump
+
+
+def digest(dump: dict[str, list[list]]) -> str:
+    """A short hash of a canonical dump, to compare nodes at a glance."""
+    return hashlib.blake2b(json.dumps(dump, sort_keys=True).encode(), digest_size=16).hexdigest()

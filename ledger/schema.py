@@ -1,0 +1,148 @@
+"""The SQLite schema, versioned with ``PRAGMA user_version`` and migrated forward.
+
+Each entry of MIGRATIONS takes the database from version i to i+1; a fresh file runs them
+all. Projection tables (everything but meta, events, feeds, forks, pending, member_keys,
+peers, invites) can be dropped and rebuilt from ``events`` at any time.
+"""
+
+from __future__ import annotations
+
+V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) STRICT;
+
+-- The log: the exact signed bytes, indexed columns, and the local store order (pos).
+CREATE TABLE events (
+    pos      INTEGER PRIMARY KEY,
+    id       BLOB NOT NULL UNIQUE,
+    pod      BLOB NOT NULL,
+    author   BLOB NOT NULL,
+    lane     TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    ts       INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    root     BLOB,             -- the aggregate this event belongs to (request, member...)
+    payload  BLOB NOT NULL,
+    sig      BLOB NOT NULL,
+    body     BLOB,             -- NULL once dropped (forgotten member, redaction)
+    dropped  INTEGER NOT NULL DEFAULT 0, -- 1: body dropped on purpose, never refilled
+    received INTEGER NOT NULL, -- local wall ms
+    UNIQUE (author, lane, seq)
+) STRICT;
+CREATE INDEX events_root ON events (root) WHERE root IS NOT NULL;
+CREATE INDEX events_lane_pod ON events (lane, pod, pos);
+CREATE INDEX events_kind ON events (kind, pos);
+
+-- Feed heads, for chaining and repair.
+CREATE TABLE feeds (
+    author   BLOB NOT NULL,
+    lane     TEXT NOT NULL,
+    pod      BLOB NOT NULL,
+    seq      INTEGER NOT NULL,
+    id       BLOB NOT NULL,
+    ts       INTEGER NOT NULL,
+    PRIMARY KEY (author, lane)
+) STRICT, WITHOUT ROWID;
+
+-- Equivocation evidence: a second signed header at an occupied (author, lane, seq).
+CREATE TABLE forks (
+    author    BLOB NOT NULL,
+    lane      TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    kept_id   BLOB NOT NULL,
+    other_id  BLOB NOT NULL,
+    other_payload BLOB NOT NULL,
+    other_sig BLOB NOT NULL,
+    source    TEXT NOT NULL,
+    received  INTEGER NOT NULL,
+    PRIMARY KEY (author, lane, seq, other_id)
+) STRICT, WITHOUT ROWID;
+
+-- Events waiting for a feed predecessor or for their author's roster entry.
+CREATE TABLE pending (
+    id       BLOB PRIMARY KEY,
+    source   TEXT NOT NULL,
+    author   BLOB NOT NULL,
+    lane     TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    wire     BLOB NOT NULL,
+    why      TEXT NOT NULL,
+    received INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX pending_feed ON pending (author, lane, seq);
+CREATE INDEX pending_source ON pending (source, received);
+
+-- Per-member SecretBox keys: deleting a row forgets a member (crypto-shredding).
+CREATE TABLE member_keys (member BLOB PRIMARY KEY, key BLOB NOT NULL) STRICT, WITHOUT ROWID;
+
+-- Pods this node peers with, and where each one's sync stands (local state, not events).
+CREATE TABLE peers (
+    pod BLOB PRIMARY KEY, url TEXT NOT NULL, name TEXT NOT NULL, added INTEGER NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0, epoch BLOB, last_sync INTEGER, removed INTEGER
+) STRICT, WITHOUT ROWID;
+
+-- One-time invite secrets this node has issued (hashes only).
+CREATE TABLE invites (
+    secret_hash BLOB PRIMARY KEY, created INTEGER NOT NULL, expires INTEGER NOT NULL,
+    used_by BLOB, used_at INTEGER
+) STRICT, WITHOUT ROWID;
+
+-- ---------------------------------------------------------------- projections
+CREATE TABLE pods (
+    pod BLOB PRIMARY KEY, name TEXT NOT NULL, zone TEXT NOT NULL, description TEXT NOT NULL,
+    categories TEXT NOT NULL, contact TEXT NOT NULL, founded_ts INTEGER, updated_ts INTEGER
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE roster (
+    pod BLOB NOT NULL, key BLOB NOT NULL, name TEXT NOT NULL,
+    from_ts INTEGER NOT NULL, until_ts INTEGER, add_id BLOB NOT NULL, remove_id BLOB,
+    PRIMARY KEY (pod, key, from_ts)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE requests (
+    id BLOB PRIMARY KEY, pod BLOB NOT NULL, author BLOB NOT NULL, lane TEXT NOT NULL,
+    title TEXT NOT NULL, details TEXT NOT NULL, category TEXT NOT NULL, urgency TEXT NOT NULL,
+    needed_by TEXT, area TEXT NOT NULL, for_member BLOB, status TEXT NOT NULL,
+    accepted_claim BLOB, opened_ts INTEGER NOT NULL, updated_ts INTEGER NOT NULL,
+    closed_ts INTEGER, claims INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX requests_status ON requests (status, opened_ts);
+
+CREATE TABLE claims (
+    id BLOB PRIMARY KEY, request BLOB NOT NULL, pod BLOB NOT NULL, author BLOB NOT NULL,
+    lane TEXT NOT NULL, by_member BLOB, note TEXT NOT NULL, status TEXT NOT NULL,
+    ts INTEGER NOT NULL, decided_ts INTEGER
+) STRICT, WITHOUT ROWID;
+CREATE INDEX claims_request ON claims (request);
+
+CREATE TABLE fulfilments (
+    id BLOB PRIMARY KEY, request BLOB NOT NULL, pod BLOB NOT NULL, note TEXT NOT NULL,
+    hours REAL, ts INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE offers (
+    id BLOB PRIMARY KEY, pod BLOB NOT NULL, author BLOB NOT NULL, lane TEXT NOT NULL,
+    title TEXT NOT NULL, category TEXT NOT NULL, details TEXT NOT NULL, by_member BLOB,
+    availability TEXT NOT NULL, capacity INTEGER, status TEXT NOT NULL,
+    opened_ts INTEGER NOT NULL, closed_ts INTEGER
+) STRICT, WITHOUT ROWID;
+CREATE INDEX offers_status ON offers (status, opened_ts);
+
+CREATE TABLE members (
+    id BLOB PRIMARY KEY, pod BLOB NOT NULL, status TEXT NOT NULL,
+    box BLOB, joined_ts INTEGER NOT NULL, updated_ts INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE resources (
+    id BLOB PRIMARY KEY, pod BLOB NOT NULL, lane TEXT NOT NULL, name TEXT NOT NULL,
+    category TEXT NOT NULL, what TEXT NOT NULL, "where" TEXT NOT NULL, "when" TEXT NOT NULL,
+    contact TEXT NOT NULL, ts INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+"""
+
+#: Projection tables, in the order a rebuild empties them.
+PROJECTIONS: tuple[str, ...] = (
+    "pods", "roster", "requests", "claims", "fulfilments", "offers", "members", "resources",
+)  # fmt: skip
+
+MIGRATIONS: tuple[str, ...] = (V1,)
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,472 @@
+"""The functional core of the read model: pure folds from events to state.
+
+Every aggregate (a pod with its roster, a request with its claims, a member, an offer, a
+resource) is rebuilt by folding *all* of its events sorted by ``(ts, id)``. Because the fold
+sees a set, sorted by a fixed key, the state is a function of the set of events and not of
+the order they arrived in: every node holding the same events shows the same state.
+
+Authorisation is part of the fold: an event counts only if its author is its pod's key or
+an organizer on that pod's roster at the event's timestamp (see :class:`Roster`). Events
+that fail that test are kept in the log but *soft-failed*: shown in history, never applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import singledispatch
+from typing import Literal
+
+import msgspec
+
+from podlink.protocol import kinds as k
+
+Outcome = Literal["applied", "ignored", "soft-failed"]
+
+
+class EventView(msgspec.Struct, frozen=True, gc=False):
+    """What a fold needs of one event: header fields and the decoded body (None if dropped
+    or of an unknown kind)."""
+
+    id: bytes
+    pod: bytes
+    author: bytes
+    lane: str
+    seq: int
+    ts: int
+    kind: str
+    refs: tuple[bytes, ...]
+    body: k.Body | None
+
+    @property
+    def order(self) -> tuple[int, bytes]:
+        return (self.ts, self.id)
+
+
+def sort_events(events: list[EventView]) -> list[EventView]:
+    """The one total order every fold uses: timestamp, then id."""
+    return sorted(events, key=lambda e: (e.ts, e.id))
+
+
+# -------------------------------------------------------------------------------- roster
+
+
+@dataclass
+class Tenure:
+    """One stretch of time during which ``key`` acts for ``pod``: [from_ts, until_ts)."""
+
+    pod: bytes
+    key: bytes
+    name: str
+    from_ts: int
+    add_id: bytes
+    until_ts: int | None = None
+    remove_id: bytes | None = None
+
+    def covers(self, ts: int) -> bool:
+        return self.from_ts <= ts and (self.until_ts is None or ts < self.until_ts)
+
+
+@dataclass
+class Roster:
+    """Who may act for which pod, and when. A pod's own key always may."""
+
+    tenures: dict[bytes, list[Tenure]] = field(default_factory=dict)  # pod -> tenures
+
+    def authorised(self, pod: bytes, author: bytes, ts: int) -> bool:
+        if author == pod:
+            return True
+        return any(t.key == author and t.covers(ts) for t in self.tenures.get(pod, ()))
+
+    def ever_added(self, pod: bytes, author: bytes, ts: int) -> bool:
+        """True if a tenure of ``author`` began at or before ``ts`` (perhaps ended since)."""
+        return any(t.key == author and t.from_ts <= ts for t in self.tenures.get(pod, ()))
+
+    def set_pod(self, pod: bytes, tenures: list[Tenure]) -> None:
+        self.tenures[pod] = tenures
+
+    def active_keys(self, pod: bytes) -> set[bytes]:
+        return {t.key for t in self.tenures.get(pod, ()) if t.until_ts is None}
+
+
+def fold_roster(pod: bytes, events: list[EventView]) -> list[Tenure]:
+    """Tenures of ``pod``'s organizers from its roster.add/remove events."""
+    tenures: list[Tenure] = []
+    probe = Roster({pod: tenures})
+    for ev in sort_events(events):
+        body = ev.body
+        if ev.pod != pod or not probe.authorised(pod, ev.author, ev.ts):
+            continue
+        if isinstance(body, k.OrganizerAdded):
+            if body.key != pod and not probe.authorised(pod, body.key, ev.ts):
+                tenures.append(Tenure(pod, body.key, body.name, ev.ts, ev.id))
+        elif isinstance(body, k.OrganizerRemoved):
+            for t in tenures:
+                if t.key == body.key and t.until_ts is None:
+                    t.until_ts, t.remove_id = ev.ts, ev.id
+    return tenures
+
+
+# -------------------------------------------------------------------------------- pods
+
+
+@dataclass
+class PodState:
+    pod: bytes
+    name: str = ""
+    zone: str = ""
+    description: str = ""
+    categories: list[str] = field(default_factory=list)
+    contact: str = ""
+    founded_ts: int | None = None
+    updated_ts: int | None = None
+
+
+def fold_pod(pod: bytes, events: list[EventView], roster: Roster) -> PodState | None:
+    """Directory entry of a pod: its genesis, then the latest info by an authorised author."""
+    state: PodState | None = None
+    for ev in sort_events(events):
+        body = ev.body
+        if ev.pod != pod or not roster.authorised(pod, ev.author, ev.ts):
+            continue
+        if isinstance(body, k.PodFounded):
+            if ev.author != pod:
+                continue  # only the pod's own key founds it
+            state = state or PodState(pod)
+            if state.founded_ts is None:
+                state.founded_ts = ev.ts
+            if state.updated_ts is not None:
+                continue  # a genesis never overrides info written before it in (ts, id)
+        elif isinstance(body, k.PodInfoChanged):
+            state = state or PodState(pod)
+        else:
+            continue
+        state.name, state.zone, state.description = body.name, body.zone, body.description
+        state.categories, state.contact = list(body.categories), body.contact
+        state.updated_ts = ev.ts
+    return state
+
+
+# -------------------------------------------------------------------------------- requests
+
+RequestStatus = Literal["open", "accepted", "fulfilled", "cancelled"]
+ClaimStatus = Literal["pending", "accepted", "declined", "closed"]
+
+
+@dataclass
+class ClaimState:
+    id: bytes
+    request: bytes
+    pod: bytes
+    author: bytes
+    lane: str
+    by_member: bytes | None
+    note: str
+    ts: int
+    status: ClaimStatus = "pending"
+    decided_ts: int | None = None
+
+
+@dataclass
+class FulfilmentState:
+    id: bytes
+    request: bytes
+    pod: bytes
+    note: str
+    hours: float | None
+    ts: int
+
+
+@dataclass
+class Step:
+    """One line of a request's history: what an event tried, and what came of it."""
+
+    id: bytes
+    kind: str
+    pod: bytes
+    author: bytes
+    ts: int
+    outcome: Outcome
+    why: str = ""
+
+
+@dataclass
+class RequestState:
+    id: bytes
+    pod: bytes
+    author: bytes
+    lane: str
+    title: str
+    details: str
+    category: str
+    urgency: str
+    needed_by: str | None
+    area: str
+    for_member: bytes | None
+    opened_ts: int
+    updated_ts: int
+    status: RequestStatus = "open"
+    accepted_claim: bytes | None = None
+    closed_ts: int | None = None
+    claims: dict[bytes, ClaimState] = field(default_factory=dict)
+    fulfilments: list[FulfilmentState] = field(default_factory=list)
+    history: list[Step] = field(default_factory=list)
+
+
+class _Ignore(Exception):
+    """A transition that does not apply in the request's current state (with why)."""
+
+
+@singledispatch
+def _apply(body: object, req: RequestState, ev: EventView) -> None:
+    raise _Ignore(f"{ev.kind} does not change a request")
+
+
+@_apply.register
+def _(body: k.RequestUpdated, req: RequestState, ev: EventView) -> None:
+    if req.status in ("fulfilled", "cancelled"):
+        raise _Ignore(f"request already {req.status}")
+    for name in ("title", "category", "details", "urgency", "needed_by", "area"):
+        value = getattr(body, name)
+        if value is not None:
+            setattr(req, name, value)
+
+
+@_apply.register
+def _(body: k.RequestCancelled, req: RequestState, ev: EventView) -> None:
+    if req.status in ("fulfilled", "cancelled"):
+        raise _Ignore(f"request already {req.status}")
+    req.status, req.closed_ts = "cancelled", ev.ts
+    _close_pending(req, ev.ts)
+
+
+@_apply.register
+def _(body: k.RequestFulfilled, req: RequestState, ev: EventView) -> None:
+    if req.status in ("fulfilled", "cancelled"):
+        raise _Ignore(f"request already {req.status}")
+    req.status, req.closed_ts = "fulfilled", ev.ts
+    req.fulfilments.append(FulfilmentState(ev.id, req.id, ev.pod, body.note, body.hours, ev.ts))
+    _close_pending(req, ev.ts)
+
+
+@_apply.register
+def _(body: k.ClaimMade, req: RequestState, ev: EventView) -> None:
+    claim = ClaimState(ev.id, req.id, ev.pod, ev.author, ev.lane, body.by_member, body.note, ev.ts)
+    req.claims[ev.id] = claim
+    if req.status in ("fulfilled", "cancelled"):
+        claim.status, claim.decided_ts = "closed", ev.ts
+    elif ev.pod == req.pod and req.status == "open":
+        _accept(req, claim, ev.ts)  # the pod's own organizer: accepted at once
+
+
+@_apply.register
+def _(body: k.ClaimAccepted, req: RequestState, ev: EventView) -> None:
+    claim = req.claims.get(ev.refs[0])
+    if claim is None:
+        raise _Ignore("claim not known")
+    if claim.status != "pending":
+        raise _Ignore(f"claim already {claim.status}")
+    if req.status != "open":
+        raise _Ignore(f"request already {req.status}")  # no double match, ever
+    _accept(req, claim, ev.ts)
+
+
+@_apply.register
+def _(body: k.ClaimDeclined, req: RequestState, ev: EventView) -> None:
+    claim = req.claims.get(ev.refs[0])
+    if claim is None:
+        raise _Ignore("claim not known")
+    if claim.status not in ("pending", "accepted") or req.status in ("fulfilled", "cancelled"):
+        raise _Ignore(f"claim already {claim.status}")
+    if claim.status == "accepted":  # the helper fell through: the need is open again
+        req.status, req.accepted_claim = "open", None
+    claim.status, claim.decided_ts = "declined", ev.ts
+
+
+def _accept(req: RequestState, claim: ClaimState, ts: int) -> None:
+    claim.status, claim.decided_ts = "accepted", ts
+    req.status, req.accepted_claim = "accepted", claim.id
+
+
+def _close_pending(req: RequestState, ts: int) -> None:
+    for claim in req.claims.values():
+        if claim.status == "pending":
+            claim.status, claim.decided_ts = "closed", ts
+
+
+def fold_request(root: bytes, events: list[EventView], roster: Roster) -> RequestState | None:
+    """A request, its claims, fulfilment and history; None until its opening event is here.
+
+    Only the request's own pod changes it (update, cancel, fulfil, accept, decline); any
+    pod may claim it. Conflicts resolve by (ts, id): the first accept wins, later ones are
+    ignored, so one need is never matched twice.
+    """
+    ordered = sort_events(events)
+    opening = next(
+        (
+            e
+            for e in ordered
+            if e.id == root and isinstance(e.body, k.RequestOpened)
+            and roster.authorised(e.pod, e.author, e.ts)
+        ),
+        None,
+    )
+    if opening is None:
+        return None
+    body = opening.body
+    assert isinstance(body, k.RequestOpened)
+    req = RequestState(
+        id=root, pod=opening.pod, author=opening.author, lane=opening.lane, title=body.title,
+        details=body.details, category=body.category, urgency=body.urgency,
+        needed_by=body.needed_by, area=body.area, for_member=body.for_member,
+        opened_ts=opening.ts, updated_ts=opening.ts,
+    )  # fmt: skip
+    for ev in ordered:
+        if ev is opening:
+            req.history.append(Step(ev.id, ev.kind, ev.pod, ev.author, ev.ts, "applied"))
+            continue
+        step = Step(ev.id, ev.kind, ev.pod, ev.author, ev.ts, "applied")
+        req.history.append(step)
+        if not roster.authorised(ev.pod, ev.author, ev.ts):
+            step.outcome, step.why = "soft-failed", "author not on its pod's roster then"
+            continue
+        if ev.body is None:
+            step.outcome, step.why = "ignored", "body dropped or kind unknown"
+            continue
+        if ev.kind != "claim.make" and ev.pod != req.pod:
+            step.outcome, step.why = "ignored", "only the request's own pod may do this"
+            continue
+        try:
+            _apply(ev.body, req, ev)
+        except _Ignore as why:
+            step.outcome, step.why = "ignored", str(why)
+            continue
+        req.updated_ts = max(req.updated_ts, ev.ts)
+    return req
+
+
+# -------------------------------------------------------------------------------- offers
+
+
+@dataclass
+class OfferState:
+    id: bytes
+    pod: bytes
+    author: bytes
+    lane: str
+    title: str
+    category: str
+    details: str
+    by_member: bytes | None
+    availability: str
+    capacity: int | None
+    opened_ts: int
+    status: Literal["open", "withdrawn"] = "open"
+    closed_ts: int | None = None
+
+
+def fold_offer(root: bytes, events: list[EventView], roster: Roster) -> OfferState | None:
+    """An offer, open until its own pod withdraws it."""
+    state: OfferState | None = None
+    for ev in sort_events(events):
+        body = ev.body
+        if not roster.authorised(ev.pod, ev.author, ev.ts):
+            continue
+        if isinstance(body, k.OfferOpened) and ev.id == root:
+            state = OfferState(
+                root, ev.pod, ev.author, ev.lane, body.title, body.category, body.details,
+                body.by_member, body.availability, body.capacity, ev.ts,
+            )  # fmt: skip
+        elif isinstance(body, k.OfferWithdrawn) and state is not None:
+            if ev.pod == state.pod and state.status == "open":
+                state.status, state.closed_ts = "withdrawn", ev.ts
+    return state
+
+
+# -------------------------------------------------------------------------------- members
+
+
+@dataclass
+class MemberState:
+    id: bytes
+    pod: bytes
+    joined_ts: int
+    updated_ts: int
+    box: bytes | None
+    status: Literal["active", "forgotten"] = "active"
+
+
+def fold_member(root: bytes, events: list[EventView], roster: Roster) -> MemberState | None:
+    """A member's latest sealed details; a forget wipes them whatever the order."""
+    state: MemberState | None = None
+    forgotten_ts: int | None = None
+    for ev in sort_events(events):
+        if not roster.authorised(ev.pod, ev.author, ev.ts):
+            continue
+        if ev.kind == "member.join" and ev.id == root:
+            box = ev.body.box if isinstance(ev.body, k.MemberJoined) else None
+            state = MemberState(root, ev.pod, ev.ts, ev.ts, box)
+        elif ev.kind == "member.forget" and forgotten_ts is None:
+            forgotten_ts = ev.ts
+        elif isinstance(ev.body, k.MemberUpdated) and state is not None and ev.pod == state.pod:
+            state.box, state.updated_ts = ev.body.box, ev.ts
+    if state is not None and forgotten_ts is not None:
+        state.status, state.box, state.updated_ts = "forgotten", None, forgotten_ts
+    return state
+
+
+# -------------------------------------------------------------------------------- resources
+
+
+@dataclass
+class ResourceState:
+    id: bytes
+    pod: bytes
+    lane: str
+    name: str
+    category: str
+    what: str
+    where: str
+    when: str
+    contact: str
+    ts: int
+
+
+def fold_resource(root: bytes, events: list[EventView], roster: Roster) -> ResourceState | None:
+    for ev in events:
+        body = ev.body
+        if ev.id == root and isinstance(body, k.ResourceShared):
+            if roster.authorised(ev.pod, ev.author, ev.ts):
+                return ResourceState(
+                    root, ev.pod, ev.lane, body.name, body.category, body.what, body.where,
+                    body.when, body.contact, ev.ts,
+                )  # fmt: skip
+    return None
+
+
+# -------------------------------------------------------------------------------- roots
+
+#: Kinds whose aggregate is the event itself.
+ANCHORS = frozenset({"request.open", "offer.open", "member.join", "resource.share"})
+#: Kinds whose aggregate is the event in refs[0].
+FOLLOWERS = frozenset({
+    "request.update", "request.cancel", "request.fulfil", "claim.make",
+    "offer.withdraw", "member.update", "member.forget",
+})  # fmt: skip
+#: Kinds that answer a claim: their aggregate is the claim's request.
+CLAIM_ANSWERS = frozenset({"claim.accept", "claim.decline"})
+POD_KINDS = frozenset({"pod.genesis", "pod.info", "roster.add", "roster.remove"})
+ROSTER_KINDS = frozenset({"roster.add", "roster.remove"})
+
+
+def root_of(kind: str, event_id: bytes, pod: bytes, refs: tuple[bytes, ...]) -> bytes | None:
+    """The aggregate an event belongs to, as far as the event alone tells.
+
+    A claim's answer points at the claim; the ledger re-homes it to the claim's request
+    once the claim is known (claims and answers travel in different feeds)."""
+    if kind in ANCHORS:
+        return event_id
+    if kind in FOLLOWERS or kind in CLAIM_ANSWERS:
+        return refs[0] if refs else None
+    if kind in POD_KINDS:
+        return pod
+    return None

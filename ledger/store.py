@@ -1,0 +1,125 @@
+"""Opening the SQLite file: permissions, pragmas, migrations, and error translation.
+
+Durability choice: WAL with ``synchronous=FULL``. In WAL mode ``NORMAL`` may lose the last
+transactions on a power cut (they are in the WAL but not yet fsynced); ``FULL`` fsyncs the
+WAL at every commit, so once ``ingest`` returns its events survive a power cut or
+``kill -9``. Batching makes the fsync cost per batch, not per event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from podlink.ledger.errors import SchemaTooNew, StorageError
+from podlink.ledger.schema import MIGRATIONS, SCHEMA_VERSION
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA secure_delete=ON",  # forgotten members' keys and bodies are overwritten
+    "PRAGMA foreign_keys=OFF",
+    "PRAGMA cache_size=-32000",  # 32 MB page cache: bounded memory at any log size
+    "PRAGMA temp_store=MEMORY",
+    "PRAGMA busy_timeout=5000",
+)
+MAX_PARAMS = 500  # ids per IN (...) query, well under SQLite's variable limit
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty file readable only by its owner (it will hold personal data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def translated(what: str) -> AsyncIterator[None]:
+    """Turn SQLite's errors into the ledger's StorageError (the one place that does)."""
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise StorageError(f"{what}: {err}") from err
+
+
+async def connect(path: Path) -> aiosqlite.Connection:
+    """Open (creating if needed) a ledger database and migrate it to the current schema."""
+    path = Path(path)
+    if not path.exists():
+        _create_private(path)
+    async with translated(f"opening {path}"):
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            for pragma in PRAGMAS:
+                await db.execute(pragma)
+            await migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+    return db
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    """Apply every migration past the file's ``user_version``, each in its own transaction."""
+    version = await scalar(db, "PRAGMA user_version")
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"this database has schema {version}, newer than this podlink ({SCHEMA_VERSION});"
+            " upgrade podlink"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await _run_script(db, MIGRATIONS[target - 1])
+            await db.execute(f"PRAGMA user_version={target}")
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+
+
+async def _run_script(db: aiosqlite.Connection, script: str) -> None:
+    """Run DDL statements one by one (executescript would commit our open transaction)."""
+    for statement in _statements(script):
+        await db.execute(statement)
+
+
+def _statements(script: str) -> Iterable[str]:
+    buf: list[str] = []
+    for line in script.splitlines():
+        stripped = line.split("--", 1)[0].rstrip()
+        if not stripped:
+            continue
+        buf.append(stripped)
+        if stripped.endswith(";"):
+            yield "\n".join(buf)
+            buf = []
+    if buf:
+        yield "\n".join(buf)
+
+
+async def scalar(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    async with db.execute(sql, params) as cur:
+        row = await cur.fetchone()
+    return None if row is None else row[0]
+
+
+async def rows(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return list(await db.execute_fetchall(sql, params))
+
+
+def chunks(items: Sequence[Any], size: int = MAX_PARAMS) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def marks(n: int) -> str:
+    """``?,?,?`` for an IN clause of n parameters."""
+    return ",".join("?" * n)
