@@ -76,6 +76,7 @@ class Batch:
     claim_roots: dict[bytes, bytes] = field(default_factory=dict)  # claim id -> request
     waiting_seq: dict[tuple[bytes, str, int], list[Candidate]] = field(default_factory=dict)
     waiting_roster: list[Candidate] = field(default_factory=list)
+    loaded: set[tuple[bytes, str]] = field(default_factory=set)  # feeds whose head is known
     forks: list[tuple] = field(default_factory=list)
     released: int = 0
     stored: int = 0
@@ -145,14 +146,19 @@ async def ingest_batch(
 
     # 2. Dedupe, within the batch and against the store (refilling bodies lost in transit).
     batch = Batch(ledger, source, allow_pending, now, results)
-    seen: set[bytes] = set()
+    seen: dict[bytes, Candidate] = {}
     unique: list[Candidate] = []
     for cand in fresh:
-        if cand.event.id in seen:
-            batch.result(cand, IngestResult("duplicate", cand.event.id_text))
-        else:
-            seen.add(cand.event.id)
+        kept = seen.get(cand.event.id)
+        if kept is None:
+            seen[cand.event.id] = cand
             unique.append(cand)
+            continue
+        if kept.event.body is None and cand.event.body is not None:
+            # A later copy in the batch brings the body the first one lacked: keep it.
+            kept.event, kept.body, kept.wire = cand.event, cand.body, cand.wire
+            kept.body_dropped = False
+        batch.result(cand, IngestResult("duplicate", cand.event.id_text))
     known = await _known_ids(db, [c.event.id for c in unique])
     refills: list[Candidate] = []
     candidates: list[Candidate] = []
@@ -172,19 +178,12 @@ async def ingest_batch(
     await db.execute("BEGIN IMMEDIATE")
     try:
         await _load_heads(batch, candidates)
+        for cand in refills:  # first: a refilled roster.add may authorise this batch
+            await _refill(batch, cand)
         for cand in candidates:
             await _offer(batch, cand)
         await _park_waiting(batch)
         await _flush(batch)
-        for cand in refills:
-            await db.execute(
-                "UPDATE events SET body = ? WHERE id = ? AND body IS NULL AND dropped = 0",
-                (cand.event.body, cand.event.id),
-            )
-            root = st.root_of(cand.event.kind, cand.event.id, cand.event.pod,
-                              tuple(cand.event.header.refs))  # fmt: skip
-            if root is not None:
-                batch.roots.add(await _resolve_root(batch, cand.event, root))
         await projections.refold(db, batch.roots, ledger.roster)
         await db.commit()
     except BaseException:
@@ -193,6 +192,20 @@ async def ingest_batch(
         raise
     ledger.after_commit(batch)
     return [r or IngestResult("refused") for r in results]
+
+
+async def _refill(batch: Batch, cand: Candidate) -> None:
+    """Put back the body of a stored event that arrived without one (or with a bad one)."""
+    ev = cand.event
+    await batch.ledger.db.execute(
+        "UPDATE events SET body = ? WHERE id = ? AND body IS NULL AND dropped = 0",
+        (ev.body, ev.id),
+    )
+    root = st.root_of(ev.kind, ev.id, ev.pod, tuple(ev.header.refs))
+    if root is not None:
+        batch.roots.add(await _resolve_root(batch, ev, root))
+    if ev.kind in st.ROSTER_KINDS:  # a roster event only counts with its body
+        await _roster_changed(batch, ev.pod)
 
 
 async def _known_ids(db, ids: list[bytes]) -> dict[bytes, bool]:
@@ -209,7 +222,7 @@ async def _known_ids(db, ids: list[bytes]) -> dict[bytes, bool]:
 
 
 async def _load_heads(batch: Batch, cands: list[Candidate]) -> None:
-    feeds = list({(c.event.author, c.event.lane) for c in cands})
+    feeds = list({(c.event.author, c.event.lane) for c in cands} - batch.loaded)
     cache = batch.ledger.heads
     missing = [f for f in feeds if f not in cache]
     for part in chunks(missing, 250):
@@ -222,6 +235,7 @@ async def _load_heads(batch: Batch, cands: list[Candidate]) -> None:
     for f in feeds:
         if f in cache:
             batch.heads[f] = cache[f]
+    batch.loaded.update(feeds)
 
 
 async def _offer(batch: Batch, cand: Candidate) -> None:
@@ -230,6 +244,8 @@ async def _offer(batch: Batch, cand: Candidate) -> None:
     h = ev.header
     ledger = batch.ledger
     feed = (h.author, h.lane)
+    if feed not in batch.loaded:  # released from pending: not among the batch's feeds
+        await _load_heads(batch, [cand])
     head_seq, head_id, head_ts = batch.heads.get(feed, (0, None, -1))
 
     # Pod-lane events never leave their pod: refuse other pods' ones outright.
@@ -348,10 +364,7 @@ async def _store(batch: Batch, cand: Candidate) -> None:
 
     if h.kind in st.ROSTER_KINDS:
         await _flush(batch)  # the roster fold reads this event from the table
-        changed = await projections.refold_roster(ledger.db, ledger.roster, h.pod)
-        if changed:
-            batch.roots.update(await _roots_by_authors(batch, changed))
-            await _release_roster_waiters(batch, changed)
+        await _roster_changed(batch, h.pod)
 
     # Successors that were waiting for exactly this event.
     nxt = (h.author, h.lane, h.seq + 1)
@@ -361,6 +374,14 @@ async def _store(batch: Batch, cand: Candidate) -> None:
         for waiter in await _take_pending(batch, "seq = ? AND author = ? AND lane = ?",
                                           (h.seq + 1, h.author, h.lane)):  # fmt: skip
             await _offer(batch, waiter)
+
+
+async def _roster_changed(batch: Batch, pod: bytes) -> None:
+    """Re-fold ``pod``'s roster; refold what its changed keys wrote, release their waiters."""
+    changed = await projections.refold_roster(batch.ledger.db, batch.ledger.roster, pod)
+    if changed:
+        batch.roots.update(await _roots_by_authors(batch, changed))
+        await _release_roster_waiters(batch, changed)
 
 
 async def _roots_by_authors(batch: Batch, authors: set[bytes]) -> set[bytes]:
@@ -413,6 +434,24 @@ async def _park_waiting(batch: Batch) -> None:
     waiting = [c for cs in batch.waiting_seq.values() for c in cs] + batch.waiting_roster
     if not waiting:
         return
+    for_roster = {id(c) for c in batch.waiting_roster}
+    # An event parked already (a peer resending it, or a second copy) waits and counts once;
+    # a copy with the body that the parked one lacks takes its place.
+    by_id: dict[bytes, Candidate] = {}
+    for cand in waiting:
+        first = by_id.setdefault(cand.event.id, cand)
+        if first.event.body is None and cand.event.body is not None:
+            by_id[cand.event.id] = cand
+    parked = set()
+    ids = list(by_id)
+    for part in chunks(ids):
+        sql = f"SELECT id FROM pending WHERE id IN ({marks(len(part))})"
+        parked.update(r[0] for r in await rows(ledger.db, sql, part))
+    await ledger.db.executemany(
+        "UPDATE pending SET wire = ? WHERE id = ?",
+        [(by_id[i].wire, i) for i in parked if by_id[i].event.body is not None],
+    )
+    waiting = [c for i, c in by_id.items() if i not in parked]
     room = ledger.limits.pending_per_source - ledger.pending_count(batch.source)
     keep, over = waiting[: max(room, 0)], waiting[max(room, 0) :]
     for cand in over:
@@ -421,7 +460,6 @@ async def _park_waiting(batch: Batch) -> None:
             f"too many events waiting from {batch.source} "
             f"(limit {ledger.limits.pending_per_source}); send the missing ones first"),
             cand.event.id))  # fmt: skip
-    for_roster = {id(c) for c in batch.waiting_roster}
     rows_ = []
     for cand in keep:
         h = cand.event.header

@@ -21,10 +21,12 @@ import aiosqlite
 
 from podlink.ledger import projections
 from podlink.ledger import state as st
+from podlink.ledger.errors import LedgerError
 from podlink.ledger.ingest import IngestResult, ingest_batch
 from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import connect, rows, scalar, translated
 from podlink.protocol import clock
+from podlink.protocol.boxes import MEMBER_KEY_LEN
 from podlink.protocol.envelope import decode_header, verify_signature_parts
 
 if TYPE_CHECKING:
@@ -55,8 +57,16 @@ class VerifyReport:
 class Ledger:
     """One node's event store, ingest pipeline and read model."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, limits: Limits, workers: int):
-        self.db = db
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        path: Path,
+        limits: Limits,
+        workers: int,
+    ) -> None:
+        self.db = db  # the one writer; ingest transactions run here
+        self.reader = reader  # queries: sees committed data only (WAL), never a half batch
         self.path = path
         self.limits = limits
         self.workers = workers
@@ -84,7 +94,12 @@ class Ledger:
         """Open or create the ledger at ``path`` (created 0600; schema migrated forward)."""
         path = Path(path)
         db = await connect(path)
-        ledger = cls(db, path, limits or Limits(), workers or min(2, os.cpu_count() or 1))
+        try:
+            reader = await connect(path)
+        except BaseException:
+            await db.close()
+            raise
+        ledger = cls(db, reader, path, limits or Limits(), workers or min(2, os.cpu_count() or 1))
         try:
             await ledger._load()
         except BaseException:
@@ -117,6 +132,7 @@ class Ledger:
     async def close(self) -> None:
         """Close the database (waiting for the batch in flight) and the verify threads."""
         async with self._write:
+            await self.reader.close()
             await self.db.close()
         if self.executor is not None:
             self.executor.shutdown(wait=True)
@@ -133,6 +149,39 @@ class Ledger:
             await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('pod', ?)", (pod,))
             await self.db.commit()
         self.pod = pod
+
+    async def write(self, sql: str, params: Sequence[object] = ()) -> None:
+        """One small local write (peers, invites) outside any ingest transaction."""
+        async with self._write, translated("writing local state"):
+            await self.db.execute(sql, params)
+            await self.db.commit()
+
+    async def put_member_key(self, member: bytes, key: bytes) -> None:
+        """Keep a member's SecretBox key; refused once the member was forgotten."""
+        async with self._write, translated("storing a member key"):
+            forgotten = await scalar(
+                self.db, "SELECT 1 FROM members WHERE id = ? AND status = 'forgotten'", (member,)
+            )
+            if not forgotten:
+                await self.db.execute(
+                    "INSERT OR REPLACE INTO member_keys (member, key) VALUES (?, ?)", (member, key)
+                )
+                await self.db.commit()
+
+    async def put_member_key(self, member: bytes, key: bytes) -> None:
+        """Keep the SecretBox key of ``member`` (the id of its member.join event).
+
+        Goes through the writer lock so that it never lands inside a batch's transaction.
+        Refused once the member is forgotten: a forgotten member's key stays destroyed."""
+        if len(member) != 32 or len(key) != MEMBER_KEY_LEN:
+            raise ValueError("a member id is 32 bytes and a member key 32 bytes")
+        async with self._write, translated("storing a member key"):
+            if await scalar(
+                self.db, "SELECT 1 FROM members WHERE id = ? AND status = 'forgotten'", (member,)
+            ):
+                raise LedgerError("this member was forgotten; their key is not kept again")
+            await self.db.execute("INSERT OR REPLACE INTO member_keys VALUES (?, ?)", (member, key))
+            await self.db.commit()
 
     async def rotate_epoch(self) -> bytes:
         """Start a new store epoch (after restoring a backup): peers then repair by heads."""
@@ -196,21 +245,32 @@ class Ledger:
         else:
             self.pending_feeds.add((author, lane))
 
+    async def purge_pending(self, now_ms: int | None = None) -> int:
+        """Drop parked events older than ``limits.pending_ttl_s`` at ``now_ms`` (default:
+        now); return how many. Ingest does this by itself at most once a minute."""
+        async with self._write:
+            return await self._expire_pending(clock.now_ms() if now_ms is None else now_ms)
+
     async def _purge_pending(self) -> None:
         """Drop parked events older than the TTL (checked at most once a minute)."""
         now = time.monotonic()
         if now - self._last_purge < 60:
             return
         self._last_purge = now
-        cutoff = clock.now_ms() - self.limits.pending_ttl_s * 1000
+        await self._expire_pending(clock.now_ms())
+
+    async def _expire_pending(self, now_ms: int) -> int:
+        cutoff = now_ms - self.limits.pending_ttl_s * 1000
         async with translated("expiring pending events"):
-            await self.db.execute("DELETE FROM pending WHERE received < ?", (cutoff,))
+            cur = await self.db.execute("DELETE FROM pending WHERE received < ?", (cutoff,))
+            dropped = cur.rowcount
             await self.db.commit()
             self.pending_by_source.clear()
             for source, n in await rows(
                 self.db, "SELECT source, count(*) FROM pending GROUP BY 1"
             ):
                 self.pending_by_source[source] = n
+        return dropped
 
     # ---------------------------------------------------------------- maintenance
 

@@ -85,6 +85,11 @@ class Writer:
 
     def fold(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
         kinds_here = {e.kind for e in events}
+        # The anchor event (a request, offer, member or resource is its first event's id)
+        # decides what the root is; a stray follower of another type must not hide it.
+        anchor = next((e.kind for e in events if e.id == root and e.kind in st.ANCHORS), None)
+        if anchor is not None:
+            kinds_here = {anchor}
         if kinds_here & st.POD_KINDS:
             self._pod(root, events, roster)
         elif any(kd.startswith(("request.", "claim.")) for kd in kinds_here):

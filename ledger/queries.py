@@ -1,0 +1,452 @@
+"""Reads of the read model: what the organizer API and the CLI show.
+
+Every function takes the ledger's connection and returns plain values (ids as raw bytes);
+the node turns them into JSON. Short id prefixes resolve here, like git's short hashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+
+from podlink.ledger import state as st
+from podlink.ledger.errors import Ambiguous, NotFound
+from podlink.ledger.projections import EVENT_COLUMNS, view_from_row
+from podlink.ledger.store import chunks, marks, rows, scalar
+from podlink.protocol import boxes, kinds
+from podlink.protocol.errors import ProtocolError
+from podlink.protocol.text import b64e
+
+Row = dict[str, Any]
+
+
+def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    """Bytes bounds [lo, hi) of every id whose base64url text starts with ``prefix``."""
+    whole = len(prefix) // 4 * 4
+    head = base64.urlsafe_b64decode(prefix[:whole]) if whole else b""
+    rest = prefix[whole:]
+    if not rest:
+        lo = head
+    else:  # partial group: pad low, decode, keep only the fully determined bytes
+        lo = head + base64.urlsafe_b64decode((rest + "AAAA")[:4])[: len(rest) * 6 // 8]
+    hi = _increment(lo) if lo else b"\xff" * 33
+    return lo, hi
+
+
+def _increment(raw: bytes) -> bytes:
+    n = int.from_bytes(raw, "big") + 1
+    if n >= 1 << (8 * len(raw)):
+        return b"\xff" * (len(raw) + 33)
+    return n.to_bytes(len(raw), "big")
+
+
+async def resolve(db: aiosqlite.Connection, table: str, prefix: str, what: str) -> bytes:
+    """The one id in ``table`` whose base64url form starts with ``prefix``."""
+    prefix = prefix.strip()
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    if not prefix or not set(prefix) <= alphabet or len(prefix) > 43:
+        raise NotFound(f"{prefix!r} is not a {what} id (ids are base64url, like 'Xk3b9a1Q')")
+    column = "pod" if table == "pods" else "id"
+    lo, hi = _prefix_range(prefix)
+    found = [
+        r[0]
+        for r in await rows(
+            db, f"SELECT {column} FROM {table} WHERE {column} >= ? AND {column} < ? LIMIT 50",
+            (lo, hi),
+        )  # fmt: skip
+        if b64e(r[0]).startswith(prefix)
+    ]
+    if not found:
+        raise NotFound(f"no {what} with id starting {prefix!r}")
+    if len(found) > 1:
+        texts = [b64e(f) for f in found]
+        raise Ambiguous(
+            f"{prefix!r} matches {len(found)} {what}s ({', '.join(t[:10] for t in texts[:5])});"
+            " type more characters",
+            texts,
+        )
+    return found[0]
+
+
+# ---------------------------------------------------------------- pods and roster
+
+
+async def pod_names(db: aiosqlite.Connection) -> dict[bytes, str]:
+    return {pod: name for pod, name in await rows(db, "SELECT pod, name FROM pods")}
+
+
+async def list_pods(db: aiosqlite.Connection) -> list[Row]:
+    sql = (
+        "SELECT pod, name, zone, description, categories, contact, founded_ts, updated_ts "
+        "FROM pods ORDER BY name"
+    )
+    return [
+        {"pod": p, "name": n, "zone": z, "description": d, "categories": json.loads(c),
+         "contact": ct, "founded_ts": f, "updated_ts": u}
+        for p, n, z, d, c, ct, f, u in await rows(db, sql)
+    ]  # fmt: skip
+
+
+async def list_roster(db: aiosqlite.Connection, pod: bytes) -> list[Row]:
+    sql = (
+        "SELECT key, name, from_ts, until_ts FROM roster WHERE pod = ? ORDER BY from_ts"
+    )
+    return [
+        {"key": k, "name": n, "from_ts": f, "until_ts": u, "active": u is None}
+        for k, n, f, u in await rows(db, sql, (pod,))
+    ]
+
+
+# ---------------------------------------------------------------- requests
+
+
+REQUEST_COLUMNS = (
+    "id, pod, author, lane, title, details, category, urgency, needed_by, area, for_member, "
+    "status, accepted_claim, opened_ts, updated_ts, closed_ts, claims"
+)
+
+
+def _request_row(r: Sequence[Any], names: dict[bytes, str]) -> Row:
+    keys = [c.strip() for c in REQUEST_COLUMNS.split(",")]
+    row = dict(zip(keys, r, strict=True))
+    row["pod_name"] = names.get(row["pod"], "")
+    row["share"] = row["lane"]
+    return row
+
+
+async def list_requests(
+    db: aiosqlite.Connection,
+    *,
+    status: str | None = None,
+    category: str | None = None,
+    pod: bytes | None = None,
+    lane: str | None = None,
+    limit: int = 500,
+) -> list[Row]:
+    """Requests this node can see, most urgent and oldest first."""
+    where, params = [], []
+    for column, value in (("status", status), ("category", category), ("pod", pod),
+                          ("lane", lane)):  # fmt: skip
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    sql = (
+        f"SELECT {REQUEST_COLUMNS} FROM requests {clause} ORDER BY "
+        "CASE urgency WHEN 'urgent' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END, "
+        "opened_ts LIMIT ?"
+    )
+    names = await pod_names(db)
+    return [_request_row(r, names) for r in await rows(db, sql, [*params, limit])]
+
+
+async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
+    """One request with its claims, fulfilment and history (each event and its outcome)."""
+    found = await rows(db, f"SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?", (request,))
+    if not found:
+        raise NotFound(f"no request {b64e(request)[:10]}")
+    names = await pod_names(db)
+    row = _request_row(found[0], names)
+    row["claims"] = await list_claims(db, request=request)
+    row["fulfilments"] = [
+        {"id": i, "pod": p, "note": n, "hours": h, "ts": t}
+        for i, p, n, h, t in await rows(
+            db, "SELECT id, pod, note, hours, ts FROM fulfilments WHERE request = ?", (request,)
+        )
+    ]
+    from podlink.ledger.projections import load_roster
+
+    events = (await load_roots_one(db, request))
+    folded = st.fold_request(request, events, await load_roster(db))
+    row["history"] = [
+        {"id": s.id, "kind": s.kind, "pod": s.pod, "pod_name": names.get(s.pod, ""),
+         "author": s.author, "ts": s.ts, "outcome": s.outcome, "why": s.why}
+        for s in (folded.history if folded else [])
+    ]  # fmt: skip
+    return row
+
+
+async def load_roots_one(db: aiosqlite.Connection, root: bytes) -> list[st.EventView]:
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE root = ?"
+    return [view_from_row(r) for r in await rows(db, sql, (root,))]
+
+
+async def list_claims(
+    db: aiosqlite.Connection, *, request: bytes | None = None, status: str | None = None
+) -> list[Row]:
+    where, params = [], []
+    if request is not None:
+        where.append("request = ?")
+        params.append(request)
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    names = await pod_names(db)
+    sql = (
+        "SELECT id, request, pod, author, lane, by_member, note, status, ts, decided_ts "
+        f"FROM claims {clause} ORDER BY ts"
+    )
+    return [
+        {"id": i, "request": rq, "pod": p, "pod_name": names.get(p, ""), "author": a,
+         "lane": ln, "by_member": bm, "note": n, "status": s, "ts": t, "decided_ts": d}
+        for i, rq, p, a, ln, bm, n, s, t, d in await rows(db, sql, params)
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- offers, resources
+
+
+async def list_offers(db: aiosqlite.Connection, *, status: str | None = "open") -> list[Row]:
+    clause, params = ("WHERE status = ?", [status]) if status else ("", [])
+    names = await pod_names(db)
+    sql = (
+        "SELECT id, pod, author, lane, title, category, details, by_member, availability, "
+        f"capacity, status, opened_ts, closed_ts FROM offers {clause} ORDER BY opened_ts"
+    )
+    return [
+        {"id": i, "pod": p, "pod_name": names.get(p, ""), "author": a, "lane": ln,
+         "share": ln, "title": t, "category": c, "details": d, "by_member": bm,
+         "availability": av, "capacity": cap, "status": s, "opened_ts": o, "closed_ts": cl}
+        for i, p, a, ln, t, c, d, bm, av, cap, s, o, cl in await rows(db, sql, params)
+    ]  # fmt: skip
+
+
+async def list_resources(db: aiosqlite.Connection, *, category: str | None = None) -> list[Row]:
+    clause, params = ("WHERE category = ?", [category]) if category else ("", [])
+    names = await pod_names(db)
+    sql = (
+        'SELECT id, pod, lane, name, category, what, "where", "when", contact, ts '
+        f"FROM resources {clause} ORDER BY category, name"
+    )
+    return [
+        {"id": i, "pod": p, "pod_name": names.get(p, ""), "lane": ln, "share": ln, "name": n,
+         "category": c, "what": w, "where": wh, "when": wn, "contact": ct, "ts": t}
+        for i, p, ln, n, c, w, wh, wn, ct, t in await rows(db, sql, params)
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- members (personal data)
+
+
+async def member_key(db: aiosqlite.Connection, member: bytes) -> bytes | None:
+    return await scalar(db, "SELECT key FROM member_keys WHERE member = ?", (member,))
+
+
+async def list_members(db: aiosqlite.Connection, *, include_forgotten: bool = False) -> list[Row]:
+    """Members with their details opened with their keys (pod lane only; never gossiped)."""
+    clause = "" if include_forgotten else "WHERE m.status = 'active'"
+    sql = (
+        "SELECT m.id, m.status, m.box, m.joined_ts, m.updated_ts, k.key FROM members m "
+        f"LEFT JOIN member_keys k ON k.member = m.id {clause} ORDER BY m.joined_ts"
+    )
+    out = []
+    for id_, status, box, joined, updated, key in await rows(db, sql):
+        row: Row = {"id": id_, "status": status, "joined_ts": joined, "updated_ts": updated}
+        details = _open_member(box, key)
+        if details is not None:
+            row.update(
+                name=details.name, contact=details.contact, prefers=details.prefers,
+                can=list(details.can), needs=list(details.needs), role=details.role,
+                languages=list(details.languages), notes=details.notes,
+            )  # fmt: skip
+        else:
+            row.update(name="(forgotten)" if status == "forgotten" else "(no key)")
+        out.append(row)
+    return out
+
+
+def _open_member(box: bytes | None, key: bytes | None) -> kinds.MemberDetails | None:
+    if box is None or key is None:
+        return None
+    try:
+        return kinds.decode_member_details(boxes.unlock(key, box))
+    except ProtocolError:
+        return None
+
+
+# ---------------------------------------------------------------- the log, feeds, forks
+
+
+async def max_position(db: aiosqlite.Connection) -> int:
+    return await scalar(db, "SELECT max(pos) FROM events") or 0
+
+
+async def count_events(db: aiosqlite.Connection) -> int:
+    return await scalar(db, "SELECT count(*) FROM events") or 0
+
+
+def visible_clause(pod: bytes | None, exclude_pod: bytes | None) -> tuple[str, list[Any]]:
+    """SQL for what a direct peer may see: every network event, and this pod's peers lane.
+
+    The pod lane never appears. ``exclude_pod`` leaves out the asking peer's own events
+    (it has them already)."""
+    clause = "(lane = 'network' OR (lane = 'peers' AND pod = ?))"
+    params: list[Any] = [pod or b""]
+    if exclude_pod is not None:
+        clause += " AND pod != ?"
+        params.append(exclude_pod)
+    return clause, params
+
+
+async def select_visible(
+    db: aiosqlite.Connection,
+    since: int,
+    limit: int,
+    *,
+    pod: bytes | None,
+    exclude_pod: bytes | None = None,
+) -> tuple[list[tuple[int, bytes, bytes, bytes | None]], int, int]:
+    """Events a peer may see after store position ``since``, in store order.
+
+    Returns (rows of (pos, payload, sig, body), cursor, head). The head is read first and
+    bounds the scan, so an event committed meanwhile is never skipped; the cursor is the
+    last position scanned, which passes invisible events so a peer never rescans them."""
+    head = await max_position(db)
+    clause, params = visible_clause(pod, exclude_pod)
+    found = await rows(
+        db,
+        f"SELECT pos, payload, sig, body FROM events WHERE pos > ? AND pos <= ? AND {clause} "
+        "ORDER BY pos LIMIT ?",
+        [since, head, *params, limit],
+    )
+    cursor = found[-1][0] if len(found) == limit else head
+    return found, max(cursor, since), head
+
+
+async def visible_heads(
+    db: aiosqlite.Connection, *, pod: bytes | None, exclude_pod: bytes | None = None
+) -> list[tuple[bytes, str, int, bytes]]:
+    """(author, lane, seq, id) of every feed a peer may see, for repair."""
+    clause, params = visible_clause(pod, exclude_pod)
+    return list(
+        await rows(db, f"SELECT author, lane, seq, id FROM feeds WHERE {clause}", params)
+    )
+
+
+async def feed_range(
+    db: aiosqlite.Connection, author: bytes, lane: str, start: int, end: int, limit: int
+) -> list[tuple[int, bytes, bytes, bytes | None]]:
+    """Events of one feed with start <= seq <= end, in seq order."""
+    return list(
+        await rows(
+            db,
+            "SELECT pos, payload, sig, body FROM events WHERE author = ? AND lane = ? "
+            "AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+            (author, lane, start, end, limit),
+        )
+    )
+
+
+async def feed_heads(db: aiosqlite.Connection, author: bytes) -> dict[str, tuple[int, bytes, int]]:
+    """This author's feed heads by lane: (seq, id, ts)."""
+    return {
+        lane: (seq, id_, ts)
+        for lane, seq, id_, ts in await rows(
+            db, "SELECT lane, seq, id, ts FROM feeds WHERE author = ?", (author,)
+        )
+    }
+
+
+async def log_page(
+    db: aiosqlite.Connection, since: int = 0, limit: int = 100, *, newest_first: bool = False
+) -> list[Row]:
+    order = "DESC" if newest_first else "ASC"
+    cond = "pos < ?" if newest_first and since else "pos > ?"
+    sql = (
+        "SELECT pos, id, pod, author, lane, seq, ts, kind, body IS NULL, length(payload) + "
+        f"coalesce(length(body), 0) FROM events WHERE {cond} ORDER BY pos {order} LIMIT ?"
+    )
+    names = await pod_names(db)
+    return [
+        {"pos": pos, "id": i, "pod": p, "pod_name": names.get(p, ""), "author": a,
+         "lane": ln, "seq": s, "ts": t, "kind": k, "body_dropped": bool(nb), "size": size}
+        for pos, i, p, a, ln, s, t, k, nb, size in await rows(db, sql, (since, limit))
+    ]  # fmt: skip
+
+
+async def list_forks(db: aiosqlite.Connection) -> list[Row]:
+    sql = (
+        "SELECT author, lane, seq, kept_id, other_id, source, received FROM forks "
+        "ORDER BY received"
+    )
+    return [
+        {"author": a, "lane": ln, "seq": s, "kept_id": k, "other_id": o, "source": src,
+         "received": r}
+        for a, ln, s, k, o, src, r in await rows(db, sql)
+    ]  # fmt: skip
+
+
+async def events_by_id(
+    db: aiosqlite.Connection, ids: Sequence[bytes]
+) -> list[tuple[int, bytes, bytes, bytes | None]]:
+    out = []
+    for part in chunks(list(ids)):
+        out += await rows(
+            db,
+            f"SELECT pos, payload, sig, body FROM events WHERE id IN ({marks(len(part))})",
+            part,
+        )
+    return out
+
+
+async def sealed_for(db: aiosqlite.Connection, pod: bytes, limit: int = 100) -> list[Row]:
+    """Sealed events addressed to ``pod`` (opened by the node, which holds the pod key)."""
+    out = []
+    for id_, sender, ts, body in await rows(
+        db,
+        "SELECT id, pod, ts, body FROM events WHERE kind = 'sealed' AND body IS NOT NULL "
+        "ORDER BY pos DESC LIMIT ?",
+        (limit * 10,),
+    ):
+        sealed = kinds.decode_body("sealed", body)
+        if isinstance(sealed, kinds.SealedMessage) and sealed.to == pod:
+            out.append({"id": id_, "from": sender, "ts": ts, "box": sealed.box})
+            if len(out) >= limit:
+                break
+    return out
+
+
+# ---------------------------------------------------------------- matching
+
+URGENCY_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
+
+
+async def suggest_matches(db: aiosqlite.Connection, own_pod: bytes | None) -> list[Row]:
+    """Open needs paired with open offers and members who can meet them, best first.
+
+    A pairing is suggested when the category agrees; closer help ranks first (a member of
+    the needing pod, then an offer of the same pod, then an offer of another pod), then
+    urgency, then the age of the need."""
+    requests = await list_requests(db, status="open")
+    offers = await list_offers(db, status="open")
+    members = await list_members(db) if own_pod is not None else []
+    suggestions: list[Row] = []
+    for req in requests:
+        for m in members:
+            if req["category"] in m.get("can", []) and req["pod"] == own_pod:
+                suggestions.append(_match(req, "member", m["id"], m["name"], own_pod, 0))
+        for off in offers:
+            if off["category"] == req["category"]:
+                rank = 1 if off["pod"] == req["pod"] else 2
+                suggestions.append(
+                    _match(req, "offer", off["id"], off["title"], off["pod"], rank,
+                           off["pod_name"])  # fmt: skip
+                )
+    suggestions.sort(key=lambda s: (s["rank"], URGENCY_RANK.get(s["urgency"], 9), s["opened_ts"]))
+    return suggestions
+
+
+def _match(
+    req: Row, via: str, id_: bytes, label: str, pod: bytes | None, rank: int, pod_name: str = ""
+) -> Row:
+    return {
+        "request": req["id"], "request_title": req["title"], "request_pod": req["pod"],
+        "request_pod_name": req["pod_name"], "category": req["category"],
+        "urgency": req["urgency"], "opened_ts": req["opened_ts"], "via": via, "match": id_,
+        "match_label": label, "match_pod": pod, "match_pod_name": pod_name, "rank": rank,
+    }  # fmt: skip

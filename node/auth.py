@@ -1,0 +1,99 @@
+"""One authentication mechanism for the whole API: signed requests, then a role.
+
+Every request but the public ones carries the sender's signature (protocol/http_auth.py).
+The middleware verifies it, refuses replays and floods, then asks what role the key has:
+
+* ``organizer`` — an active key on this pod's roster (or the pod's own key);
+* ``peer`` — a pod this node peers with;
+* ``signed`` — any key with a valid signature (redeeming an invite).
+
+Unknown keys, stale or replayed requests get 401; a known key in the wrong role gets 403.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from aiohttp import web
+
+from podlink.node.errors import APIError, Handler
+from podlink.protocol.http_auth import NonceCache, verify_request
+
+Role = Literal["public", "signed", "organizer", "peer"]
+SIGNER = web.AppKey("signer", bytes)  # never read: the signer lives on the request
+PUBLIC_PATHS = frozenset({"/v1/info", "/v1/openapi.json", "/metrics", "/"})
+
+
+def role_for(path: str) -> Role:
+    """The role a path needs (by prefix, so no route can be left unprotected)."""
+    if path in PUBLIC_PATHS:
+        return "public"
+    if path == "/v1/peer/redeem":
+        return "signed"
+    if path.startswith("/v1/peer/"):
+        return "peer"
+    return "organizer"
+
+
+@dataclass
+class Bucket:
+    tokens: float
+    at: float
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` requests per second, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 10_000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self._buckets: dict[bytes, Bucket] = {}
+
+    def allow(self, key: bytes, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets.clear()  # crude but bounded; keys are few in practice
+            bucket = self._buckets[key] = Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+        bucket.at = now
+        if bucket.tokens < 1:
+            return False
+        bucket.tokens -= 1
+        return True
+
+
+def make_auth_middleware(node: object) -> object:
+    """The middleware, bound to a node (which knows organizers and peers)."""
+    from podlink.node.runtime import Node
+
+    assert isinstance(node, Node)
+    nonces = NonceCache()
+    limiter = RateLimiter(node.config.rate_per_s, node.config.rate_per_s * 5)
+
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        needed = role_for(request.path)
+        if needed == "public":
+            return await handler(request)
+        body = await request.read()
+        signed = verify_request(request.headers, request.method, request.path_qs, body)
+        if not limiter.allow(signed.key):
+            node.metrics.inc("requests_refused_total", reason="rate-limited")
+            raise APIError("rate-limited", "too many requests from this key; slow down")
+        nonces.check_and_add(signed)
+        roles = node.roles_of(signed.key)
+        if needed != "signed":
+            if not roles:
+                raise APIError(
+                    "unauthorised", "this key is not an organizer or a peer of this pod"
+                )
+            if needed not in roles:
+                raise APIError("forbidden", f"this key may not use the {needed} API", 403)
+        request["signer"] = signed.key
+        request["roles"] = roles
+        return await handler(request)
+
+    return auth_middleware

@@ -1,0 +1,113 @@
+"""The one client of the organizer API: signs each request with an organizer's key.
+
+Used by the CLI, the demo, the tests and the benchmarks alike. Errors come back as
+:class:`ClientError` carrying the node's reason word and message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import msgspec
+import yarl
+
+from podlink.ledger.authoring import Author
+from podlink.node.api_types import MemberKey, SubmitEvents, json_encoder
+from podlink.protocol.envelope import Event
+from podlink.protocol.http_auth import sign_request
+from podlink.protocol.keys import Keypair
+from podlink.protocol.text import b64d, b64e
+
+
+class ClientError(Exception):
+    """Raised when the node refuses a request (``reason`` is its reason word) or is down."""
+
+    def __init__(self, reason: str, message: str, status: int = 0, body: Any = None) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.status, self.body = reason, message, status, body
+
+
+class NodeClient:
+    """Signed requests to one node's API, over one ClientSession."""
+
+    def __init__(self, url: str, keypair: Keypair, *, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.keypair = keypair
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> NodeClient:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, query: dict[str, Any] | None = None
+    ) -> Any:
+        """Send one signed request; return the decoded JSON body."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        url = yarl.URL(self.url + path)
+        if query:
+            url = url.with_query({k: str(v) for k, v in query.items() if v is not None})
+        body = b"" if json is None else json_encoder.encode(json)
+        headers = sign_request(self.keypair, method, url.raw_path_qs, body)
+        if json is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._session.request(method, url, data=body or None,
+                                             headers=headers) as resp:  # fmt: skip
+                data = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientConnectionError, TimeoutError) as err:
+            raise ClientError(
+                "unavailable",
+                f"cannot reach the node at {self.url} ({type(err).__name__}); "
+                "is it running? start it with `podlink serve`",
+            ) from None
+        try:
+            decoded = msgspec.json.decode(data) if data else None
+        except msgspec.DecodeError:
+            raise ClientError("invalid", f"the node sent a non-JSON answer (HTTP {status})",
+                              status) from None  # fmt: skip
+        if status >= 400:
+            reason = decoded.get("error", "invalid") if isinstance(decoded, dict) else "invalid"
+            message = decoded.get("message", "") if isinstance(decoded, dict) else ""
+            raise ClientError(reason, message or f"HTTP {status}", status, decoded)
+        return decoded
+
+    async def get(self, path: str, **query: Any) -> Any:
+        return await self.request("GET", path, query=query or None)
+
+    async def post(self, path: str, body: Any = None) -> Any:
+        return await self.request("POST", path, json=body if body is not None else {})
+
+    # ------------------------------------------------------------ writing events
+
+    async def author(self, pod: bytes | None = None) -> Author:
+        """An Author for this key, chained on the node's heads and clock."""
+        heads = await self.get("/v1/heads")
+        author = Author(self.keypair, pod or b64d(heads["pod"], length=32))
+        for lane, head in heads["heads"].items():
+            author.set_head(lane, head["seq"], b64d(head["id"], length=32), head["ts"])
+        author.clock.observe(heads["clock"])
+        return author
+
+    async def submit(
+        self, events: list[Event], member_keys: dict[bytes, bytes] | None = None
+    ) -> list[dict[str, Any]]:
+        body = SubmitEvents(
+            events=[b64e(e.to_wire()) for e in events],
+            member_keys=[MemberKey(member=b64e(m), key=b64e(k))
+                         for m, k in (member_keys or {}).items()],  # fmt: skip
+        )
+        reply = await self.request("POST", "/v1/events", json=body)
+        return reply["results"]

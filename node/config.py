@@ -1,0 +1,133 @@
+"""Node configuration: ``config.toml`` in the node's home folder, overridable by environment.
+
+Every key of :class:`Config` may be set in ``config.toml`` (top level) or by the variable
+``PODLINK_<KEY>`` (upper case), which wins. docs/operations.md lists them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+CONFIG_FILE = "config.toml"
+NODE_KEY_FILE = "node.key"
+ORGANIZER_KEY_FILE = "organizer.key"
+LEDGER_FILE = "ledger.db"
+
+
+class ConfigError(Exception):
+    """Raised when config.toml or an environment override is missing or malformed."""
+
+
+@dataclass
+class Config:
+    """What a node needs to run; defaults suit a pod on one laptop."""
+
+    home: Path
+    name: str = "pod"
+    zone: str = ""
+    listen: str = "127.0.0.1:7654"  # host:port the node binds
+    url: str = ""  # the URL peers use to reach this node; defaults to http://<listen>
+    max_request_bytes: int = 4 * 1024 * 1024  # any HTTP request body
+    page_events: int = 500  # events per page of changes served to a peer
+    rate_per_s: float = 200.0  # signed requests per key per second (burst: 5 s worth)
+    pending_per_source: int = 10_000  # events parked per peer waiting for predecessors
+    pending_ttl_s: int = 24 * 3600
+    batch_size: int = 1000  # events per ingest transaction
+    verify_workers: int = 2  # threads verifying signatures
+    invite_ttl_s: int = 7 * 24 * 3600
+    backoff_max_s: float = 60.0  # longest wait between attempts to reach a peer
+    peer_timeout_s: float = 20.0  # connect/read timeout talking to a peer
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def public_url(self) -> str:
+        return (self.url or f"http://{self.listen}").rstrip("/")
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / LEDGER_FILE
+
+    @property
+    def node_key_path(self) -> Path:
+        return self.home / NODE_KEY_FILE
+
+    @property
+    def organizer_key_path(self) -> Path:
+        return self.home / ORGANIZER_KEY_FILE
+
+
+SETTABLE = [f for f in fields(Config) if f.name not in ("home", "extra")]
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    target = {"int": int, "float": float, "str": str}.get(str(kind), str)
+    try:
+        if target is int and isinstance(value, float):
+            raise ValueError
+        return target(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {target.__name__}, got {value!r}") from None
+
+
+def _check_listen(listen: str) -> None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"listen must be HOST:PORT (e.g. 127.0.0.1:7654), got {listen!r}")
+
+
+def load_config(home: Path, env: dict[str, str] | None = None) -> Config:
+    """Read ``home/config.toml`` and apply ``PODLINK_*`` overrides."""
+    env = dict(os.environ) if env is None else env
+    path = Path(home) / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no podlink pod in {home} (no {CONFIG_FILE}); run `podlink init --name NAME`"
+        ) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in SETTABLE}
+    extra = {k: v for k, v in data.items() if k not in known}
+    for name, f in known.items():
+        if name in data:
+            values[name] = _coerce(name, f.type, data[name])
+        env_value = env.get(f"PODLINK_{name.upper()}")
+        if env_value is not None:
+            values[name] = _coerce(f"PODLINK_{name.upper()}", f.type, env_value)
+    config = Config(home=Path(home), extra=extra, **values)
+    _check_listen(config.listen)
+    return config
+
+
+def save_config(config: Config) -> None:
+    """Write the settable fields that differ from the defaults (and the pod name)."""
+    defaults = Config(home=config.home)
+    data = {
+        f.name: getattr(config, f.name)
+        for f in SETTABLE
+        if f.name == "name" or getattr(config, f.name) != getattr(defaults, f.name)
+    }
+    config.home.mkdir(parents=True, exist_ok=True)
+    (config.home / CONFIG_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
+
+
+def with_overrides(config: Config, **changes: Any) -> Config:
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,260 @@
+"""The gossip scheduler: one task per peer pulls what the peer lets us see.
+
+Each :class:`PeerLink` loops: catch up over HTTP (pages since the stored cursor), then keep
+the live WebSocket stream open, ingesting each page through the ledger and saving the
+cursor after each batch. On failure it backs off exponentially with jitter; a peer that
+sends forged or malformed events is backed off harder. A restored peer (new epoch, or a
+head behind our cursor) is repaired by comparing feed heads. No peer can block another:
+each has its own task, its own timeouts, and the ledger's bounded pending area.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import msgspec
+import yarl
+
+from podlink.ledger import queries
+from podlink.node.api_types import (
+    Page,
+    PeerSync,
+    StreamHello,
+    heads_decoder,
+    msgpack_encoder,
+    page_decoder,
+)
+from podlink.node.runtime import Node, PeerRecord
+from podlink.protocol.http_auth import sign_request
+from podlink.protocol.text import b64e
+
+log = logging.getLogger("podlink.gossip")
+HOSTILE = frozenset({"forged", "invalid", "too-large"})
+
+
+class PeerError(Exception):
+    """Raised when a peer answers with an error status or bytes we cannot read."""
+
+
+@dataclass
+class LinkStatus:
+    state: str = "starting"  # starting | syncing | live | backoff | stopped
+    connected: bool = False
+    last_success: int | None = None
+    last_error: str = ""
+    behind: int | None = None
+    received: int = 0
+    stored: int = 0
+    refused: int = 0
+    hostile: int = 0
+
+
+class PeerLink:
+    """Replication from one peer into this node."""
+
+    def __init__(self, node: Node, record: PeerRecord) -> None:
+        self.node = node
+        self.record = record
+        self.status = LinkStatus()
+        self.source = b64e(record.pod)
+        self._lock = asyncio.Lock()  # one pull at a time (the loop and `podlink sync`)
+        self.task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ HTTP
+
+    def _url(self, path: str, **query: object) -> yarl.URL:
+        url = yarl.URL(self.record.url + path)
+        return url.with_query({k: str(v) for k, v in query.items()}) if query else url
+
+    def _headers(self, method: str, url: yarl.URL, body: bytes = b"") -> dict[str, str]:
+        return sign_request(self.node.keypair, method, url.raw_path_qs, body)
+
+    async def _get(self, path: str, **query: object) -> bytes:
+        session = self.node.session
+        assert session is not None
+        url = self._url(path, **query)
+        async with session.get(url, headers=self._headers("GET", url)) as resp:
+            data = await resp.read()
+            if resp.status != 200:
+                raise PeerError(f"{path}: HTTP {resp.status} {data[:200].decode(errors='replace')}")
+            return data
+
+    # ------------------------------------------------------------ pulling
+
+    async def pull(self) -> tuple[int, int]:
+        """Fetch pages until caught up; returns (events received, events stored)."""
+        async with self._lock:
+            received = stored = 0
+            self.status.state = "syncing"
+            while True:
+                try:
+                    page = page_decoder.decode(await self._get(
+                        "/v1/peer/changes", since=self.record.cursor))  # fmt: skip
+                except msgspec.MsgspecError as err:
+                    raise PeerError(f"unreadable page: {err}") from None
+                r, s = await self._take(page)
+                received, stored = received + r, stored + s
+                if page.cursor >= page.head or (not page.events and page.cursor == page.head):
+                    break
+            return received, stored
+
+    async def _take(self, page: Page) -> tuple[int, int]:
+        """Ingest one page, repairing first if the peer's store was restored."""
+        rec = self.record
+        if (rec.epoch is not None and page.epoch != rec.epoch) or page.head < rec.cursor:
+            log.warning("peer %s: store restored (epoch or head moved back); repairing",
+                        self.source[:8])  # fmt: skip
+            await self.repair()
+            await self.node.save_cursor(rec.pod, page.head, page.epoch, int(time.time()))
+            return 0, 0
+        wires = [bytes(raw) for raw in page.events]
+        stored = 0
+        if wires:
+            results = await self.node.submit(wires, source=self.source)
+            stored = sum(r.status == "stored" for r in results)
+            refused = [r for r in results if r.status == "refused"]
+            hostile = [r for r in refused if r.reason in HOSTILE]
+            self.status.refused += len(refused)
+            self.status.hostile += len(hostile)
+            if hostile:
+                log.warning("peer %s sent %d bad events (%s)", self.source[:8], len(hostile),
+                            hostile[0].message)  # fmt: skip
+        self.status.received += len(wires)
+        self.status.stored += stored
+        self.status.behind = max(page.head - page.cursor, 0)
+        self.node.metrics.set("peer_lag_events", self.status.behind, peer=self.source[:8])
+        now = int(time.time())
+        await self.node.save_cursor(rec.pod, page.cursor, page.epoch, now)
+        self.status.last_success = now
+        return len(wires), stored
+
+    async def repair(self) -> int:
+        """Compare feed heads with the peer and fetch every range we miss."""
+        theirs = heads_decoder.decode(await self._get("/v1/peer/heads"))
+        fetched = 0
+        for head in theirs:
+            ours = await queries.feed_heads(self.node.ledger.reader, head.author)
+            have = ours.get(head.lane, (0, b"", 0))[0]
+            while have < head.seq:
+                page = page_decoder.decode(await self._get(
+                    "/v1/peer/feed", author=b64e(head.author), lane=head.lane,
+                    **{"from": have + 1, "to": head.seq}))  # fmt: skip
+                if not page.events:
+                    break
+                await self.node.submit([bytes(r) for r in page.events], source=self.source)
+                fetched += len(page.events)
+                have += len(page.events)
+        log.info("peer %s: repair fetched %d events", self.source[:8], fetched)
+        return fetched
+
+    # ------------------------------------------------------------ live stream
+
+    async def stream(self) -> None:
+        """Keep the WebSocket open and ingest pages as the peer pushes them."""
+        session = self.node.session
+        assert session is not None
+        url = self._url("/v1/peer/stream")
+        async with session.ws_connect(
+            url, headers=self._headers("GET", url), heartbeat=30, max_msg_size=16 * 1024 * 1024
+        ) as ws:
+            hello = StreamHello(since=self.record.cursor, epoch=self.record.epoch)
+            await ws.send_bytes(msgpack_encoder.encode(hello))
+            self.status.state, self.status.connected = "live", True
+            self.node.metrics.set("peer_connected", 1, peer=self.source[:8])
+            try:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        break
+                    try:
+                        page = page_decoder.decode(msg.data)
+                    except msgspec.MsgspecError as err:
+                        raise PeerError(f"unreadable page: {err}") from None
+                    async with self._lock:
+                        await self._take(page)
+            finally:
+                self.status.connected = False
+                self.node.metrics.set("peer_connected", 0, peer=self.source[:8])
+
+    async def run(self) -> None:
+        """Replicate forever: catch up, stream, and on failure back off with jitter."""
+        delay = 1.0
+        cap = self.node.config.backoff_max_s
+        while True:
+            try:
+                started = time.monotonic()
+                await self.pull()
+                self.node.metrics.set(
+                    "peer_sync_seconds", time.monotonic() - started, peer=self.source[:8]
+                )
+                self.status.last_error = ""
+                delay = 1.0
+                await self.stream()
+                self.status.last_error = "stream closed by peer"
+            except asyncio.CancelledError:
+                self.status.state = "stopped"
+                raise
+            except (aiohttp.ClientError, PeerError, TimeoutError, OSError) as err:
+                self.status.last_error = f"{type(err).__name__}: {err}"[:300]
+                log.info("peer %s: %s", self.source[:8], self.status.last_error)
+            except Exception as err:  # a bug must not kill replication for good
+                self.status.last_error = f"internal: {type(err).__name__}"
+                log.exception("peer %s: unexpected error", self.source[:8])
+            if self.status.hostile:
+                delay = max(delay, cap / 2)  # a peer sending forgeries waits longer
+            self.status.state = "backoff"
+            await asyncio.sleep(random.uniform(0.5, 1.0) * min(delay, cap))
+            delay *= 2
+
+
+class Gossip:
+    """One PeerLink task per peer, started and stopped with the node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.links: dict[bytes, PeerLink] = {}
+
+    def start_peer(self, record: PeerRecord) -> PeerLink:
+        link = self.links.get(record.pod)
+        if link is not None:
+            link.record = record
+            if link.task is not None and not link.task.done():
+                return link
+        link = self.links[record.pod] = PeerLink(self.node, record)
+        link.task = asyncio.create_task(link.run(), name=f"gossip-{b64e(record.pod)[:8]}")
+        return link
+
+    async def stop_peer(self, pod: bytes) -> None:
+        link = self.links.pop(pod, None)
+        if link is not None and link.task is not None:
+            link.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await link.task
+
+    async def start(self) -> None:
+        for record in self.node.peers.values():
+            self.start_peer(record)
+
+    async def stop(self) -> None:
+        for pod in list(self.links):
+            await self.stop_peer(pod)
+
+    async def sync_all(self, timeout: float) -> list[PeerSync]:
+        """One pull from every peer now, side by side (for `podlink sync`)."""
+
+        async def one(link: PeerLink) -> PeerSync:
+            name = link.record.name
+            try:
+                received, stored = await asyncio.wait_for(link.pull(), timeout)
+            except (aiohttp.ClientError, PeerError, TimeoutError, OSError) as err:
+                link.status.last_error = f"{type(err).__name__}: {err}"[:300]
+                return PeerSync(pod=link.source, name=name, ok=False, received=0, stored=0,
+                                error=link.status.last_error)  # fmt: skip
+            return PeerSync(pod=link.source, name=name, ok=True, received=received, stored=stored)
+
+        return list(await asyncio.gather(*(one(link) for link in self.links.values())))

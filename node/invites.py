@@ -1,0 +1,82 @@
+"""One-time invite codes: how two pods come to peer.
+
+A code is ``podlink1.`` followed by base64url of the msgpack array
+``[url, pod key (32 bytes), secret, expires (unix seconds)]``. The inviting node keeps only
+a hash of the secret; the joining node presents the secret in a request signed with its own
+pod key, and both sides end up peered with each other's key and URL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import msgspec
+import yarl
+
+from podlink.node.api_types import Peer, Redeem, json_encoder
+from podlink.node.errors import APIError
+from podlink.protocol.http_auth import sign_request
+from podlink.protocol.text import b64d, b64e
+
+if TYPE_CHECKING:
+    from podlink.node.runtime import Node
+
+PREFIX = "podlink1."
+
+
+class InviteCode(msgspec.Struct, array_like=True, frozen=True):
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=500)]
+    pod: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    secret: Annotated[str, msgspec.Meta(min_length=16, max_length=100)]
+    expires: int
+
+
+_decoder = msgspec.msgpack.Decoder(InviteCode)
+_peer_decoder = msgspec.json.Decoder(Peer)
+
+
+def encode(url: str, pod: bytes, secret: str, expires: int) -> str:
+    return PREFIX + b64e(msgspec.msgpack.encode(InviteCode(url, pod, secret, expires)))
+
+
+def decode(code: str) -> InviteCode:
+    code = code.strip()
+    if not code.startswith(PREFIX):
+        raise APIError("invalid", f"an invite code starts with {PREFIX!r}")
+    try:
+        return _decoder.decode(b64d(code[len(PREFIX) :], what="invite"))
+    except msgspec.MsgspecError:
+        raise APIError("invalid", "this invite code is damaged; copy it again") from None
+
+
+async def store(node: Node, secret: str, expires: int) -> None:
+    from podlink.node.peer_api import secret_hash
+
+    await node.ledger.write(
+        "INSERT INTO invites (secret_hash, created, expires) "
+        "VALUES (?, strftime('%s','now'), ?)",
+        (secret_hash(secret), expires),
+    )
+
+
+async def redeem(node: Node, code: InviteCode) -> Peer:
+    """Present the secret to the inviting node; returns who it is."""
+    assert node.session is not None
+    body = json_encoder.encode(
+        Redeem(secret=code.secret, url=node.config.public_url, name=node.config.name)
+    )
+    url = yarl.URL(code.url.rstrip("/") + "/v1/peer/redeem")
+    headers = sign_request(node.keypair, "POST", url.raw_path_qs, body)
+    headers["Content-Type"] = "application/json"
+    async with node.session.post(url, data=body, headers=headers) as resp:
+        data = await resp.read()
+        if resp.status != 200:
+            try:
+                message = msgspec.json.decode(data)["message"]
+            except (msgspec.MsgspecError, KeyError, TypeError):
+                message = f"HTTP {resp.status}"
+            raise APIError("unauthorised", f"the other pod refused the invite: {message}", 400)
+    peer = _peer_decoder.decode(data)
+    if b64d(peer.pod, length=32, what="pod") != code.pod:
+        raise APIError("forged", "the node at the invite's URL is not the pod that invited us")
+    return peer

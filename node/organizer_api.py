@@ -1,0 +1,357 @@
+"""The organizer API: submit signed events, read the pod's state, manage peers.
+
+Handlers are thin: decode at the edge (api_types), call the ledger or the node, encode.
+Ids in paths may be any unique prefix of the base64url id, like git's short hashes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from podlink.ledger import queries
+from podlink.ledger.store import rows
+from podlink.node import invites
+from podlink.node.api_types import (
+    Head,
+    Heads,
+    Invite,
+    PeerStatus,
+    Result,
+    Status,
+    SubmitResults,
+    SyncReport,
+    VerifyOut,
+    add_peer_decoder,
+    join_decoder,
+    json_encoder,
+    submit_decoder,
+)
+from podlink.node.errors import APIError
+from podlink.node.peer_api import NODE, version
+from podlink.protocol import boxes, kinds
+from podlink.protocol.envelope import PROTOCOL_VERSION
+from podlink.protocol.errors import ProtocolError
+from podlink.protocol.text import b64d, b64e
+
+MAX_LIST = 5000
+
+
+def jsonable(value: Any) -> Any:
+    """Rows as JSON: bytes become base64url text, recursively."""
+    if isinstance(value, bytes):
+        return b64e(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def reply(body: Any, status: int = 200) -> web.Response:
+    if not isinstance(body, msgspec.Struct):
+        body = jsonable(body)
+    return web.Response(
+        body=json_encoder.encode(body), status=status, content_type="application/json"
+    )
+
+
+def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.query.get(name)
+    if value is not None and value not in allowed:
+        raise APIError("invalid", f"{name} must be one of {', '.join(allowed)}")
+    return value
+
+
+# ---------------------------------------------------------------- writing
+
+
+async def submit_events(request: web.Request) -> web.Response:
+    """Store events signed by an organizer's CLI (and keys of members they describe)."""
+    node = request.app[NODE]
+    body = submit_decoder.decode(await request.read())
+    wires = [b64d(e, what="event") for e in body.events]
+    member_keys = [
+        (b64d(mk.member, length=32, what="member"), b64d(mk.key, length=32, what="member key"))
+        for mk in body.member_keys
+    ]
+    results = await node.submit(wires, source="local", local=True)
+    stored_ids = {b64d(r.id) for r in results if r.ok and r.id}
+    for member, key in member_keys:
+        if member in stored_ids:
+            await node.ledger.put_member_key(member, key)
+    out = [msgspec.convert(msgspec.to_builtins(r), Result) for r in results]
+    refused = next((r for r in results if not r.ok and r.status != "pending"), None)
+    if refused is None:
+        refused = next((r for r in results if not r.ok), None)
+    if refused is not None:
+        raise APIError(refused.reason or "invalid", refused.message, results=out)
+    return reply(SubmitResults(results=out))
+
+
+async def heads(request: web.Request) -> web.Response:
+    """An author's feed heads (default: the caller) and the node's clock, to chain on."""
+    node = request.app[NODE]
+    author = request["signer"]
+    if "author" in request.query:
+        author = b64d(request.query["author"], length=32, what="author")
+    found = await queries.feed_heads(node.ledger.reader, author)
+    body = Heads(
+        author=b64e(author), pod=b64e(node.pod),
+        heads={lane: Head(seq=s, id=b64e(i), ts=t) for lane, (s, i, t) in found.items()},
+        clock=node.ledger.clock.now(),
+    )  # fmt: skip
+    return reply(body)
+
+
+# ---------------------------------------------------------------- reading
+
+
+async def status(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    db = node.ledger.reader
+
+    async def count(sql: str, params: tuple = ()) -> int:
+        return (await rows(db, sql, params))[0][0]
+
+    body = Status(
+        pod=b64e(node.pod), name=node.config.name, zone=node.config.zone,
+        url=node.config.public_url, events=await queries.count_events(db),
+        peers=len(node.peers), version=version(), protocol=PROTOCOL_VERSION,
+        organizers=len(node.ledger.roster.active_keys(node.pod)),
+        members=await count("SELECT count(*) FROM members WHERE status = 'active'"),
+        open_requests=await count("SELECT count(*) FROM requests WHERE status = 'open'"),
+        forks=await count("SELECT count(*) FROM forks"),
+        pending=await count("SELECT count(*) FROM pending"),
+        clock=node.ledger.clock.now(),
+    )  # fmt: skip
+    return reply(body)
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    q = request.query
+    pod = await queries.resolve(node.ledger.reader, "pods", q["pod"], "pod") if "pod" in q else None
+    found = await queries.list_requests(
+        node.ledger.reader,
+        status=_choice(request, "status", ("open", "accepted", "fulfilled", "cancelled")),
+        category=q.get("category"), pod=pod,
+        lane=_choice(request, "lane", ("pod", "peers", "network")), limit=MAX_LIST,
+    )  # fmt: skip
+    return reply(found)
+
+
+async def show_request(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    db = node.ledger.reader
+    rid = await queries.resolve(db, "requests", request.match_info["id"], "request")
+    return reply(await queries.get_request(db, rid))
+
+
+async def list_offers(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    wanted = _choice(request, "status", ("open", "withdrawn", "all")) or "open"
+    found = await queries.list_offers(
+        node.ledger.reader, status=None if wanted == "all" else wanted
+    )
+    return reply(found)
+
+
+async def list_members(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    everyone = request.query.get("all") in ("1", "true")
+    return reply(await queries.list_members(node.ledger.reader, include_forgotten=everyone))
+
+
+async def member_key(request: web.Request) -> web.Response:
+    """A member's key, for an organizer's CLI writing an update about them."""
+    node = request.app[NODE]
+    db = node.ledger.reader
+    member = await queries.resolve(db, "members", request.match_info["id"], "member")
+    key = await queries.member_key(db, member)
+    if key is None:
+        raise APIError("not-found", "this member was forgotten; their key is gone")
+    return reply({"member": member, "key": key})
+
+
+async def list_claims(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    db = node.ledger.reader
+    rid = None
+    if "request" in request.query:
+        rid = await queries.resolve(db, "requests", request.query["request"], "request")
+    wanted = _choice(request, "status", ("pending", "accepted", "declined", "closed"))
+    return reply(await queries.list_claims(db, request=rid, status=wanted))
+
+
+async def resolve_id(request: web.Request) -> web.Response:
+    """Expand a short id: ``GET /v1/resolve/{table}/{prefix}``."""
+    node = request.app[NODE]
+    table = request.match_info["table"]
+    allowed = ("requests", "offers", "members", "claims", "pods", "resources")
+    if table not in allowed:
+        raise APIError("invalid", f"table must be one of {', '.join(allowed)}")
+    found = await queries.resolve(
+        node.ledger.reader, table, request.match_info["prefix"], table.rstrip("s")
+    )
+    return reply({"id": found})
+
+
+async def list_pods(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return reply(await queries.list_pods(node.ledger.reader))
+
+
+async def roster(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return reply(await queries.list_roster(node.ledger.reader, node.pod))
+
+
+async def list_resources(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    category = request.query.get("category")
+    return reply(await queries.list_resources(node.ledger.reader, category=category))
+
+
+async def list_forks(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return reply(await queries.list_forks(node.ledger.reader))
+
+
+async def log(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    try:
+        since = int(request.query.get("since", "0"))
+        limit = min(int(request.query.get("limit", "100")), MAX_LIST)
+    except ValueError:
+        raise APIError("invalid", "since and limit must be integers") from None
+    newest = request.query.get("order") == "newest"
+    return reply(await queries.log_page(node.ledger.reader, since, limit, newest_first=newest))
+
+
+async def match(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return reply(await queries.suggest_matches(node.ledger.reader, node.pod))
+
+
+async def inbox(request: web.Request) -> web.Response:
+    """Sealed messages addressed to this pod, opened with the pod's key."""
+    node = request.app[NODE]
+    out = []
+    for item in await queries.sealed_for(node.ledger.reader, node.pod):
+        try:
+            handoff = kinds.decode_contact_handoff(boxes.open_sealed(node.keypair, item["box"]))
+            opened: dict[str, Any] = msgspec.to_builtins(handoff)
+        except ProtocolError as err:
+            opened = {"error": err.message}
+        out.append({"id": item["id"], "from": item["from"], "ts": item["ts"], "message": opened})
+    return reply(out)
+
+
+async def verify(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    report = await node.ledger.verify()
+    return reply(VerifyOut(ok=report.ok, events=report.events, problems=report.problems or []))
+
+
+# ---------------------------------------------------------------- peers
+
+
+def _peer_status(node: Any, record: Any) -> PeerStatus:
+    link = node.gossip.links.get(record.pod) if node.gossip else None
+    st = link.status if link else None
+    return PeerStatus(
+        pod=b64e(record.pod), name=record.name, url=record.url,
+        status=st.state if st else "stopped", connected=bool(st and st.connected),
+        last_sync=record.last_sync, last_error=st.last_error if st else "",
+        behind=st.behind if st else None, cursor=record.cursor,
+        received=st.received if st else 0, refused=st.refused if st else 0,
+    )  # fmt: skip
+
+
+async def list_peers(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return reply([_peer_status(node, r) for r in node.peers.values()])
+
+
+async def add_peer(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    body = add_peer_decoder.decode(await request.read())
+    record = await node.add_peer(b64d(body.key, length=32, what="key"), body.url, body.name)
+    return reply(_peer_status(node, record), status=201)
+
+
+async def remove_peer(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    prefix = request.match_info["key"]
+    matches = [p for p in node.peers if b64e(p).startswith(prefix)]
+    if len(matches) != 1:
+        raise APIError("not-found" if not matches else "ambiguous",
+                       f"{len(matches)} peers match {prefix!r}")  # fmt: skip
+    await node.remove_peer(matches[0])
+    return reply({"removed": matches[0]})
+
+
+async def create_invite(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    secret = b64e(os.urandom(24))
+    expires = int(time.time()) + node.config.invite_ttl_s
+    await invites.store(node, secret, expires)
+    code = invites.encode(node.config.public_url, node.pod, secret, expires)
+    return reply(Invite(invite=code, expires=expires), status=201)
+
+
+async def join(request: web.Request) -> web.Response:
+    """Redeem another pod's invite: they add us, then we add them."""
+    node = request.app[NODE]
+    body = join_decoder.decode(await request.read())
+    code = invites.decode(body.invite)
+    if code.expires < time.time():
+        raise APIError("invalid", "this invite has expired; ask the other pod for a new one")
+    try:
+        peer = await invites.redeem(node, code)
+    except (aiohttp.ClientError, TimeoutError, OSError) as err:
+        raise APIError(
+            "unavailable", f"could not reach {code.url}: {type(err).__name__}; is that node up?"
+        ) from None
+    record = await node.add_peer(code.pod, code.url, peer.name)
+    return reply(_peer_status(node, record), status=201)
+
+
+async def sync(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    report = await node.gossip.sync_all(node.config.peer_timeout_s * 3)
+    return reply(SyncReport(peers=report))
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v1/status", status)
+    r.add_get("/v1/heads", heads)
+    r.add_post("/v1/events", submit_events)
+    r.add_get("/v1/requests", list_requests)
+    r.add_get("/v1/requests/{id}", show_request)
+    r.add_get("/v1/offers", list_offers)
+    r.add_get("/v1/members", list_members)
+    r.add_get("/v1/members/{id}/key", member_key)
+    r.add_get("/v1/claims", list_claims)
+    r.add_get("/v1/resolve/{table}/{prefix}", resolve_id)
+    r.add_get("/v1/pods", list_pods)
+    r.add_get("/v1/roster", roster)
+    r.add_get("/v1/resources", list_resources)
+    r.add_get("/v1/forks", list_forks)
+    r.add_get("/v1/log", log)
+    r.add_get("/v1/match", match)
+    r.add_get("/v1/inbox", inbox)
+    r.add_post("/v1/verify", verify)
+    r.add_get("/v1/peers", list_peers)
+    r.add_post("/v1/peers", add_peer)
+    r.add_delete("/v1/peers/{key}", remove_peer)
+    r.add_post("/v1/invites", create_invite)
+    r.add_post("/v1/peers/join", join)
+    r.add_post("/v1/sync", sync)

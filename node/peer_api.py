@@ -1,0 +1,216 @@
+"""The peer API: what a peered pod may pull, stream and repair — never the pod lane.
+
+* ``GET /v1/peer/changes?since=N&limit=M`` — a msgpack :class:`Page` of events after store
+  position N, in store order;
+* ``GET /v1/peer/stream`` — a WebSocket: the peer sends a msgpack ``StreamHello`` (its
+  cursor), then receives Pages as events are stored, from its cursor on, forever;
+* ``GET /v1/peer/heads`` — every visible feed head (msgpack), to find gaps after a restore;
+* ``GET /v1/peer/feed?author=K&lane=L&from=A&to=B`` — a range of one feed by seq;
+* ``POST /v1/peer/redeem`` — a joining node presents an invite's secret.
+
+A peer sees every ``network`` event this node holds and this pod's ``peers`` lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from podlink.ledger import queries
+from podlink.node.api_types import (
+    FeedHead,
+    Info,
+    Page,
+    Peer,
+    hello_decoder,
+    json_encoder,
+    msgpack_encoder,
+    redeem_decoder,
+)
+from podlink.node.errors import APIError
+from podlink.node.runtime import Node
+from podlink.protocol.envelope import LANES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, encode_wire
+from podlink.protocol.text import b64d, b64e
+
+log = logging.getLogger("podlink.node")
+NODE: web.AppKey[Node] = web.AppKey("node", Node)
+MSGPACK = "application/msgpack"
+STREAM_IDLE_S = 25.0  # a ping at least this often keeps NATs and proxies from closing us
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("podlink")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+async def info(request: web.Request) -> web.Response:
+    """Public: the pod key, name, zone and protocol versions of this node."""
+    node = request.app[NODE]
+    pods = {p["pod"]: p for p in await queries.list_pods(node.ledger.reader)}
+    me = pods.get(node.pod, {})
+    body = Info(
+        pod=b64e(node.pod), name=me.get("name", node.config.name), zone=me.get("zone", ""),
+        protocols=sorted(SUPPORTED_VERSIONS), version=version(),
+    )  # fmt: skip
+    return web.Response(body=json_encoder.encode(body), content_type="application/json")
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise APIError("invalid", f"{name} must be an integer, got {raw[:20]!r}") from None
+    if not low <= value <= high:
+        raise APIError("invalid", f"{name} must be between {low} and {high}")
+    return value
+
+
+async def page_since(node: Node, peer: bytes, since: int, limit: int) -> Page:
+    """The next page of what ``peer`` may see after ``since``."""
+    found, cursor, head = await queries.select_visible(
+        node.ledger.reader, since, limit, pod=node.pod, exclude_pod=peer
+    )
+    return Page(
+        epoch=node.ledger.epoch, cursor=cursor, head=head,
+        events=[msgspec.Raw(encode_wire(p, s, b)) for _, p, s, b in found],
+    )  # fmt: skip
+
+
+async def changes(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    since = _int_param(request, "since", 0, 0, 2**62)
+    limit = _int_param(request, "limit", node.config.page_events, 1, node.config.page_events)
+    page = await page_since(node, request["signer"], since, limit)
+    return web.Response(body=msgpack_encoder.encode(page), content_type=MSGPACK)
+
+
+async def stream(request: web.Request) -> web.WebSocketResponse:
+    """Push pages to a peer from its cursor on, as events are stored."""
+    node = request.app[NODE]
+    peer = request["signer"]
+    ws = web.WebSocketResponse(heartbeat=STREAM_IDLE_S, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    try:
+        first = await ws.receive(timeout=node.config.peer_timeout_s)
+        if first.type != WSMsgType.BINARY:
+            await ws.close(code=4400, message=b"expected a msgpack hello")
+            return ws
+        try:
+            hello = hello_decoder.decode(first.data)
+        except msgspec.MsgspecError:
+            await ws.close(code=4400, message=b"malformed hello")
+            return ws
+        cursor = hello.since
+        limit = node.config.page_events
+        reader = asyncio.create_task(_drain(ws))
+        try:
+            while not ws.closed and not reader.done():
+                marker = node.change_marker()  # taken first: no store can slip past us
+                page = await page_since(node, peer, cursor, limit)
+                if page.events or page.cursor != cursor:
+                    await ws.send_bytes(msgpack_encoder.encode(page))
+                    cursor = page.cursor
+                if len(page.events) < limit:
+                    await node.wait_for_events(marker, STREAM_IDLE_S)
+        finally:
+            reader.cancel()
+    except (ConnectionResetError, asyncio.CancelledError, TimeoutError):
+        pass
+    finally:
+        await ws.close()
+    return ws
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    """Read (and ignore) what the peer sends, so pings and close frames are handled."""
+    async for _ in ws:
+        pass
+
+
+async def heads(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    found = await queries.visible_heads(
+        node.ledger.reader, pod=node.pod, exclude_pod=request["signer"]
+    )
+    body = [FeedHead(a, ln, s, i) for a, ln, s, i in found]
+    return web.Response(body=msgpack_encoder.encode(body), content_type=MSGPACK)
+
+
+async def feed(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    author = b64d(request.query.get("author", ""), length=32, what="author")
+    lane = request.query.get("lane", "")
+    if lane not in LANES or lane == "pod":
+        raise APIError("invalid", "lane must be peers or network")
+    start = _int_param(request, "from", 1, 1, 2**53)
+    end = _int_param(request, "to", 2**53, start, 2**53)
+    limit = node.config.page_events
+    found = await queries.feed_range(node.ledger.reader, author, lane, start, end, limit)
+    if lane == "peers":
+        first = await queries.rows(
+            node.ledger.reader, "SELECT pod FROM feeds WHERE author = ? AND lane = 'peers'",
+            (author,),
+        )  # fmt: skip
+        if first and first[0][0] != node.pod:
+            found = []  # another pod's peers lane is one hop only: not ours to pass on
+    head = await queries.max_position(node.ledger.reader)
+    page = Page(
+        epoch=node.ledger.epoch, cursor=0, head=head,
+        events=[msgspec.Raw(encode_wire(p, s, b)) for _, p, s, b in found],
+    )  # fmt: skip
+    return web.Response(body=msgpack_encoder.encode(page), content_type=MSGPACK)
+
+
+def secret_hash(secret: str) -> bytes:
+    return hashlib.blake2b(secret.encode(), digest_size=32, person=b"podlink-invite").digest()
+
+
+async def redeem(request: web.Request) -> web.Response:
+    """A node that was given our invite asks to peer; the invite is used up."""
+    node = request.app[NODE]
+    body = redeem_decoder.decode(await request.read())
+    joiner = request["signer"]
+    h = secret_hash(body.secret)
+    found = await queries.rows(
+        node.ledger.reader, "SELECT expires, used_by FROM invites WHERE secret_hash = ?", (h,)
+    )
+    import time
+
+    if not found:
+        raise APIError("unauthorised", "this invite is not known here")
+    expires, used_by = found[0]
+    if used_by is not None and used_by != joiner:
+        raise APIError("unauthorised", "this invite was already used")
+    if expires < time.time():
+        raise APIError("unauthorised", "this invite has expired; ask for a new one")
+    await node.ledger.write(
+        "UPDATE invites SET used_by = ?, used_at = strftime('%s','now') WHERE secret_hash = ?",
+        (joiner, h),
+    )
+    await node.add_peer(joiner, body.url, body.name)
+    me = Peer(pod=b64e(node.pod), name=node.config.name, url=node.config.public_url)
+    return web.Response(body=json_encoder.encode(me), content_type="application/json")
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/info", info)
+    app.router.add_get("/v1/peer/changes", changes)
+    app.router.add_get("/v1/peer/stream", stream)
+    app.router.add_get("/v1/peer/heads", heads)
+    app.router.add_get("/v1/peer/feed", feed)
+    app.router.add_post("/v1/peer/redeem", redeem)
+
+
+__all__ = ["NODE", "PROTOCOL_VERSION", "setup_routes"]

@@ -1,0 +1,149 @@
+"""The running node: its key, ledger, peers, metrics, and the signal new events raise.
+
+One :class:`Node` lives in the aiohttp application (``app[NODE]``); handlers and gossip
+tasks share it. It holds no organizer's secret key, only the pod's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from podlink.ledger import queries
+from podlink.ledger.ingest import IngestResult
+from podlink.ledger.ledger import Ledger
+from podlink.node.config import Config
+from podlink.node.metrics import Metrics
+from podlink.protocol.keys import Keypair
+from podlink.protocol.text import b64e
+
+log = logging.getLogger("podlink.node")
+
+
+@dataclass
+class PeerRecord:
+    pod: bytes
+    url: str
+    name: str
+    cursor: int
+    epoch: bytes | None
+    last_sync: int | None
+
+
+class Node:
+    """State shared by the API handlers and the gossip tasks of one node."""
+
+    def __init__(self, config: Config, keypair: Keypair, ledger: Ledger) -> None:
+        self.config = config
+        self.keypair = keypair
+        self.ledger = ledger
+        self.metrics = Metrics()
+        self.peers: dict[bytes, PeerRecord] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self.gossip: object | None = None  # node.gossip.Gossip, set by its cleanup context
+        self._changed = asyncio.Event()
+        ledger.stored_listeners.append(self._on_stored)
+
+    @property
+    def pod(self) -> bytes:
+        return self.keypair.public
+
+    # ------------------------------------------------------------ new events
+
+    def _on_stored(self, head: int) -> None:
+        self.metrics.set("ledger_events", head)
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    def change_marker(self) -> asyncio.Event:
+        """An event set at the next store; take it *before* reading, then wait on it."""
+        return self._changed
+
+    async def wait_for_events(self, marker: asyncio.Event, timeout: float) -> bool:
+        """Wait until ``marker`` fires (True) or ``timeout`` passes (False)."""
+        try:
+            await asyncio.wait_for(marker.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------ roles
+
+    def roles_of(self, key: bytes) -> set[str]:
+        roles: set[str] = set()
+        if key == self.pod or key in self.ledger.roster.active_keys(self.pod):
+            roles.add("organizer")
+        if key in self.peers:
+            roles.add("peer")
+        return roles
+
+    # ------------------------------------------------------------ writing
+
+    async def submit(
+        self, wires: Sequence[bytes], *, source: str, local: bool = False
+    ) -> list[IngestResult]:
+        """Ingest events through the ledger, counting outcomes for /metrics."""
+        if local:
+            results = await self.ledger.append(wires)
+        else:
+            results = await self.ledger.ingest(wires, source=source)
+        for r in results:
+            if r.status == "stored":
+                self.metrics.inc("events_stored_total", source="local" if local else "peer")
+            elif r.status == "refused":
+                self.metrics.inc("events_refused_total", reason=r.reason or "invalid")
+            elif r.status == "pending":
+                self.metrics.inc("events_pending_total")
+        return results
+
+    # ------------------------------------------------------------ peers
+
+    async def load_peers(self) -> None:
+        found = await queries.rows(
+            self.ledger.reader,
+            "SELECT pod, url, name, cursor, epoch, last_sync FROM peers WHERE removed IS NULL",
+        )
+        self.peers = {r[0]: PeerRecord(*r) for r in found}
+
+    async def add_peer(self, pod: bytes, url: str, name: str) -> PeerRecord:
+        """Peer with ``pod`` at ``url`` (idempotent; a new URL replaces the old one)."""
+        if pod == self.pod:
+            from podlink.node.errors import APIError
+
+            raise APIError("invalid", "a pod cannot peer with itself")
+        url = url.rstrip("/")
+        await self.ledger.write(
+            "INSERT INTO peers (pod, url, name, added) VALUES (?, ?, ?, strftime('%s','now')) "
+            "ON CONFLICT (pod) DO UPDATE SET url = excluded.url, "
+            "name = CASE WHEN excluded.name != '' THEN excluded.name ELSE peers.name END, "
+            "removed = NULL",
+            (pod, url, name),
+        )
+        await self.load_peers()
+        record = self.peers[pod]
+        log.info("peer added: %s %s at %s", b64e(pod)[:8], record.name, url)
+        if self.gossip is not None:
+            self.gossip.start_peer(record)  # type: ignore[attr-defined]
+        return record
+
+    async def remove_peer(self, pod: bytes) -> None:
+        await self.ledger.write(
+            "UPDATE peers SET removed = strftime('%s','now') WHERE pod = ?", (pod,)
+        )
+        self.peers.pop(pod, None)
+        if self.gossip is not None:
+            await self.gossip.stop_peer(pod)  # type: ignore[attr-defined]
+        log.info("peer removed: %s", b64e(pod)[:8])
+
+    async def save_cursor(self, pod: bytes, cursor: int, epoch: bytes, now_s: int) -> None:
+        await self.ledger.write(
+            "UPDATE peers SET cursor = ?, epoch = ?, last_sync = ? WHERE pod = ?",
+            (cursor, epoch, now_s, pod),
+        )
+        record = self.peers.get(pod)
+        if record is not None:
+            record.cursor, record.epoch, record.last_sync = cursor, epoch, now_s
