@@ -79,7 +79,7 @@ def make_auth_middleware(node: object) -> object:
         if needed == "public":
             return await handler(request)
         body = await request.read()
-        signed = verify_request(request.headers, request.method, request.path_qs, body)
+        signed = verify_request(request.headers, request.method, request.raw_path, body)
         if not limiter.allow(signed.key):
             node.metrics.inc("requests_refused_total", reason="rate-limited")
             raise APIError("rate-limited", "too many requests from this key; slow down")

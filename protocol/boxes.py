@@ -49,7 +49,8 @@ def new_member_key() -> bytes:
 
 def lock(member_key: bytes, plaintext: bytes) -> bytes:
     """Encrypt with a member key (random nonce prepended)."""
-    return nacl.secret.SecretBox(member_key).encrypt(plaintext)
+    # bytes(): PyNaCl returns an EncryptedMessage subclass, which msgspec refuses to encode.
+    return bytes(nacl.secret.SecretBox(member_key).encrypt(plaintext))
 
 
 def unlock(member_key: bytes, box: bytes) -> bytes:

@@ -91,7 +91,11 @@ def verify_request(
             f"request time is {int(now - when)} s away from this node's clock "
             f"(limit {WINDOW_S} s); check the clock of the sending machine",
         )
-    if not verify_signature(key, signing_input(method, path_qs, body, when, nonce), sig):
+    try:
+        message = signing_input(method, path_qs, body, when, nonce)
+    except UnicodeEncodeError:  # undecodable bytes in the path or nonce (surrogate escapes)
+        raise ProtocolError("invalid", "request path or nonce is not valid UTF-8") from None
+    if not verify_signature(key, message, sig):
         raise ProtocolError("forged", "request signature does not verify")
     return SignedRequest(key, when, nonce)
 

@@ -22,11 +22,11 @@ Id32 = Annotated[bytes, msgspec.Meta(min_length=ID_LEN, max_length=ID_LEN)]
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Short = Annotated[str, msgspec.Meta(max_length=200)]
 Text = Annotated[str, msgspec.Meta(max_length=4000)]
-Category = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
+Category = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,31}\Z")]
 Categories = Annotated[list[Category], msgspec.Meta(max_length=32)]
 Box = Annotated[bytes, msgspec.Meta(min_length=40, max_length=60 * 1024)]
 Urgency = Literal["low", "normal", "high", "urgent"]
-Date = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+Date = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")]
 Hours = Annotated[float, msgspec.Meta(ge=0, le=1000)]
 
 #: The common categories, named so that pods agree on spelling; the set stays open.
@@ -293,7 +293,7 @@ def decode_body(kind: str, data: bytes) -> Body | None:
         return None
     try:
         return decoder.decode(data)
-    except msgspec.MsgspecError as err:
+    except (msgspec.MsgspecError, UnicodeDecodeError) as err:  # msgspec lets bad UTF-8 through
         raise ProtocolError("invalid", f"{kind} body: {err}") from None
 
 
@@ -322,12 +322,12 @@ _handoff_decoder = msgspec.msgpack.Decoder(ContactHandoff)
 def decode_member_details(data: bytes) -> MemberDetails:
     try:
         return _member_decoder.decode(data)
-    except msgspec.MsgspecError as err:
+    except (msgspec.MsgspecError, UnicodeDecodeError) as err:
         raise ProtocolError("invalid", f"member details: {err}") from None
 
 
 def decode_contact_handoff(data: bytes) -> ContactHandoff:
     try:
         return _handoff_decoder.decode(data)
-    except msgspec.MsgspecError as err:
+    except (msgspec.MsgspecError, UnicodeDecodeError) as err:
         raise ProtocolError("invalid", f"contact handoff: {err}") from None
