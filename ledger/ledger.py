@@ -157,18 +157,6 @@ class Ledger:
             await self.db.commit()
 
     async def put_member_key(self, member: bytes, key: bytes) -> None:
-        """Keep a member's SecretBox key; refused once the member was forgotten."""
-        async with self._write, translated("storing a member key"):
-            forgotten = await scalar(
-                self.db, "SELECT 1 FROM members WHERE id = ? AND status = 'forgotten'", (member,)
-            )
-            if not forgotten:
-                await self.db.execute(
-                    "INSERT OR REPLACE INTO member_keys (member, key) VALUES (?, ?)", (member, key)
-                )
-                await self.db.commit()
-
-    async def put_member_key(self, member: bytes, key: bytes) -> None:
         """Keep the SecretBox key of ``member`` (the id of its member.join event).
 
         Goes through the writer lock so that it never lands inside a batch's transaction.
