@@ -78,6 +78,8 @@ class Batch:
     waiting_roster: list[Candidate] = field(default_factory=list)
     loaded: set[tuple[bytes, str]] = field(default_factory=set)  # feeds whose head is known
     forks: list[tuple] = field(default_factory=list)
+    views: dict[bytes, list[st.EventView]] = field(default_factory=dict)  # root -> stored
+    first_pos: int = 0
     released: int = 0
     stored: int = 0
 
@@ -122,19 +124,26 @@ async def check_stateless(
     loop = asyncio.get_running_loop()
     size = -(-len(wires) // workers)
     parts = [wires[i : i + size] for i in range(0, len(wires), size)]
-    done = await asyncio.gather(*(loop.run_in_executor(executor, _check_all, p, now) for p in parts))
+    done = await asyncio.gather(
+        *(loop.run_in_executor(executor, _check_all, p, now) for p in parts)
+    )
     return [r for part in done for r in part]
 
 
-async def ingest_batch(
-    ledger: Ledger, wires: Sequence[bytes], *, source: str, allow_pending: bool
-) -> list[IngestResult]:
-    """Ingest ``wires`` (events in wire form) as one transaction; see the module doc."""
-    db = ledger.db
+@dataclass
+class Prepared:
+    """A batch after the stateless checks, ready for its transaction."""
+
+    wires: Sequence[bytes]
+    results: list[IngestResult | None]
+    fresh: list[Candidate]
+    now: int
+
+
+async def prepare(ledger: Ledger, wires: Sequence[bytes]) -> Prepared:
+    """Stateless checks of a batch (no database): may run while another batch commits."""
     now = clock.now_ms()
     results: list[IngestResult | None] = [None] * len(wires)
-
-    # 1. Stateless checks: size, decode, time, signature, body hash, kind rules.
     checked = await check_stateless(wires, now, ledger.executor, ledger.workers)
     fresh: list[Candidate] = []
     for i, outcome in enumerate(checked):
@@ -143,22 +152,27 @@ async def ingest_batch(
         else:
             ev, body, dropped = outcome
             fresh.append(Candidate(i, ev, body, wires[i], dropped))
+    return Prepared(wires, results, fresh, now)
 
-    # 2. Dedupe, within the batch and against the store (refilling bodies lost in transit).
-    batch = Batch(ledger, source, allow_pending, now, results)
-    seen: dict[bytes, Candidate] = {}
+
+async def commit(
+    ledger: Ledger, prep: Prepared, *, source: str, allow_pending: bool
+) -> list[IngestResult]:
+    """Dedupe, chain, authorise, store and project a prepared batch: one transaction.
+
+    The caller holds the ledger's write lock."""
+    db = ledger.db
+    batch = Batch(ledger, source, allow_pending, prep.now, prep.results)
+
+    # Dedupe, within the batch and against the store (refilling bodies lost in transit).
+    seen: set[bytes] = set()
     unique: list[Candidate] = []
-    for cand in fresh:
-        kept = seen.get(cand.event.id)
-        if kept is None:
-            seen[cand.event.id] = cand
+    for cand in prep.fresh:
+        if cand.event.id in seen:
+            batch.result(cand, IngestResult("duplicate", cand.event.id_text))
+        else:
+            seen.add(cand.event.id)
             unique.append(cand)
-            continue
-        if kept.event.body is None and cand.event.body is not None:
-            # A later copy in the batch brings the body the first one lacked: keep it.
-            kept.event, kept.body, kept.wire = cand.event, cand.body, cand.wire
-            kept.body_dropped = False
-        batch.result(cand, IngestResult("duplicate", cand.event.id_text))
     known = await _known_ids(db, [c.event.id for c in unique])
     refills: list[Candidate] = []
     candidates: list[Candidate] = []
@@ -172,40 +186,48 @@ async def ingest_batch(
         batch.result(cand, IngestResult("duplicate", cand.event.id_text))
 
     if not candidates and not refills:
-        return [r or IngestResult("refused") for r in results]
+        return [r or IngestResult("refused") for r in batch.results]
 
-    # 3. Chain, authorise, store, project: one transaction.
     await db.execute("BEGIN IMMEDIATE")
     try:
+        batch.first_pos = ledger.next_pos
         await _load_heads(batch, candidates)
-        for cand in refills:  # first: a refilled roster.add may authorise this batch
-            await _refill(batch, cand)
         for cand in candidates:
             await _offer(batch, cand)
         await _park_waiting(batch)
         await _flush(batch)
-        await projections.refold(db, batch.roots, ledger.roster)
+        for cand in refills:
+            await db.execute(
+                "UPDATE events SET body = ? WHERE id = ? AND body IS NULL AND dropped = 0",
+                (cand.event.body, cand.event.id),
+            )
+            root = st.root_of(cand.event.kind, cand.event.id, cand.event.pod,
+                              tuple(cand.event.header.refs))  # fmt: skip
+            if root is not None:
+                batch.roots.add(await _resolve_root(batch, cand.event, root))
+        fresh = await _fresh_roots(batch)
+        await projections.refold(db, batch.roots, ledger.roster, fresh=fresh)
         await db.commit()
     except BaseException:
         await db.rollback()
         ledger.forget_caches()
         raise
     ledger.after_commit(batch)
-    return [r or IngestResult("refused") for r in results]
+    return [r or IngestResult("refused") for r in batch.results]
 
 
-async def _refill(batch: Batch, cand: Candidate) -> None:
-    """Put back the body of a stored event that arrived without one (or with a bad one)."""
-    ev = cand.event
-    await batch.ledger.db.execute(
-        "UPDATE events SET body = ? WHERE id = ? AND body IS NULL AND dropped = 0",
-        (ev.body, ev.id),
-    )
-    root = st.root_of(ev.kind, ev.id, ev.pod, tuple(ev.header.refs))
-    if root is not None:
-        batch.roots.add(await _resolve_root(batch, ev, root))
-    if ev.kind in st.ROSTER_KINDS:  # a roster event only counts with its body
-        await _roster_changed(batch, ev.pod)
+async def _fresh_roots(batch: Batch) -> dict[bytes, list[st.EventView]]:
+    """Roots all of whose events were stored by this batch, with those events."""
+    candidates = [r for r in batch.roots if r in batch.views]
+    if not candidates:
+        return {}
+    older: set[bytes] = set()
+    for part in chunks(candidates):
+        sql = (
+            f"SELECT DISTINCT root FROM events WHERE root IN ({marks(len(part))}) AND pos < ?"
+        )
+        older.update(r[0] for r in await rows(batch.ledger.db, sql, [*part, batch.first_pos]))
+    return {r: batch.views[r] for r in candidates if r not in older}
 
 
 async def _known_ids(db, ids: list[bytes]) -> dict[bytes, bool]:
@@ -349,6 +371,9 @@ async def _store(batch: Batch, cand: Candidate) -> None:
         batch.roots.add(root)
     if h.kind == "claim.make" and root is not None:
         batch.claim_roots[ev.id] = root
+    if root is not None:
+        batch.views.setdefault(root, []).append(st.EventView(
+            ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, tuple(h.refs), cand.body))
     pos = ledger.next_pos
     ledger.next_pos += 1
     batch.rows.append((
@@ -485,14 +510,14 @@ async def _flush(batch: Batch) -> None:
             "sig, body, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             batch.rows,
         )
-        for row in batch.rows:
-            if row[7] == "claim.make" and row[8] is not None:
-                # Answers that arrived before their claim now join the claim's request.
-                await db.execute(
-                    "UPDATE events SET root = ? WHERE root = ? "
-                    "AND kind IN ('claim.accept', 'claim.decline')",
-                    (row[8], row[1]),
-                )
+        # Answers that arrived before their claim now join the claim's request.
+        rehome = [(row[8], row[1]) for row in batch.rows if row[7] == "claim.make" and row[8]]
+        if rehome:
+            await db.executemany(
+                "UPDATE events SET root = ? WHERE root = ? "
+                "AND kind IN ('claim.accept', 'claim.decline')",
+                rehome,
+            )
         batch.rows = []
     if batch.dirty_heads:
         await db.executemany(

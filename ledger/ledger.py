@@ -8,6 +8,7 @@ must chain). Reads live in ledger/queries.py and take ``ledger.db``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ import aiosqlite
 from podlink.ledger import projections
 from podlink.ledger import state as st
 from podlink.ledger.errors import LedgerError
-from podlink.ledger.ingest import IngestResult, ingest_batch
+from podlink.ledger.ingest import IngestResult, commit, prepare
 from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import connect, rows, scalar, translated
 from podlink.protocol import clock
@@ -185,17 +186,31 @@ class Ledger:
         self, wires: Sequence[bytes], *, source: str = "peer", allow_pending: bool = True
     ) -> list[IngestResult]:
         """Ingest events in wire form, ``limits.batch_size`` per transaction."""
-        results: list[IngestResult] = []
         size = self.limits.batch_size
-        for start in range(0, len(wires), size):
-            async with self._write, translated("ingest failed and was rolled back"):
-                if self._stale_caches:
-                    await self._load()
-                    self._stale_caches = False
-                await self._purge_pending()
-                results += await ingest_batch(
-                    self, wires[start : start + size], source=source, allow_pending=allow_pending
-                )
+        parts = [wires[i : i + size] for i in range(0, len(wires), size)]
+        if not parts:
+            return []
+        results: list[IngestResult] = []
+        # Pipeline: the next batch's signatures are checked while this one commits.
+        upcoming = asyncio.ensure_future(prepare(self, parts[0]))
+        try:
+            for i in range(len(parts)):
+                prepared = await upcoming
+                if i + 1 < len(parts):
+                    upcoming = asyncio.ensure_future(prepare(self, parts[i + 1]))
+                async with self._write, translated("ingest failed and was rolled back"):
+                    if self._stale_caches:
+                        await self._load()
+                        self._stale_caches = False
+                    await self._purge_pending()
+                    results += await commit(
+                        self, prepared, source=source, allow_pending=allow_pending
+                    )
+        finally:
+            if not upcoming.done():
+                upcoming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upcoming
         return results
 
     async def append(self, wires: Sequence[bytes]) -> list[IngestResult]:

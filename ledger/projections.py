@@ -45,13 +45,11 @@ async def load_roots(db: aiosqlite.Connection, roots: Iterable[bytes]) -> dict[b
 
 async def load_roster(db: aiosqlite.Connection) -> st.Roster:
     """The roster as last projected (the ledger keeps it in memory between batches)."""
-    roster = st.Roster()
+    by_pod: dict[bytes, list[st.Tenure]] = defaultdict(list)
     sql = "SELECT pod, key, name, from_ts, add_id, until_ts, remove_id FROM roster"
     for pod, key, name, from_ts, add_id, until_ts, remove_id in await rows(db, sql):
-        roster.tenures.setdefault(pod, []).append(
-            st.Tenure(pod, key, name, from_ts, add_id, until_ts, remove_id)
-        )
-    return roster
+        by_pod[pod].append(st.Tenure(pod, key, name, from_ts, add_id, until_ts, remove_id))
+    return st.Roster(by_pod)
 
 
 async def refold_roster(db: aiosqlite.Connection, roster: st.Roster, pod: bytes) -> set[bytes]:
@@ -78,7 +76,9 @@ async def refold_roster(db: aiosqlite.Connection, roster: st.Roster, pod: bytes)
 class Writer:
     """Collects the rows of re-folded aggregates and writes them with executemany."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fresh: bool = False) -> None:
+        # fresh: the roots have no rows yet (all their events are new), so skip the deletes
+        self.fresh = fresh
         self.deletes: dict[str, list[tuple]] = defaultdict(list)
         self.inserts: dict[str, list[tuple]] = defaultdict(list)
         self.forgotten: list[bytes] = []
@@ -159,7 +159,7 @@ class Writer:
             ))  # fmt: skip
 
     async def write(self, db: aiosqlite.Connection) -> None:
-        for table, params in self.deletes.items():
+        for table, params in ({} if self.fresh else self.deletes).items():
             column = "request" if table in ("claims", "fulfilments") else "id"
             column = "pod" if table == "pods" else column
             await db.executemany(f"DELETE FROM {table} WHERE {column} = ?", params)
@@ -182,9 +182,23 @@ async def forget_members(db: aiosqlite.Connection, members: list[bytes]) -> None
     )
 
 
-async def refold(db: aiosqlite.Connection, roots: Iterable[bytes], roster: st.Roster) -> None:
-    """Re-fold the given aggregates from the log and replace their rows."""
-    roots = list(roots)
+async def refold(
+    db: aiosqlite.Connection,
+    roots: Iterable[bytes],
+    roster: st.Roster,
+    *,
+    fresh: dict[bytes, list[st.EventView]] | None = None,
+) -> None:
+    """Re-fold the given aggregates from the log and replace their rows.
+
+    ``fresh`` maps roots whose every event is new (in this batch) to those events: they
+    are folded from memory, with no read and no delete (the ingest fast path)."""
+    if fresh:
+        writer = Writer(fresh=True)
+        for root, events in fresh.items():
+            writer.fold(root, events, roster)
+        await writer.write(db)
+    roots = [r for r in roots if not fresh or r not in fresh]
     for part in chunks(roots, 2000):
         grouped = await load_roots(db, part)
         writer = Writer()

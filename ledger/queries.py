@@ -57,7 +57,7 @@ async def resolve(db: aiosqlite.Connection, table: str, prefix: str, what: str) 
         for r in await rows(
             db, f"SELECT {column} FROM {table} WHERE {column} >= ? AND {column} < ? LIMIT 50",
             (lo, hi),
-        )  # fmt: skip
+        )
         if b64e(r[0]).startswith(prefix)
     ]
     if not found:
@@ -399,8 +399,8 @@ async def sealed_for(db: aiosqlite.Connection, pod: bytes, limit: int = 100) -> 
     out = []
     for id_, sender, ts, body in await rows(
         db,
-        "SELECT id, pod, ts, body FROM events WHERE kind = 'sealed' AND body IS NOT NULL "
-        "ORDER BY pos DESC LIMIT ?",
+        "SELECT id, pod, ts, body FROM events INDEXED BY events_sealed WHERE kind = 'sealed' "
+        "AND body IS NOT NULL ORDER BY pos DESC LIMIT ?",
         (limit * 10,),
     ):
         sealed = kinds.decode_body("sealed", body)
@@ -434,8 +434,9 @@ async def suggest_matches(db: aiosqlite.Connection, own_pod: bytes | None) -> li
             if off["category"] == req["category"]:
                 rank = 1 if off["pod"] == req["pod"] else 2
                 suggestions.append(
-                    _match(req, "offer", off["id"], off["title"], off["pod"], rank,
-                           off["pod_name"])  # fmt: skip
+                    _match(
+                        req, "offer", off["id"], off["title"], off["pod"], rank, off["pod_name"]
+                    )
                 )
     suggestions.sort(key=lambda s: (s["rank"], URGENCY_RANK.get(s["urgency"], 9), s["opened_ts"]))
     return suggestions

@@ -29,8 +29,7 @@ CREATE TABLE events (
     UNIQUE (author, lane, seq)
 ) STRICT;
 CREATE INDEX events_root ON events (root) WHERE root IS NOT NULL;
-CREATE INDEX events_lane_pod ON events (lane, pod, pos);
-CREATE INDEX events_kind ON events (kind, pos);
+CREATE INDEX events_sealed ON events (pos) WHERE kind = 'sealed';
 
 -- Feed heads, for chaining and repair.
 CREATE TABLE feeds (

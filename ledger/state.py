@@ -66,23 +66,30 @@ class Tenure:
         return self.from_ts <= ts and (self.until_ts is None or ts < self.until_ts)
 
 
-@dataclass
 class Roster:
     """Who may act for which pod, and when. A pod's own key always may."""
 
-    tenures: dict[bytes, list[Tenure]] = field(default_factory=dict)  # pod -> tenures
+    def __init__(self, tenures: dict[bytes, list[Tenure]] | None = None) -> None:
+        self.tenures: dict[bytes, list[Tenure]] = {}  # pod -> tenures
+        self._by_key: dict[tuple[bytes, bytes], list[Tenure]] = {}  # (pod, key) -> tenures
+        for pod, ts in (tenures or {}).items():
+            self.set_pod(pod, ts)
 
     def authorised(self, pod: bytes, author: bytes, ts: int) -> bool:
         if author == pod:
             return True
-        return any(t.key == author and t.covers(ts) for t in self.tenures.get(pod, ()))
+        return any(t.covers(ts) for t in self._by_key.get((pod, author), ()))
 
     def ever_added(self, pod: bytes, author: bytes, ts: int) -> bool:
         """True if a tenure of ``author`` began at or before ``ts`` (perhaps ended since)."""
-        return any(t.key == author and t.from_ts <= ts for t in self.tenures.get(pod, ()))
+        return any(t.from_ts <= ts for t in self._by_key.get((pod, author), ()))
 
     def set_pod(self, pod: bytes, tenures: list[Tenure]) -> None:
+        for key in {t.key for t in self.tenures.get(pod, ())}:
+            self._by_key.pop((pod, key), None)
         self.tenures[pod] = tenures
+        for t in tenures:
+            self._by_key.setdefault((pod, t.key), []).append(t)
 
     def active_keys(self, pod: bytes) -> set[bytes]:
         return {t.key for t in self.tenures.get(pod, ()) if t.until_ts is None}
@@ -91,13 +98,16 @@ class Roster:
 def fold_roster(pod: bytes, events: list[EventView]) -> list[Tenure]:
     """Tenures of ``pod``'s organizers from its roster.add/remove events."""
     tenures: list[Tenure] = []
-    probe = Roster({pod: tenures})
+
+    def active(key: bytes, ts: int) -> bool:
+        return key == pod or any(t.key == key and t.covers(ts) for t in tenures)
+
     for ev in sort_events(events):
         body = ev.body
-        if ev.pod != pod or not probe.authorised(pod, ev.author, ev.ts):
+        if ev.pod != pod or not active(ev.author, ev.ts):
             continue
         if isinstance(body, k.OrganizerAdded):
-            if body.key != pod and not probe.authorised(pod, body.key, ev.ts):
+            if not active(body.key, ev.ts):
                 tenures.append(Tenure(pod, body.key, body.name, ev.ts, ev.id))
         elif isinstance(body, k.OrganizerRemoved):
             for t in tenures:
@@ -376,9 +386,13 @@ def fold_offer(root: bytes, events: list[EventView], roster: Roster) -> OfferSta
                 root, ev.pod, ev.author, ev.lane, body.title, body.category, body.details,
                 body.by_member, body.availability, body.capacity, ev.ts,
             )  # fmt: skip
-        elif isinstance(body, k.OfferWithdrawn) and state is not None:
-            if ev.pod == state.pod and state.status == "open":
-                state.status, state.closed_ts = "withdrawn", ev.ts
+        elif (
+            isinstance(body, k.OfferWithdrawn)
+            and state is not None
+            and ev.pod == state.pod
+            and state.status == "open"
+        ):
+            state.status, state.closed_ts = "withdrawn", ev.ts
     return state
 
 
@@ -434,12 +448,15 @@ class ResourceState:
 def fold_resource(root: bytes, events: list[EventView], roster: Roster) -> ResourceState | None:
     for ev in events:
         body = ev.body
-        if ev.id == root and isinstance(body, k.ResourceShared):
-            if roster.authorised(ev.pod, ev.author, ev.ts):
-                return ResourceState(
-                    root, ev.pod, ev.lane, body.name, body.category, body.what, body.where,
-                    body.when, body.contact, ev.ts,
-                )  # fmt: skip
+        if (
+            ev.id == root
+            and isinstance(body, k.ResourceShared)
+            and roster.authorised(ev.pod, ev.author, ev.ts)
+        ):
+            return ResourceState(
+                root, ev.pod, ev.lane, body.name, body.category, body.what, body.where,
+                body.when, body.contact, ev.ts,
+            )  # fmt: skip
     return None
 
 

@@ -106,8 +106,9 @@ class NodeClient:
     ) -> list[dict[str, Any]]:
         body = SubmitEvents(
             events=[b64e(e.to_wire()) for e in events],
-            member_keys=[MemberKey(member=b64e(m), key=b64e(k))
-                         for m, k in (member_keys or {}).items()],  # fmt: skip
+            member_keys=[
+                MemberKey(member=b64e(m), key=b64e(k)) for m, k in (member_keys or {}).items()
+            ],
         )
         reply = await self.request("POST", "/v1/events", json=body)
         return reply["results"]

@@ -244,13 +244,13 @@ class Gossip:
         for pod in list(self.links):
             await self.stop_peer(pod)
 
-    async def sync_all(self, timeout: float) -> list[PeerSync]:
+    async def sync_all(self, seconds: float) -> list[PeerSync]:
         """One pull from every peer now, side by side (for `podlink sync`)."""
 
         async def one(link: PeerLink) -> PeerSync:
             name = link.record.name
             try:
-                received, stored = await asyncio.wait_for(link.pull(), timeout)
+                received, stored = await asyncio.wait_for(link.pull(), seconds)
             except (aiohttp.ClientError, PeerError, TimeoutError, OSError) as err:
                 link.status.last_error = f"{type(err).__name__}: {err}"[:300]
                 return PeerSync(pod=link.source, name=name, ok=False, received=0, stored=0,

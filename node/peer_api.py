@@ -18,7 +18,7 @@ import hashlib
 import logging
 
 import msgspec
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from podlink.ledger import queries
 from podlink.node.api_types import (
@@ -38,6 +38,7 @@ from podlink.protocol.text import b64d, b64e
 
 log = logging.getLogger("podlink.node")
 NODE: web.AppKey[Node] = web.AppKey("node", Node)
+STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams", set)
 MSGPACK = "application/msgpack"
 STREAM_IDLE_S = 25.0  # a ping at least this often keeps NATs and proxies from closing us
 
@@ -102,6 +103,8 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
     peer = request["signer"]
     ws = web.WebSocketResponse(heartbeat=STREAM_IDLE_S, max_msg_size=64 * 1024)
     await ws.prepare(request)
+    streams = request.app[STREAMS]
+    streams.add(ws)  # closed by close_streams when the node stops
     try:
         first = await ws.receive(timeout=node.config.peer_timeout_s)
         if first.type != WSMsgType.BINARY:
@@ -123,14 +126,31 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
                     await ws.send_bytes(msgpack_encoder.encode(page))
                     cursor = page.cursor
                 if len(page.events) < limit:
-                    await node.wait_for_events(marker, STREAM_IDLE_S)
+                    await _wait_for_events_or_close(marker, reader)
         finally:
             reader.cancel()
     except (ConnectionResetError, asyncio.CancelledError, TimeoutError):
         pass
     finally:
+        streams.discard(ws)
         await ws.close()
     return ws
+
+
+async def _wait_for_events_or_close(marker: asyncio.Event, reader: asyncio.Task[None]) -> None:
+    """Wait for the next store, the peer hanging up (or the node closing us), or idleness."""
+    waiter = asyncio.ensure_future(marker.wait())
+    try:
+        await asyncio.wait({waiter, reader}, timeout=STREAM_IDLE_S,
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+    finally:
+        waiter.cancel()
+
+
+async def close_streams(app: web.Application) -> None:
+    """on_shutdown: close every live stream, so a stop never waits on an idle peer."""
+    for ws in list(app[STREAMS]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node stopping")
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:
@@ -205,6 +225,8 @@ async def redeem(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
+    app[STREAMS] = set()
+    app.on_shutdown.append(close_streams)
     app.router.add_get("/v1/info", info)
     app.router.add_get("/v1/peer/changes", changes)
     app.router.add_get("/v1/peer/stream", stream)

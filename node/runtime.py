@@ -63,10 +63,10 @@ class Node:
         """An event set at the next store; take it *before* reading, then wait on it."""
         return self._changed
 
-    async def wait_for_events(self, marker: asyncio.Event, timeout: float) -> bool:
-        """Wait until ``marker`` fires (True) or ``timeout`` passes (False)."""
+    async def wait_for_events(self, marker: asyncio.Event, seconds: float) -> bool:
+        """Wait until ``marker`` fires (True) or ``seconds`` pass (False)."""
         try:
-            await asyncio.wait_for(marker.wait(), timeout)
+            await asyncio.wait_for(marker.wait(), seconds)
         except TimeoutError:
             return False
         return True
