@@ -367,7 +367,8 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     ledger = batch.ledger
     root = st.root_of(h.kind, ev.id, h.pod, tuple(h.refs))
     if root is not None:
-        root = await _resolve_root(batch, ev, root)
+        if h.kind in st.CLAIM_ANSWERS:
+            root = await _resolve_root(batch, ev, root)
         batch.roots.add(root)
     if h.kind == "claim.make" and root is not None:
         batch.claim_roots[ev.id] = root

@@ -113,7 +113,7 @@ class Writer:
     def _request(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
         for table in ("requests", "claims", "fulfilments"):
             self.deletes[table].append((root,))
-        req = st.fold_request(root, events, roster)
+        req = st.fold_request(root, events, roster, history=False)
         if req is None:
             return
         self.inserts["requests"].append((

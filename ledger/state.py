@@ -303,7 +303,9 @@ def _close_pending(req: RequestState, ts: int) -> None:
             claim.status, claim.decided_ts = "closed", ts
 
 
-def fold_request(root: bytes, events: list[EventView], roster: Roster) -> RequestState | None:
+def fold_request(
+    root: bytes, events: list[EventView], roster: Roster, *, history: bool = True
+) -> RequestState | None:
     """A request, its claims, fulfilment and history; None until its opening event is here.
 
     Only the request's own pod changes it (update, cancel, fulfil, accept, decline); any
@@ -331,11 +333,11 @@ def fold_request(root: bytes, events: list[EventView], roster: Roster) -> Reques
         opened_ts=opening.ts, updated_ts=opening.ts,
     )  # fmt: skip
     for ev in ordered:
-        if ev is opening:
-            req.history.append(Step(ev.id, ev.kind, ev.pod, ev.author, ev.ts, "applied"))
-            continue
         step = Step(ev.id, ev.kind, ev.pod, ev.author, ev.ts, "applied")
-        req.history.append(step)
+        if history:
+            req.history.append(step)
+        if ev is opening:
+            continue
         if not roster.authorised(ev.pod, ev.author, ev.ts):
             step.outcome, step.why = "soft-failed", "author not on its pod's roster then"
             continue
