@@ -1,0 +1,1 @@
+"""Independent, spec-only implementation of the podlink protocol (interop check)."""
