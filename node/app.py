@@ -60,7 +60,8 @@ async def create_app(config: Config) -> web.Application:
     node = Node(config, keypair, ledger)
     app = web.Application(
         client_max_size=config.max_request_bytes,
-        middlewares=[error_middleware, count_requests, make_auth_middleware(node)],
+        # count_requests outermost: refusals (401, 413...) are counted like answers
+        middlewares=[count_requests, error_middleware, make_auth_middleware(node)],
     )
     app[NODE] = node
     app.router.add_get("/", index)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -22,7 +22,11 @@ from podlink.node.errors import APIError, Handler
 from podlink.protocol.http_auth import NonceCache, verify_request
 
 Role = Literal["public", "signed", "organizer", "peer"]
-SIGNER = web.AppKey("signer", bytes)  # never read: the signer lives on the request
+# The verified sender's key and roles live on the request under typed keys (aiohttp 3.13+
+# warns about plain string keys; older versions have no RequestKey and take the strings).
+_RequestKey = getattr(web, "RequestKey", None)
+SIGNER: Any = _RequestKey("signer", bytes) if _RequestKey else "signer"
+ROLES: Any = _RequestKey("roles", set) if _RequestKey else "roles"
 PUBLIC_PATHS = frozenset({"/v1/info", "/v1/openapi.json", "/metrics", "/"})
 
 
@@ -92,8 +96,8 @@ def make_auth_middleware(node: object) -> object:
                 )
             if needed not in roles:
                 raise APIError("forbidden", f"this key may not use the {needed} API", 403)
-        request["signer"] = signed.key
-        request["roles"] = roles
+        request[SIGNER] = signed.key
+        request[ROLES] = roles
         return await handler(request)
 
     return auth_middleware

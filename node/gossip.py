@@ -136,18 +136,28 @@ class PeerLink:
 
     async def repair(self) -> int:
         """Compare feed heads with the peer and fetch every range we miss."""
-        theirs = heads_decoder.decode(await self._get("/v1/peer/heads"))
+        try:
+            theirs = heads_decoder.decode(await self._get("/v1/peer/heads"))
+        except msgspec.MsgspecError as err:
+            raise PeerError(f"unreadable heads: {err}") from None
         fetched = 0
         for head in theirs:
             ours = await queries.feed_heads(self.node.ledger.reader, head.author)
             have = ours.get(head.lane, (0, b"", 0))[0]
             while have < head.seq:
-                page = page_decoder.decode(await self._get(
-                    "/v1/peer/feed", author=b64e(head.author), lane=head.lane,
-                    **{"from": have + 1, "to": head.seq}))  # fmt: skip
+                try:
+                    page = page_decoder.decode(await self._get(
+                        "/v1/peer/feed", author=b64e(head.author), lane=head.lane,
+                        **{"from": have + 1, "to": head.seq}))  # fmt: skip
+                except msgspec.MsgspecError as err:
+                    raise PeerError(f"unreadable page: {err}") from None
                 if not page.events:
                     break
-                await self.node.submit([bytes(r) for r in page.events], source=self.source)
+                results = await self.node.submit(
+                    [bytes(r) for r in page.events], source=self.source
+                )
+                if not any(r.status in ("stored", "pending") for r in results):
+                    break  # nothing usable (refused, or held already): do not ask again
                 fetched += len(page.events)
                 have += len(page.events)
         log.info("peer %s: repair fetched %d events", self.source[:8], fetched)

@@ -32,6 +32,7 @@ from podlink.node.api_types import (
     json_encoder,
     submit_decoder,
 )
+from podlink.node.auth import SIGNER
 from podlink.node.errors import APIError
 from podlink.node.peer_api import NODE, version
 from podlink.protocol import boxes, kinds
@@ -97,7 +98,7 @@ async def submit_events(request: web.Request) -> web.Response:
 async def heads(request: web.Request) -> web.Response:
     """An author's feed heads (default: the caller) and the node's clock, to chain on."""
     node = request.app[NODE]
-    author = request["signer"]
+    author = request[SIGNER]
     if "author" in request.query:
         author = b64d(request.query["author"], length=32, what="author")
     found = await queries.feed_heads(node.ledger.reader, author)
@@ -230,6 +231,8 @@ async def log(request: web.Request) -> web.Response:
         limit = min(int(request.query.get("limit", "100")), MAX_LIST)
     except ValueError:
         raise APIError("invalid", "since and limit must be integers") from None
+    if since < 0 or limit < 1:  # SQLite reads LIMIT -1 as "no limit"
+        raise APIError("invalid", "since must be 0 or more and limit 1 or more")
     newest = request.query.get("order") == "newest"
     return reply(await queries.log_page(node.ledger.reader, since, limit, newest_first=newest))
 

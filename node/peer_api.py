@@ -31,6 +31,7 @@ from podlink.node.api_types import (
     msgpack_encoder,
     redeem_decoder,
 )
+from podlink.node.auth import SIGNER
 from podlink.node.errors import APIError
 from podlink.node.runtime import Node
 from podlink.protocol.envelope import LANES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, encode_wire
@@ -93,14 +94,14 @@ async def changes(request: web.Request) -> web.Response:
     node = request.app[NODE]
     since = _int_param(request, "since", 0, 0, 2**62)
     limit = _int_param(request, "limit", node.config.page_events, 1, node.config.page_events)
-    page = await page_since(node, request["signer"], since, limit)
+    page = await page_since(node, request[SIGNER], since, limit)
     return web.Response(body=msgpack_encoder.encode(page), content_type=MSGPACK)
 
 
 async def stream(request: web.Request) -> web.WebSocketResponse:
     """Push pages to a peer from its cursor on, as events are stored."""
     node = request.app[NODE]
-    peer = request["signer"]
+    peer = request[SIGNER]
     ws = web.WebSocketResponse(heartbeat=STREAM_IDLE_S, max_msg_size=64 * 1024)
     await ws.prepare(request)
     streams = request.app[STREAMS]
@@ -122,6 +123,8 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
             while not ws.closed and not reader.done():
                 marker = node.change_marker()  # taken first: no store can slip past us
                 page = await page_since(node, peer, cursor, limit)
+                if peer not in node.peers:
+                    break  # unpeered since the stream opened: not one more page
                 if page.events or page.cursor != cursor:
                     await ws.send_bytes(msgpack_encoder.encode(page))
                     cursor = page.cursor
@@ -162,7 +165,7 @@ async def _drain(ws: web.WebSocketResponse) -> None:
 async def heads(request: web.Request) -> web.Response:
     node = request.app[NODE]
     found = await queries.visible_heads(
-        node.ledger.reader, pod=node.pod, exclude_pod=request["signer"]
+        node.ledger.reader, pod=node.pod, exclude_pod=request[SIGNER]
     )
     body = [FeedHead(a, ln, s, i) for a, ln, s, i in found]
     return web.Response(body=msgpack_encoder.encode(body), content_type=MSGPACK)
@@ -201,7 +204,7 @@ async def redeem(request: web.Request) -> web.Response:
     """A node that was given our invite asks to peer; the invite is used up."""
     node = request.app[NODE]
     body = redeem_decoder.decode(await request.read())
-    joiner = request["signer"]
+    joiner = request[SIGNER]
     h = secret_hash(body.secret)
     found = await queries.rows(
         node.ledger.reader, "SELECT expires, used_by FROM invites WHERE secret_hash = ?", (h,)

@@ -1,0 +1,124 @@
+"""Stops, restarts and restored backups: cursors resume, epochs trigger repair by heads."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podlink.ledger import queries
+from podlink.ledger.authoring import Author
+from podlink.ledger.ledger import Ledger
+from podlink.protocol import kinds
+from podlink.protocol.envelope import Event
+from tests.node.helpers import PodNode, peer_line, wait_converged, wait_for
+
+DB_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm")
+
+
+def copy_db(home: Path, to: Path) -> None:
+    to.mkdir(parents=True, exist_ok=True)
+    for name in DB_FILES:
+        if (home / name).exists():
+            shutil.copy2(home / name, to / name)
+
+
+def restore_db(backup: Path, home: Path) -> None:
+    for name in DB_FILES:
+        (home / name).unlink(missing_ok=True)
+        if (backup / name).exists():
+            shutil.copy2(backup / name, home / name)
+
+
+async def same_events(nodes: list[PodNode]) -> bool:
+    ids = [await n.event_ids() for n in nodes]
+    return all(i == ids[0] for i in ids)
+
+
+async def test_restart_resumes_from_the_cursor_without_resending(network: Any) -> None:
+    a, b = nodes = await network(2)
+    await peer_line(nodes)
+    for i in range(3):
+        await a.open_request(f"before {i}")
+    await wait_converged(nodes)
+    cursor = (await b.peers())[a.key]["cursor"]
+    assert cursor == await a.event_count()
+    a_received = (await a.peers())[b.key]["received"]
+    b_events = await b.event_count()
+
+    await b.stop()
+    for i in range(4):
+        await a.open_request(f"while away {i}")
+    await a.open_request("private, skipped by the cursor", "pod")
+    await b.start()
+    await wait_converged(nodes)
+
+    link = (await b.peers())[a.key]
+    assert link["cursor"] == await a.event_count() > cursor  # saved across the restart
+    assert link["received"] == 4, link  # only what was new: nothing sent twice
+    assert b.node.metrics.get("events_stored_total", source="peer") == 4
+    assert await b.event_count() == b_events + 4
+    assert (await a.peers())[b.key]["received"] == a_received  # B had nothing new for A
+    assert {f"while away {i}" for i in range(4)} <= await b.titles()
+
+
+async def test_restored_backup_is_repaired_both_ways(
+    network: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="podlink.gossip")
+    a, b = nodes = await network(2)
+    await peer_line(nodes)
+    await a.open_request("old news")
+    await b.open_request("Birch's old news")
+    await wait_converged(nodes)
+
+    # Time T: a backup of Birch's database.
+    await b.stop()
+    copy_db(b.home, tmp_path / "backup")
+    await b.start()
+    later = [await a.open_request(f"after the backup {i}") for i in range(3)]
+    await wait_converged(nodes)
+    a_cursor = (await a.peers())[b.key]["cursor"]
+
+    # Birch's disk dies; the backup comes back with a new epoch, and Birch's organizer
+    # writes again on the restored feeds before the node is back online.
+    await b.stop()
+    restore_db(tmp_path / "backup", b.home)
+    async with await Ledger.open(b.config.ledger_path) as ledger:
+        old_epoch = ledger.epoch
+        assert await ledger.rotate_epoch() != old_epoch
+        assert await queries.max_position(ledger.reader) < a_cursor
+        fresh = await write_offline(ledger, b)
+        assert await queries.max_position(ledger.reader) < a_cursor  # below Alder's cursor
+    await b.start()
+
+    # Birch catches up from its (old) cursor; Alder notices the epoch and repairs by heads.
+    await wait_for(lambda: same_events(nodes), what="both nodes to hold the same events")
+    await wait_converged(nodes)
+    ids = await b.event_ids()
+    assert {e.id_text for e in later} <= ids
+    assert fresh.id_text in await a.event_ids()
+    assert "After the restore" in await a.titles()
+    assert any("store restored" in r.getMessage() for r in caplog.records)
+    assert any("repair fetched 1 events" in r.getMessage() for r in caplog.records)
+    assert (await a.peers())[b.key]["cursor"] == await b.event_count()
+    for n in nodes:
+        assert (await n.client.post("/v1/verify"))["ok"] is True
+        assert (await n.status())["forks"] == 0
+    assert await a.ledger.dump() == await b.ledger.dump()
+
+
+async def write_offline(ledger: Ledger, node: PodNode) -> Event:
+    """What an organizer's CLI would write: chained on the (restored) feed heads."""
+    author = Author(node.organizer, node.pod)
+    for lane, (seq, id_, ts) in (
+        await queries.feed_heads(ledger.reader, node.organizer.public)
+    ).items():
+        author.set_head(lane, seq, id_, ts)
+    event = author.write(kinds.RequestOpened(title="After the restore", category="food"), "network")
+    [result] = await ledger.append([event.to_wire()])
+    assert result.status == "stored", result
+    return event
