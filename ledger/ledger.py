@@ -173,10 +173,13 @@ class Ledger:
             await self.db.commit()
 
     async def rotate_epoch(self) -> bytes:
-        """Start a new store epoch (after restoring a backup): peers then repair by heads."""
+        """Start a new store epoch after restoring a backup: peers notice and repair from
+        us, and we repair from each of them (their heads include our own feeds)."""
         async with self._write:
             self.epoch = os.urandom(16)
             await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (self.epoch,))
+            # Peers may hold events this copy lacks (our own included): repair from each.
+            await self.db.execute("UPDATE peers SET repair = 1")
             await self.db.commit()
         return self.epoch
 

@@ -319,12 +319,16 @@ async def select_visible(
 
 
 async def visible_heads(
-    db: aiosqlite.Connection, *, pod: bytes | None, exclude_pod: bytes | None = None
+    db: aiosqlite.Connection, *, pod: bytes | None, own: bytes | None = None
 ) -> list[tuple[bytes, str, int, bytes]]:
-    """(author, lane, seq, id) of every feed a peer may see, for repair."""
-    clause, params = visible_clause(pod, exclude_pod)
+    """(author, lane, seq, id) of every feed a peer may see, for repair: the network lane,
+    this pod's peers lane, and the asking pod's ``own`` peers lane (it wrote it)."""
+    clause = "(lane = 'network' OR (lane = 'peers' AND pod IN (?, ?)))"
     return list(
-        await rows(db, f"SELECT author, lane, seq, id FROM feeds WHERE {clause}", params)
+        await rows(
+            db, f"SELECT author, lane, seq, id FROM feeds WHERE {clause}",
+            [pod or b"", own or b""],
+        )
     )
 
 

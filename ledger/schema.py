@@ -76,7 +76,8 @@ CREATE TABLE member_keys (member BLOB PRIMARY KEY, key BLOB NOT NULL) STRICT, WI
 -- Pods this node peers with, and where each one's sync stands (local state, not events).
 CREATE TABLE peers (
     pod BLOB PRIMARY KEY, url TEXT NOT NULL, name TEXT NOT NULL, added INTEGER NOT NULL,
-    cursor INTEGER NOT NULL DEFAULT 0, epoch BLOB, last_sync INTEGER, removed INTEGER
+    cursor INTEGER NOT NULL DEFAULT 0, epoch BLOB, last_sync INTEGER, removed INTEGER,
+    repair INTEGER NOT NULL DEFAULT 0  -- 1 after this store was restored from a backup
 ) STRICT, WITHOUT ROWID;
 
 -- One-time invite secrets this node has issued (hashes only).

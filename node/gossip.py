@@ -36,6 +36,7 @@ from podlink.protocol.text import b64e
 
 log = logging.getLogger("podlink.gossip")
 HOSTILE = frozenset({"forged", "invalid", "too-large"})
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # twice the largest page a node serves
 
 
 class PeerError(Exception):
@@ -80,7 +81,11 @@ class PeerLink:
         assert session is not None
         url = self._url(path, **query)
         async with session.get(url, headers=self._headers("GET", url)) as resp:
-            data = await resp.read()
+            if (resp.content_length or 0) > MAX_RESPONSE_BYTES:
+                raise PeerError(f"{path}: answer of {resp.content_length} bytes is too large")
+            data = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+            if len(data) > MAX_RESPONSE_BYTES:
+                raise PeerError(f"{path}: answer larger than {MAX_RESPONSE_BYTES} bytes")
             if resp.status != 200:
                 raise PeerError(f"{path}: HTTP {resp.status} {data[:200].decode(errors='replace')}")
             return data
@@ -92,6 +97,9 @@ class PeerLink:
         async with self._lock:
             received = stored = 0
             self.status.state = "syncing"
+            if self.record.repair:  # our own store was restored from a backup
+                received = stored = await self.repair()
+                await self.node.repaired(self.record.pod)
             while True:
                 try:
                     page = page_decoder.decode(await self._get(
@@ -171,7 +179,7 @@ class PeerLink:
         assert session is not None
         url = self._url("/v1/peer/stream")
         async with session.ws_connect(
-            url, headers=self._headers("GET", url), heartbeat=30, max_msg_size=16 * 1024 * 1024
+            url, headers=self._headers("GET", url), heartbeat=30, max_msg_size=MAX_RESPONSE_BYTES
         ) as ws:
             hello = StreamHello(since=self.record.cursor, epoch=self.record.epoch)
             await ws.send_bytes(msgpack_encoder.encode(hello))

@@ -42,6 +42,7 @@ NODE: web.AppKey[Node] = web.AppKey("node", Node)
 STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams", set)
 MSGPACK = "application/msgpack"
 STREAM_IDLE_S = 25.0  # a ping at least this often keeps NATs and proxies from closing us
+MAX_PAGE_BYTES = 4 * 1024 * 1024  # a page stops growing here; clients accept twice that
 
 
 def version() -> str:
@@ -80,14 +81,20 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 
 async def page_since(node: Node, peer: bytes, since: int, limit: int) -> Page:
-    """The next page of what ``peer`` may see after ``since``."""
+    """The next page of what ``peer`` may see after ``since`` (at most MAX_PAGE_BYTES)."""
     found, cursor, head = await queries.select_visible(
         node.ledger.reader, since, limit, pod=node.pod, exclude_pod=peer
     )
-    return Page(
-        epoch=node.ledger.epoch, cursor=cursor, head=head,
-        events=[msgspec.Raw(encode_wire(p, s, b)) for _, p, s, b in found],
-    )  # fmt: skip
+    events: list[msgspec.Raw] = []
+    size = 0
+    for pos, payload, sig, body in found:
+        wire = encode_wire(payload, sig, body)
+        if events and size + len(wire) > MAX_PAGE_BYTES:
+            cursor = pos - 1  # the rest comes in the next page
+            break
+        events.append(msgspec.Raw(wire))
+        size += len(wire)
+    return Page(epoch=node.ledger.epoch, cursor=cursor, head=head, events=events)
 
 
 async def changes(request: web.Request) -> web.Response:
@@ -164,9 +171,8 @@ async def _drain(ws: web.WebSocketResponse) -> None:
 
 async def heads(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    found = await queries.visible_heads(
-        node.ledger.reader, pod=node.pod, exclude_pod=request[SIGNER]
-    )
+    # The asking peer's own feeds are included: after restoring a backup it gets them back.
+    found = await queries.visible_heads(node.ledger.reader, pod=node.pod, own=request[SIGNER])
     body = [FeedHead(a, ln, s, i) for a, ln, s, i in found]
     return web.Response(body=msgpack_encoder.encode(body), content_type=MSGPACK)
 
@@ -186,8 +192,8 @@ async def feed(request: web.Request) -> web.Response:
             node.ledger.reader, "SELECT pod FROM feeds WHERE author = ? AND lane = 'peers'",
             (author,),
         )  # fmt: skip
-        if first and first[0][0] != node.pod:
-            found = []  # another pod's peers lane is one hop only: not ours to pass on
+        if first and first[0][0] not in (node.pod, request[SIGNER]):
+            found = []  # a third pod's peers lane is one hop only: not ours to pass on
     head = await queries.max_position(node.ledger.reader)
     page = Page(
         epoch=node.ledger.epoch, cursor=0, head=head,

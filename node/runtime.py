@@ -32,6 +32,7 @@ class PeerRecord:
     cursor: int
     epoch: bytes | None
     last_sync: int | None
+    repair: bool = False  # our store was restored: compare heads with this peer first
 
 
 class Node:
@@ -105,9 +106,10 @@ class Node:
     async def load_peers(self) -> None:
         found = await queries.rows(
             self.ledger.reader,
-            "SELECT pod, url, name, cursor, epoch, last_sync FROM peers WHERE removed IS NULL",
+            "SELECT pod, url, name, cursor, epoch, last_sync, repair FROM peers "
+            "WHERE removed IS NULL",
         )
-        self.peers = {r[0]: PeerRecord(*r) for r in found}
+        self.peers = {r[0]: PeerRecord(*r[:6], repair=bool(r[6])) for r in found}
 
     async def add_peer(self, pod: bytes, url: str, name: str) -> PeerRecord:
         """Peer with ``pod`` at ``url`` (idempotent; a new URL replaces the old one)."""
@@ -138,6 +140,12 @@ class Node:
         if self.gossip is not None:
             await self.gossip.stop_peer(pod)  # type: ignore[attr-defined]
         log.info("peer removed: %s", b64e(pod)[:8])
+
+    async def repaired(self, pod: bytes) -> None:
+        await self.ledger.write("UPDATE peers SET repair = 0 WHERE pod = ?", (pod,))
+        record = self.peers.get(pod)
+        if record is not None:
+            record.repair = False
 
     async def save_cursor(self, pod: bytes, cursor: int, epoch: bytes, now_s: int) -> None:
         await self.ledger.write(

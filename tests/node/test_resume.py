@@ -14,6 +14,7 @@ from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger
 from podlink.protocol import kinds
 from podlink.protocol.envelope import Event
+from podlink.protocol.text import b64e
 from tests.node.helpers import PodNode, peer_line, wait_converged, wait_for
 
 DB_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm")
@@ -122,3 +123,38 @@ async def write_offline(ledger: Ledger, node: PodNode) -> Event:
     [result] = await ledger.append([event.to_wire()])
     assert result.status == "stored", result
     return event
+
+
+async def test_restored_node_gets_back_its_own_events_from_a_peer(
+    network: Any, tmp_path: Path
+) -> None:
+    a, b = nodes = await network(2)
+    await peer_line(nodes)
+    await b.open_request("before the backup")
+    await wait_converged(nodes)
+    await b.stop()
+    copy_db(b.home, tmp_path / "backup")
+    await b.start()
+    # Birch writes after the backup (both lanes a peer may hold); Alder receives them.
+    lost = [await b.open_request("written after the backup"),
+            await b.open_request("for direct peers only", "peers")]
+    await wait_converged(nodes)
+
+    await b.stop()
+    restore_db(tmp_path / "backup", b.home)
+    async with await Ledger.open(b.config.ledger_path) as ledger:
+        await ledger.rotate_epoch()  # what a restore does; marks every peer for repair
+        held = {b64e(r["id"]) for r in await queries.log_page(ledger.reader, 0, 1000)}
+        assert not {e.id_text for e in lost} & held  # the backup predates them
+    await b.start()
+
+    async def back() -> bool:
+        return {e.id_text for e in lost} <= await b.event_ids()
+
+    await wait_for(back, what="Birch to get its own events back from Alder")
+    # Its organizer now chains on the recovered head: no fork on the next write.
+    await b.open_request("after the restore")
+    await wait_converged(nodes)
+    for n in nodes:
+        assert (await n.status())["forks"] == 0
+    assert await a.ledger.dump() == await b.ledger.dump()
