@@ -319,8 +319,12 @@ async def join(request: web.Request) -> web.Response:
     try:
         peer = await invites.redeem(node, code)
     except (aiohttp.ClientError, TimeoutError, OSError) as err:
+        # 424: the request was fine but the pod it names cannot be reached (never a 5xx:
+        # nothing failed on this node).
         raise APIError(
-            "unavailable", f"could not reach {code.url}: {type(err).__name__}; is that node up?"
+            "unavailable",
+            f"could not reach {code.url}: {type(err).__name__}; is that node up?",
+            424,
         ) from None
     record = await node.add_peer(code.pod, code.url, peer.name)
     return reply(_peer_status(node, record), status=201)
