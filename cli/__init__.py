@@ -1,1 +1,1 @@
-"""podlink.cli."""
+"""podlink.cli: the `podlink` command organizers use (console script podlink.cli.main:main)."""

@@ -1,0 +1,499 @@
+"""Mutual aid itself: members, needs (requests), offers, claims, matches, resources."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from podlink.cli import ops
+from podlink.cli.output import (
+    LANE_WORDS,
+    ago_ts,
+    fields,
+    joined,
+    print_json,
+    short,
+    show,
+    table,
+    warn_if_personal,
+)
+from podlink.cli.params import CATEGORY, PREFERS, URGENCY, NeededBy, share_option
+from podlink.cli.session import (
+    ID_ARGUMENTS,
+    OrderedGroup,
+    PodSession,
+    Target,
+    json_option,
+    pod_options,
+)
+
+ACTIVE = ("open", "accepted")
+
+
+async def _names(s: PodSession) -> dict[str, str]:
+    """Member ids to names (this pod's members only; others' ids mean nothing here)."""
+    return {m["id"]: m["name"] for m in await s.get("/v1/members")}
+
+
+def _done(as_json: bool, data: dict[str, Any], line: str) -> None:
+    if as_json:
+        print_json(data)
+    else:
+        click.echo(line)
+
+
+# ---------------------------------------------------------------- members
+
+
+@click.group(cls=OrderedGroup)
+def member() -> None:
+    """The pod's members: add, list, forget. Their details never leave the pod."""
+
+
+@member.command("add")
+@click.argument("name")
+@click.option("--contact", default="", help="Phone, e-mail, door number… as they prefer.")
+@click.option("--prefers", type=PREFERS, help="How they like to be contacted.")
+@click.option("--can", multiple=True, type=CATEGORY, metavar="CATEGORY",
+              help="What they can help with (repeat for several).")  # fmt: skip
+@click.option("--needs", multiple=True, type=CATEGORY, metavar="CATEGORY",
+              help="What they may need (repeat for several).")  # fmt: skip
+@click.option("--co-organizer", is_flag=True, help="They want to help organize the pod.")
+@click.option("--language", "languages", multiple=True, help="A language they speak.")
+@click.option("--notes", default="", help="Anything else organizers should know.")
+@pod_options
+@json_option
+def member_add(pod: Target, name: str, contact: str, prefers: str | None, can: tuple[str, ...],
+               needs: tuple[str, ...], co_organizer: bool, languages: tuple[str, ...],
+               notes: str, as_json: bool) -> None:  # fmt: skip
+    """Add a member. Their details are locked with a key of their own and stay in the pod.
+
+    \b
+    Example:
+      podlink member add "Agatha" --contact "555 0134" --prefers phone \\
+          --needs medicine --can translation
+    """
+    data = pod.call(lambda s: ops.add_member(
+        s, name, contact=contact, prefers=prefers, can=can, needs=needs,
+        co_organizer=co_organizer, languages=languages, notes=notes))  # fmt: skip
+    _done(as_json, data, f"Added {name} (member {short(data['id'])}); their details stay in "
+          "this pod, locked with their own key.")  # fmt: skip
+
+
+@member.command("list")
+@click.option("--all", "everyone", is_flag=True, help="Include forgotten members.")
+@pod_options
+@json_option
+def member_list(pod: Target, everyone: bool, as_json: bool) -> None:
+    """List the pod's members, with contact details and what they can do or need.
+
+    \b
+    Example:
+      podlink member list
+    """
+    data = pod.call(lambda s: s.get("/v1/members", all="1" if everyone else None))
+    if as_json:
+        print_json(data)
+        return
+    t = table("ID", "NAME", "~CONTACT", "PREFERS", "CAN", "NEEDS", "ROLE")
+    for m in data:
+        role = {"co-organizer": "co-org"}.get(m.get("role", ""), "")
+        t.add_row(short(m["id"]), m["name"], m.get("contact", ""), m.get("prefers") or "",
+                  joined(m.get("can")), joined(m.get("needs")),
+                  m["status"] if m["status"] != "active" else role)  # fmt: skip
+    show(t, "No members yet: `podlink member add NAME --contact PHONE`.")
+
+
+@member.command("forget", context_settings=ID_ARGUMENTS)
+@click.argument("member_ref", metavar="MEMBER")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pod_options
+@json_option
+def member_forget(pod: Target, member_ref: str, yes: bool, as_json: bool) -> None:
+    """Forget a member (by name or id): their key and details are destroyed for good.
+
+    \b
+    Example:
+      podlink member forget Agatha
+    """
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Forget {member_ref} for good? Their details cannot be recovered",
+                      abort=True)  # fmt: skip
+    data = pod.call(lambda s: ops.forget_member(s, member_ref))
+    _done(as_json, data, f"Forgot {data['name'] or 'the member'} ({short(data['member'])}); "
+          "their details are destroyed.")  # fmt: skip
+
+
+# ---------------------------------------------------------------- requests
+
+
+@click.group(cls=OrderedGroup)
+def request() -> None:
+    """Needs: add, list, show, cancel (claim, accept and fulfil are top-level commands)."""
+
+
+@request.command("add")
+@click.argument("title")
+@click.option("--category", required=True, type=CATEGORY,
+              help="food, medicine, transport, … or a new lowercase word.")
+@click.option("--urgency", type=URGENCY, default="normal", show_default=True,
+              help="How soon it is needed.")
+@click.option("--for", "for_member", metavar="MEMBER",
+              help="The member who needs it (name or id); stays a bare id outside the pod.")
+@share_option("request")
+@click.option("--details", default="", help="More words (no personal details if shared).")
+@click.option("--needed-by", type=NeededBy(), help="YYYY-MM-DD, today, tomorrow or a weekday.")
+@click.option("--area", default="", help="A rough area (a street, not an address).")
+@pod_options
+@json_option
+def request_add(pod: Target, title: str, category: str, urgency: str, for_member: str | None,
+                share: str, details: str, needed_by: str | None, area: str,
+                as_json: bool) -> None:  # fmt: skip
+    """Record a need. It stays in the pod unless --share says otherwise.
+
+    \b
+    Examples:
+      podlink request add "Groceries for the week" --category food --for Agatha
+      podlink request add "Prescription pickup" --category medicine --urgency high \\
+          --share network --needed-by tomorrow
+    """
+    warn_if_personal("request", share, title, details, area)
+    data = pod.call(lambda s: ops.add_request(
+        s, title, category=category, urgency=urgency, for_member=for_member, share=share,
+        details=details, needed_by=needed_by, area=area))  # fmt: skip
+    _done(as_json, data, f"Recorded need {short(data['id'])} {title!r} ({category}, {urgency}), "
+          f"shared with {LANE_WORDS[share]}.")  # fmt: skip
+
+
+@request.command("list")
+@click.option("--status", type=click.Choice(["open", "accepted", "fulfilled", "cancelled"]),
+              help="Only requests in this state.")
+@click.option("--category", type=CATEGORY, help="Only this category.")
+@pod_options
+@json_option
+def request_list(pod: Target, status: str | None, category: str | None, as_json: bool) -> None:
+    """List the needs this pod can see: its own, and those other pods shared with it.
+
+    The table shows open and accepted needs first, most urgent first, then closed ones.
+
+    \b
+    Examples:
+      podlink request list
+      podlink request list --status open --category medicine --json
+    """
+    data = pod.call(lambda s: s.get("/v1/requests", status=status, category=category))
+    if as_json:
+        print_json(data)
+        return
+    t = table("ID", "~NEED", "CATEGORY", "URGENCY", "STATUS", "POD", "SHARE")
+    for r in sorted(data, key=lambda r: r["status"] not in ACTIVE):  # stable: keeps urgency
+        t.add_row(short(r["id"]), r["title"], r["category"], r["urgency"], r["status"],
+                  r["pod_name"] or short(r["pod"]), r["share"])  # fmt: skip
+    show(t, "No needs to show.")
+
+
+@request.command("show", context_settings=ID_ARGUMENTS)
+@click.argument("request_ref", metavar="REQUEST")
+@pod_options
+@json_option
+def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
+    """Show one request (any unique id prefix): its claims and its history.
+
+    \b
+    Example:
+      podlink request show 3Fq9
+    """
+
+    async def go(s: PodSession) -> tuple[dict, dict[str, str]]:
+        return await s.request(request_ref), await _names(s)
+
+    r, names = pod.call(go)
+    if as_json:
+        print_json(r)
+        return
+    for_who = ""
+    if r["for_member"]:
+        for_who = names.get(r["for_member"], f"a member of {r['pod_name'] or 'another pod'}")
+    fields([
+        ("need", r["title"]), ("id", r["id"]), ("status", r["status"]),
+        ("category", r["category"]), ("urgency", r["urgency"]), ("needed by", r["needed_by"]),
+        ("pod", r["pod_name"] or r["pod"]), ("for", for_who), ("area", r["area"]),
+        ("shared with", LANE_WORDS.get(r["share"], r["share"])),
+        ("opened", ago_ts(r["opened_ts"])), ("details", r["details"]),
+    ])  # fmt: skip
+    if r["claims"]:
+        click.echo()
+        t = table("CLAIM", "FROM", "BY", "~NOTE", "STATUS", "WHEN", title="Claims")
+        for c in r["claims"]:
+            by = names.get(c["by_member"], "a member") if c["by_member"] else ""
+            t.add_row(short(c["id"]), c["pod_name"] or short(c["pod"]), by, c["note"],
+                      c["status"], ago_ts(c["ts"]))  # fmt: skip
+        show(t)
+    for f in r.get("fulfilments", []):
+        hours = f" ({f['hours']:g} h)" if f["hours"] is not None else ""
+        click.echo(f"Fulfilled {ago_ts(f['ts'])}{hours}: {f['note']}".rstrip(": "))
+    click.echo()
+    t = table("WHEN", "WHAT", "POD", "~RESULT", title="History")
+    for h in r["history"]:
+        result = h["outcome"] + (f": {h['why']}" if h["why"] else "")
+        t.add_row(ago_ts(h["ts"]), h["kind"], h["pod_name"] or short(h["pod"]), result)
+    show(t)
+
+
+@request.command("cancel", context_settings=ID_ARGUMENTS)
+@click.argument("request_ref", metavar="REQUEST")
+@click.option("--reason", default="", help="Why (seen wherever the request was shared).")
+@pod_options
+@json_option
+def request_cancel(pod: Target, request_ref: str, reason: str, as_json: bool) -> None:
+    """Cancel one of this pod's requests: it is no longer needed.
+
+    \b
+    Example:
+      podlink request cancel 3Fq9 --reason "family helped"
+    """
+    data = pod.call(lambda s: ops.cancel_request(s, request_ref, reason))
+    _done(as_json, data, f"Cancelled request {short(data['request'])}.")
+
+
+# ---------------------------------------------------------------- claims and fulfilment
+
+
+@click.command(context_settings=ID_ARGUMENTS)
+@click.argument("request_ref", metavar="REQUEST")
+@click.option("--by", "by_member", metavar="MEMBER", help="The member who will help.")
+@click.option("--note", default="", help="A word for the requesting pod (when, how).")
+@pod_options
+@json_option
+def claim(pod: Target, request_ref: str, by_member: str | None, note: str,
+          as_json: bool) -> None:  # fmt: skip
+    """Offer to meet a need (this pod's or another pod's); its pod then accepts or declines.
+
+    The claim travels in the lane of the request, so the pod that asked can see it.
+
+    \b
+    Example:
+      podlink claim 3Fq9 --by Jonny --note "can drive there this afternoon"
+    """
+
+    async def go(s: PodSession) -> dict:
+        lane = (await s.request(request_ref))["lane"]
+        warn_if_personal("claim", lane, note)
+        return await ops.make_claim(s, request_ref, by_member, note)
+
+    data = pod.call(go)
+    owner = data["request_pod_name"] or "its pod"
+    state = ("accepted at once (it is this pod's own request)" if data["status"] == "accepted"
+             else f"{owner} will accept or decline it")  # fmt: skip
+    _done(as_json, data, f"Claimed request {short(data['request'])} (claim {short(data['id'])});"
+          f" {state}.")  # fmt: skip
+
+
+@click.command(context_settings=ID_ARGUMENTS)
+@click.argument("claim_ref", metavar="CLAIM")
+@pod_options
+@json_option
+def accept(pod: Target, claim_ref: str, as_json: bool) -> None:
+    """Accept a claim on one of this pod's requests: that helper will do it.
+
+    \b
+    Example:
+      podlink accept Zk3b
+    """
+    data = pod.call(lambda s: ops.decide_claim(s, claim_ref, accept=True))
+    _done(as_json, data, f"Accepted claim {short(data['claim'])}; request "
+          f"{short(data['request'])} is now {data['status']}.")  # fmt: skip
+
+
+@click.command(context_settings=ID_ARGUMENTS)
+@click.argument("claim_ref", metavar="CLAIM")
+@click.option("--reason", default="", help="Why (the helper's pod sees it).")
+@pod_options
+@json_option
+def decline(pod: Target, claim_ref: str, reason: str, as_json: bool) -> None:
+    """Decline a claim on one of this pod's requests (also one accepted earlier).
+
+    \b
+    Example:
+      podlink decline Zk3b --reason "already sorted"
+    """
+    data = pod.call(lambda s: ops.decide_claim(s, claim_ref, accept=False, reason=reason))
+    _done(as_json, data, f"Declined claim {short(data['claim'])}; request "
+          f"{short(data['request'])} is {data['status']}.")  # fmt: skip
+
+
+@click.command(context_settings=ID_ARGUMENTS)
+@click.argument("request_ref", metavar="REQUEST")
+@click.option("--note", default="", help="How it went.")
+@click.option("--hours", type=click.FloatRange(0, 1000), help="Time-bank hours, if you keep them.")
+@pod_options
+@json_option
+def fulfil(pod: Target, request_ref: str, note: str, hours: float | None, as_json: bool) -> None:
+    """Mark one of this pod's requests as met.
+
+    \b
+    Example:
+      podlink fulfil 3Fq9 --note "delivered, thanks Hilltop" --hours 1.5
+    """
+    data = pod.call(lambda s: ops.fulfil_request(s, request_ref, note, hours))
+    _done(as_json, data, f"Request {short(data['request'])} is fulfilled.")
+
+
+@click.command()
+@pod_options
+@json_option
+def match(pod: Target, as_json: bool) -> None:
+    """Suggest who could meet each open need: members who can, and open offers.
+
+    \b
+    Example:
+      podlink match
+    """
+    data = pod.call(lambda s: s.get("/v1/match"))
+    if as_json:
+        print_json(data)
+        return
+    t = table("NEED", "~TITLE", "URGENCY", "SUGGESTION", "FROM")
+    for m in data:
+        t.add_row(short(m["request"]), m["request_title"], m["urgency"],
+                  f"{m['match_label']} ({m['via']})",
+                  m["match_pod_name"] or ("us" if m["via"] == "member" else ""))  # fmt: skip
+    show(t, "No suggestions: no open need has a member or offer of the same category.")
+    if data:
+        click.echo("To take one on: podlink claim NEED --by MEMBER")
+
+
+# ---------------------------------------------------------------- offers
+
+
+@click.group(cls=OrderedGroup)
+def offer() -> None:
+    """What members or the pod can give: add, list, withdraw."""
+
+
+@offer.command("add")
+@click.argument("title")
+@click.option("--category", required=True, type=CATEGORY,
+              help="food, transport, tools, … or a new lowercase word.")
+@click.option("--by", "by_member", metavar="MEMBER", help="The member offering (name or id).")
+@share_option("offer")
+@click.option("--details", default="", help="More words (no personal details if shared).")
+@click.option("--availability", default="", help="When, e.g. 'weekday evenings'.")
+@pod_options
+@json_option
+def offer_add(pod: Target, title: str, category: str, by_member: str | None, share: str,
+              details: str, availability: str, as_json: bool) -> None:  # fmt: skip
+    """Record an offer of help.
+
+    \b
+    Example:
+      podlink offer add "Rides to appointments" --category transport --by Jonny
+    """
+    warn_if_personal("offer", share, title, details, availability)
+    data = pod.call(lambda s: ops.add_offer(
+        s, title, category=category, by=by_member, share=share, details=details,
+        availability=availability))  # fmt: skip
+    _done(as_json, data, f"Recorded offer {short(data['id'])} {title!r} ({category}), shared "
+          f"with {LANE_WORDS[share]}.")  # fmt: skip
+
+
+@offer.command("list")
+@click.option("--status", type=click.Choice(["open", "withdrawn", "all"]), default="open",
+              show_default=True)  # fmt: skip
+@pod_options
+@json_option
+def offer_list(pod: Target, status: str, as_json: bool) -> None:
+    """List offers this pod can see.
+
+    \b
+    Example:
+      podlink offer list --status all
+    """
+
+    async def go(s: PodSession) -> tuple[list, dict[str, str]]:
+        return await s.get("/v1/offers", status=status), await _names(s)
+
+    data, names = pod.call(go)
+    if as_json:
+        print_json(data)
+        return
+    t = table("ID", "~OFFER", "CATEGORY", "BY", "POD", "SHARE", "STATUS")
+    for o in data:
+        by = names.get(o["by_member"], "a member") if o["by_member"] else ""
+        t.add_row(short(o["id"]), o["title"], o["category"], by, o["pod_name"] or short(o["pod"]),
+                  o["share"], o["status"])  # fmt: skip
+    show(t, "No offers to show.")
+
+
+@offer.command("withdraw", context_settings=ID_ARGUMENTS)
+@click.argument("offer_ref", metavar="OFFER")
+@click.option("--reason", default="", help="Why.")
+@pod_options
+@json_option
+def offer_withdraw(pod: Target, offer_ref: str, reason: str, as_json: bool) -> None:
+    """Withdraw one of this pod's offers.
+
+    \b
+    Example:
+      podlink offer withdraw 9xQa
+    """
+    data = pod.call(lambda s: ops.withdraw_offer(s, offer_ref, reason))
+    _done(as_json, data, f"Withdrew offer {short(data['offer'])}.")
+
+
+# ---------------------------------------------------------------- resources
+
+
+@click.group(cls=OrderedGroup)
+def resource() -> None:
+    """The resource directory: food banks, clinics, tool libraries, shared between pods."""
+
+
+@resource.command("add")
+@click.argument("name")
+@click.option("--category", required=True, type=CATEGORY, help="What kind of help it gives.")
+@click.option("--what", default="", help="What it offers.")
+@click.option("--where", default="", help="Its address or area (it is a public place).")
+@click.option("--when", default="", help="Opening times.")
+@click.option("--contact", default="", help="Its public phone, e-mail or website.")
+@share_option("resource")
+@pod_options
+@json_option
+def resource_add(pod: Target, name: str, category: str, what: str, where: str, when: str,
+                 contact: str, share: str, as_json: bool) -> None:  # fmt: skip
+    """Add a place or service to the resource directory.
+
+    \b
+    Example:
+      podlink resource add "Eastside Food Bank" --category food --where "12 Mill Rd" \\
+          --when "Tue & Fri 10-14" --share network
+    """
+    data = pod.call(lambda s: ops.add_resource(
+        s, name, category=category, what=what, where=where, when=when, contact=contact,
+        share=share))  # fmt: skip
+    _done(as_json, data, f"Added {name!r} ({category}) to the directory, shared with "
+          f"{LANE_WORDS[share]}.")  # fmt: skip
+
+
+@resource.command("list")
+@click.option("--category", type=CATEGORY, help="Only this category.")
+@pod_options
+@json_option
+def resource_list(pod: Target, category: str | None, as_json: bool) -> None:
+    """List the resource directory this pod can see.
+
+    \b
+    Example:
+      podlink resource list --category food
+    """
+    data = pod.call(lambda s: s.get("/v1/resources", category=category))
+    if as_json:
+        print_json(data)
+        return
+    t = table("~NAME", "CATEGORY", "WHERE", "WHEN", "CONTACT", "POD")
+    for r in data:
+        t.add_row(r["name"], r["category"], r["where"], r["when"], r["contact"],
+                  r["pod_name"] or short(r["pod"]))  # fmt: skip
+    show(t, "The directory is empty: `podlink resource add NAME --category food`.")

@@ -1,0 +1,219 @@
+"""What organizers do, as signed events: one async function per action.
+
+Each checks what it can first (is this our request? is the claim still pending?) so that an
+event the pod's rules would ignore is never signed, writes the event through
+:meth:`PodSession.write`, and returns a JSON-ready summary. The commands and the demo
+both call these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from podlink.cli.session import PodSession, check_body
+from podlink.protocol import boxes, kinds
+from podlink.protocol.text import b64d
+
+Summary = dict[str, Any]
+
+
+class Refused(click.ClickException):
+    """Raised when an action does not apply (not our request, already closed, ...)."""
+
+
+async def _our(session: PodSession, record: dict[str, Any], what: str, verb: str) -> None:
+    if record["pod"] != await session.pod():
+        owner = record.get("pod_name") or record["pod"][:8]
+        raise Refused(f"only {owner}, the pod that posted this {what}, can {verb} it")
+
+
+async def _member_id(session: PodSession, ref: str | None) -> str | None:
+    return None if ref is None else (await session.member(ref))["id"]
+
+
+# ---------------------------------------------------------------- members
+
+
+async def add_member(
+    session: PodSession,
+    name: str,
+    *,
+    contact: str = "",
+    prefers: str | None = None,
+    can: tuple[str, ...] = (),
+    needs: tuple[str, ...] = (),
+    co_organizer: bool = False,
+    languages: tuple[str, ...] = (),
+    notes: str = "",
+) -> Summary:
+    """A new member: details locked with their own key, written in the pod lane."""
+    details = kinds.MemberDetails(
+        name=name.strip(), contact=contact.strip(), prefers=prefers,  # type: ignore[arg-type]
+        can=list(can), needs=list(needs), languages=list(languages), notes=notes,
+        role="co-organizer" if co_organizer else "participant",
+    )  # fmt: skip
+    check_body(details, kinds.decode_member_details)  # sealed: the node cannot check it
+    key = boxes.new_member_key()
+    box = boxes.lock(key, kinds.encode_body(details))
+    member_id = await session.write(kinds.MemberJoined(box=box), "pod", member_key=key)
+    return {"id": member_id, "kind": "member.join", "lane": "pod", "name": details.name,
+            "contact": details.contact, "prefers": prefers, "can": list(can), "needs": list(needs),
+            "role": details.role}  # fmt: skip
+
+
+async def forget_member(session: PodSession, ref: str) -> Summary:
+    member = await session.member(ref)
+    event = await session.write(kinds.MemberForgotten(), "pod", (member["id"],))
+    return {"id": event, "kind": "member.forget", "lane": "pod", "member": member["id"],
+            "name": member.get("name", "")}  # fmt: skip
+
+
+# ---------------------------------------------------------------- requests
+
+
+async def add_request(
+    session: PodSession,
+    title: str,
+    *,
+    category: str,
+    urgency: str = "normal",
+    for_member: str | None = None,
+    share: str = "pod",
+    details: str = "",
+    needed_by: str | None = None,
+    area: str = "",
+) -> Summary:
+    member = await _member_id(session, for_member)
+    body = kinds.RequestOpened(
+        title=title.strip(), category=category, urgency=urgency, details=details,  # type: ignore[arg-type]
+        needed_by=needed_by, area=area, for_member=b64d(member) if member else None,
+    )  # fmt: skip
+    request_id = await session.write(body, share)
+    return {"id": request_id, "kind": "request.open", "lane": share, "share": share,
+            "status": "open", "title": title, "category": category, "urgency": urgency,
+            "for_member": member, "needed_by": needed_by}  # fmt: skip
+
+
+async def _open_request(session: PodSession, ref: str, verb: str) -> dict[str, Any]:
+    req = await session.request(ref)
+    await _our(session, req, "request", verb)
+    if req["status"] in ("fulfilled", "cancelled"):
+        raise Refused(f"this request is already {req['status']}")
+    return req
+
+
+async def cancel_request(session: PodSession, ref: str, reason: str = "") -> Summary:
+    req = await _open_request(session, ref, "cancel")
+    event = await session.write(kinds.RequestCancelled(reason=reason), req["lane"], (req["id"],))
+    after = await session.check_applied(req["id"], event)
+    return {"id": event, "kind": "request.cancel", "lane": req["lane"], "request": req["id"],
+            "status": after["status"]}  # fmt: skip
+
+
+async def fulfil_request(
+    session: PodSession, ref: str, note: str = "", hours: float | None = None
+) -> Summary:
+    req = await _open_request(session, ref, "mark fulfilled")
+    body = kinds.RequestFulfilled(note=note, hours=hours)
+    event = await session.write(body, req["lane"], (req["id"],))
+    after = await session.check_applied(req["id"], event)
+    return {"id": event, "kind": "request.fulfil", "lane": req["lane"], "request": req["id"],
+            "status": after["status"], "hours": hours}  # fmt: skip
+
+
+# ---------------------------------------------------------------- claims
+
+
+async def make_claim(
+    session: PodSession, ref: str, by: str | None = None, note: str = ""
+) -> Summary:
+    """Offer help on a request; it goes in the request's lane, where its pod can see it."""
+    req = await session.request(ref)
+    if req["status"] in ("fulfilled", "cancelled"):
+        raise Refused(f"this request is already {req['status']}")
+    member = await _member_id(session, by)
+    body = kinds.ClaimMade(by_member=b64d(member) if member else None, note=note)
+    event = await session.write(body, req["lane"], (req["id"],))
+    after = await session.check_applied(req["id"], event)
+    mine = next((c for c in after["claims"] if c["id"] == event), {"status": "pending"})
+    return {"id": event, "kind": "claim.make", "lane": req["lane"], "request": req["id"],
+            "request_pod": req["pod"], "request_pod_name": req["pod_name"],
+            "by_member": member, "status": mine["status"]}  # fmt: skip
+
+
+async def decide_claim(session: PodSession, ref: str, *, accept: bool, reason: str = "") -> Summary:
+    """Accept or decline a claim on one of this pod's requests."""
+    claim = await session.claim(ref)
+    req = await session.get(f"/v1/requests/{claim['request']}")
+    verb = "accept" if accept else "decline"
+    await _our(session, req, "request", f"{verb} claims on")
+    if req["status"] in ("fulfilled", "cancelled"):
+        raise Refused(f"this request is already {req['status']}")
+    if accept and claim["status"] != "pending":
+        raise Refused(f"this claim is already {claim['status']}")
+    if accept and req["status"] != "open":
+        raise Refused(
+            f"this request already has an accepted claim ({(req['accepted_claim'] or '')[:8]});"
+            " decline it first"
+        )
+    if not accept and claim["status"] not in ("pending", "accepted"):
+        raise Refused(f"this claim is already {claim['status']}")
+    body = kinds.ClaimAccepted() if accept else kinds.ClaimDeclined(reason=reason)
+    event = await session.write(body, req["lane"], (claim["id"],))
+    after = await session.check_applied(req["id"], event)
+    return {"id": event, "kind": body.KIND, "lane": req["lane"], "claim": claim["id"],
+            "request": req["id"], "status": after["status"]}  # fmt: skip
+
+
+# ---------------------------------------------------------------- offers and resources
+
+
+async def add_offer(
+    session: PodSession,
+    title: str,
+    *,
+    category: str,
+    by: str | None = None,
+    share: str = "pod",
+    details: str = "",
+    availability: str = "",
+) -> Summary:
+    member = await _member_id(session, by)
+    body = kinds.OfferOpened(
+        title=title.strip(), category=category, details=details, availability=availability,
+        by_member=b64d(member) if member else None,
+    )  # fmt: skip
+    offer_id = await session.write(body, share)
+    return {"id": offer_id, "kind": "offer.open", "lane": share, "share": share,
+            "status": "open", "title": title, "category": category,
+            "by_member": member}  # fmt: skip
+
+
+async def withdraw_offer(session: PodSession, ref: str, reason: str = "") -> Summary:
+    offer = await session.offer(ref)
+    await _our(session, offer, "offer", "withdraw")
+    if offer["status"] != "open":
+        raise Refused(f"this offer is already {offer['status']}")
+    event = await session.write(kinds.OfferWithdrawn(reason=reason), offer["lane"], (offer["id"],))
+    return {"id": event, "kind": "offer.withdraw", "lane": offer["lane"], "offer": offer["id"],
+            "status": "withdrawn"}  # fmt: skip
+
+
+async def add_resource(
+    session: PodSession,
+    name: str,
+    *,
+    category: str,
+    what: str = "",
+    where: str = "",
+    when: str = "",
+    contact: str = "",
+    share: str = "pod",
+) -> Summary:
+    body = kinds.ResourceShared(name=name.strip(), category=category, what=what, where=where,
+                                when=when, contact=contact)  # fmt: skip
+    resource_id = await session.write(body, share)
+    return {"id": resource_id, "kind": "resource.share", "lane": share, "share": share,
+            "name": name, "category": category}  # fmt: skip

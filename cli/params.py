@@ -1,0 +1,73 @@
+"""Option types the CLI checks before anything is signed: categories, dates, lanes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+from typing import Any
+
+import click
+
+from podlink.protocol.kinds import CATEGORIES, CONTACT_METHODS, URGENCIES
+
+CATEGORY_WORD = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+class Category(click.ParamType):
+    """One of the common categories, or any new lowercase word (letters, digits, dashes)."""
+
+    name = "category"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if CATEGORY_WORD.match(text):
+            if text not in CATEGORIES:
+                close = difflib.get_close_matches(text, CATEGORIES, n=1, cutoff=0.8)
+                if close:
+                    click.echo(f"warning: {text!r} is a new category; did you mean "
+                               f"{close[0]!r}?", err=True)  # fmt: skip
+            return text
+        hint = f"; did you mean {text.lower()!r}?" if CATEGORY_WORD.match(text.lower()) else ""
+        self.fail(
+            f"{text!r} is not a category: use one of {', '.join(CATEGORIES)}, or a new "
+            f"lowercase word of letters, digits and dashes{hint}",
+            param, ctx,
+        )  # fmt: skip
+
+
+class NeededBy(click.ParamType):
+    """A date: YYYY-MM-DD, 'today', 'tomorrow' or a weekday (the next one)."""
+
+    name = "date"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        today = dt.date.today()
+        if text == "today":
+            return today.isoformat()
+        if text == "tomorrow":
+            return (today + dt.timedelta(days=1)).isoformat()
+        if text in WEEKDAYS:
+            days = (WEEKDAYS.index(text) - today.weekday()) % 7 or 7
+            return (today + dt.timedelta(days=days)).isoformat()
+        try:
+            return dt.date.fromisoformat(text).isoformat()
+        except ValueError:
+            self.fail(f"{value!r} is not a date: use YYYY-MM-DD, today, tomorrow or a weekday",
+                      param, ctx)  # fmt: skip
+
+
+CATEGORY = Category()
+SHARE = click.Choice(["pod", "peers", "network"])
+URGENCY = click.Choice(list(URGENCIES))
+PREFERS = click.Choice(list(CONTACT_METHODS))
+
+
+def share_option(what: str) -> Any:
+    return click.option(
+        "--share", type=SHARE, default="pod", show_default=True,
+        help=f"Who sees this {what}: pod (this pod only), peers (pods you peer with), "
+        "network (every linked pod). Nothing leaves the pod unless you say so.",
+    )  # fmt: skip

@@ -1,0 +1,469 @@
+"""Running a pod: init, serve, status, invites and peers, sync, the log, backup and restore."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from podlink.cli.output import (
+    ago_s,
+    ago_ts,
+    fields,
+    print_json,
+    short,
+    show,
+    table,
+    warn,
+    working,
+)
+from podlink.cli.session import (
+    ID_ARGUMENTS,
+    OrderedGroup,
+    Target,
+    default_home,
+    home_option,
+    json_option,
+    one_line,
+    pod_options,
+    run_sync,
+)
+from podlink.node.config import ConfigError
+from podlink.protocol.keys import KeyFileError, load_keypair
+
+# ---------------------------------------------------------------- the pod itself
+
+
+@click.command()
+@click.option("--name", required=True, help="The pod's name, as neighbours say it.")
+@click.option("--zone", default="", help="The street, building or community it covers.")
+@click.option("--listen", default="127.0.0.1:7654", show_default=True, metavar="HOST:PORT",
+              help="Where the node listens.")  # fmt: skip
+@click.option("--url", default="", metavar="PUBLIC_URL",
+              help="The URL other pods use to reach this node (default: http://HOST:PORT).")
+@click.option("--organizer", "organizer_name", default="",
+              help="Your name on the pod's roster of organizers.")  # fmt: skip
+@home_option
+@json_option
+def init(pod: Target, name: str, zone: str, listen: str, url: str, organizer_name: str,
+         as_json: bool) -> None:  # fmt: skip
+    """Create a new pod: its keys, its config and its database, in --home.
+
+    \b
+    Example:
+      podlink init --name "Maple Street" --zone "Maple St & Elm St"
+    """
+    from podlink.node.home import init_pod
+
+    config = run_sync(init_pod(pod.home, name=name, zone=zone, listen=listen, url=url,
+                               organizer_name=organizer_name))  # fmt: skip
+    key = load_keypair(config.node_key_path).public_text
+    if as_json:
+        print_json({"home": str(config.home), "pod": key, "name": config.name,
+                    "listen": config.listen, "url": config.public_url})  # fmt: skip
+        return
+    home = "" if pod.home == default_home() else f" --home {shlex.quote(str(pod.home))}"
+    click.echo(f"Created the pod {config.name!r} (pod {short(key)}) in {config.home}.")
+    click.echo("Next:")
+    click.echo(f"  podlink serve{home}      # start the node, and keep it running")
+    click.echo(f"  podlink member add NAME --contact PHONE{home}")
+    click.echo(f"  podlink request add TITLE --category food{home}")
+
+
+@click.command()
+@home_option
+def serve(pod: Target) -> None:
+    """Run the pod's node in the foreground until Ctrl-C.
+
+    The node answers this CLI, pulls from peers and lets them pull. Logs go to stderr.
+
+    \b
+    Example:
+      podlink serve --home ~/maple-street
+    """
+    from podlink.node.app import run_node
+
+    config = pod.config()
+    click.echo(f"{config.name}: node on http://{config.listen}, peers reach it at "
+               f"{config.public_url}; Ctrl-C stops it.", err=True)  # fmt: skip
+    try:
+        run_node(config)
+    except (KeyFileError, ConfigError) as e:
+        raise click.ClickException(one_line(str(e))) from None
+    except OSError as e:
+        why = os.strerror(e.errno).lower() if e.errno else one_line(str(e))
+        raise click.ClickException(
+            f"cannot listen on {config.listen} ({why}); is the node already running? "
+            "(or change listen in config.toml, or set PODLINK_LISTEN)"
+        ) from None
+
+
+@click.command()
+@pod_options
+@json_option
+def status(pod: Target, as_json: bool) -> None:
+    """Show the pod: name, key, URL, members, open requests, peers, events.
+
+    \b
+    Example:
+      podlink status
+    """
+    data = pod.call(lambda s: s.get("/v1/status"))
+    data["home"] = str(pod.home)
+    if as_json:
+        print_json(data)
+        return
+    fields([
+        ("pod", f"{data['name']} ({short(data['pod'])})"),
+        ("zone", data["zone"]),
+        ("url", data["url"]),
+        ("members", data["members"]),
+        ("open needs", data["open_requests"]),
+        ("organizers", data["organizers"]),
+        ("peers", data["peers"]),
+        ("events", f"{data['events']}" + (f" ({data['pending']} waiting for earlier ones)"
+                                          if data["pending"] else "")),
+        ("version", f"{data['version']} (protocol {data['protocol']})"),
+        ("home", data["home"]),
+    ])  # fmt: skip
+    if data["forks"]:
+        warn(f"{data['forks']} fork(s) recorded: a key signed two different events at one "
+             "place; see /v1/forks and docs/operations.md")  # fmt: skip
+
+
+# ---------------------------------------------------------------- peers
+
+
+@click.command()
+@pod_options
+@json_option
+def invite(pod: Target, as_json: bool) -> None:
+    """Make a one-time invite code for a nearby pod to peer with this one.
+
+    \b
+    Example:
+      podlink invite            # then, on the other pod: podlink peer join CODE
+    """
+    data = pod.call(lambda s: s.post("/v1/invites"))
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"Invite code (one use, expires {ago_s(data['expires'])}):\n")
+    click.echo(data["invite"])
+    click.echo("\nOn the other pod's machine run:\n")
+    click.echo(f"  podlink peer join {data['invite']}")
+
+
+@click.group(cls=OrderedGroup)
+def peer() -> None:
+    """Pods this pod peers with: join by invite, add by URL and key, list, remove."""
+
+
+@peer.command("join")
+@click.argument("code")
+@pod_options
+@json_option
+def peer_join(pod: Target, code: str, as_json: bool) -> None:
+    """Peer with the pod that gave you an invite CODE (from its `podlink invite`).
+
+    \b
+    Example:
+      podlink peer join podlink1.kGtodHRwOi8v...
+    """
+    if not code.strip().startswith("podlink1."):
+        raise click.ClickException("an invite code starts with 'podlink1.'; copy the whole "
+                                   "code from the other pod's `podlink invite`")  # fmt: skip
+    data = pod.call(lambda s: s.post("/v1/peers/join", {"invite": code.strip()}))
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"Peered with {data['name'] or 'a pod'} (pod {short(data['pod'])}) at "
+               f"{data['url']}. What they share will arrive within seconds.")  # fmt: skip
+
+
+@peer.command("add")
+@click.argument("url")
+@click.option("--key", "pod_key", required=True, metavar="POD_KEY",
+              help="The other pod's key (its `podlink status --json` shows it as 'pod').")
+@click.option("--name", default="", help="What to call that pod until it says its name.")
+@pod_options
+@json_option
+def peer_add(pod: Target, url: str, pod_key: str, name: str, as_json: bool) -> None:
+    """Peer with the pod at URL whose key is POD_KEY (both pods must add each other).
+
+    \b
+    Example:
+      podlink peer add https://riverside.example.org --key 3q2-7wAAh1N...
+    """
+
+    if not re.fullmatch(r"https?://\S+", url):
+        raise click.ClickException(f"{url!r} is not a URL; it starts with http:// or https://")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{43}", pod_key.strip()):
+        raise click.ClickException("POD_KEY is the other pod's whole key: 43 characters, "
+                                   "shown as 'pod' by its `podlink status --json`")  # fmt: skip
+
+    async def go(s: Any) -> tuple[dict, dict]:
+        added = await s.post("/v1/peers", {"url": url, "key": pod_key.strip(), "name": name})
+        return added, await s.get("/v1/status")
+
+    data, me = pod.call(go)
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"Added {data['name'] or 'the pod'} ({short(data['pod'])}) at {data['url']}.")
+    click.echo("They must add you too:")
+    click.echo(f"  podlink peer add {me['url']} --key {me['pod']}")
+
+
+@peer.command("list")
+@pod_options
+@json_option
+def peer_list(pod: Target, as_json: bool) -> None:
+    """List peered pods: whether the link is live, when it last synced, how far behind.
+
+    \b
+    Example:
+      podlink peer list
+    """
+    data = pod.call(lambda s: s.get("/v1/peers"))
+    if as_json:
+        print_json(data)
+        return
+    t = table("POD", "NAME", "~URL", "STATUS", "LAST SYNC", ">BEHIND")
+    for p in data:
+        behind = "" if p["behind"] is None else str(p["behind"])
+        t.add_row(short(p["pod"]), p["name"], p["url"], p["status"], ago_s(p["last_sync"]),
+                  behind)  # fmt: skip
+    show(t, "No peers yet: `podlink invite` makes a code for a nearby pod.")
+    for p in data:
+        if p["last_error"] and p["status"] != "live":
+            warn(f"{p['name'] or short(p['pod'])}: {p['last_error']}")
+
+
+@peer.command("remove", context_settings=ID_ARGUMENTS)
+@click.argument("pod_key", metavar="POD")
+@pod_options
+@json_option
+def peer_remove(pod: Target, pod_key: str, as_json: bool) -> None:
+    """Stop peering with POD (a key prefix from `podlink peer list`).
+
+    \b
+    Example:
+      podlink peer remove 3q2-7wAA
+    """
+    async def go(s: Any) -> dict:
+        prefix = pod_key.strip()
+        matches = [p["pod"] for p in await s.get("/v1/peers") if p["pod"].startswith(prefix)]
+        if len(matches) != 1:
+            raise click.ClickException(
+                f"{len(matches)} peers have a key starting {prefix!r}; see `podlink peer list`")
+        return await s.client.request("DELETE", f"/v1/peers/{matches[0]}")
+
+    data = pod.call(go)
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"No longer peered with {short(data['removed'])}.")
+
+
+@click.command()
+@pod_options
+@json_option
+def sync(pod: Target, as_json: bool) -> None:
+    """Pull from every peer now, one round, and show what arrived.
+
+    Peers also sync on their own, continuously; this is for "right now, please".
+
+    \b
+    Example:
+      podlink sync
+    """
+
+    async def go(s: Any) -> dict:
+        peers = await s.get("/v1/peers")
+        with working(f"Syncing with {len(peers)} peer(s)"):
+            return await s.post("/v1/sync")
+
+    data = pod.call(go)["peers"]
+    if as_json:
+        print_json(data)
+    else:
+        t = table("POD", "~NAME", "RESULT", ">RECEIVED", ">NEW")
+        for p in data:
+            t.add_row(short(p["pod"]), p["name"], "ok" if p["ok"] else "failed",
+                      str(p["received"]), str(p["stored"]))  # fmt: skip
+        show(t, "No peers yet: `podlink invite` makes a code for a nearby pod.")
+    failed = [p for p in data if not p["ok"]]
+    if failed:
+        first = failed[0]
+        raise click.ClickException(
+            f"could not sync with {len(failed)} of {len(data)} peer(s); "
+            f"{first['name'] or short(first['pod'])}: {one_line(first['error'])}"
+        )
+
+
+# ---------------------------------------------------------------- the log
+
+
+@click.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 5000),
+              help="How many events, newest first.")  # fmt: skip
+@click.option("--verify", is_flag=True,
+              help="Re-check every signature, body hash and feed chain in the ledger.")
+@pod_options
+@json_option
+def log(pod: Target, limit: int, verify: bool, as_json: bool) -> None:
+    """Show the newest events in the pod's ledger (who did what, when), or verify it.
+
+    With --verify the JSON is {"ok", "events", "problems"} and the exit code is 1 when a
+    problem was found.
+
+    \b
+    Examples:
+      podlink log --limit 50
+      podlink log --verify
+    """
+    if verify:
+
+        async def check(s: Any) -> dict:
+            with working("Verifying every event"):
+                return await s.post("/v1/verify")
+
+        report = pod.call(check)
+        if as_json:
+            print_json(report)
+        elif report["ok"]:
+            click.echo(f"All {report['events']} events verify: signatures, body hashes and "
+                       "feed chains hold.")  # fmt: skip
+        else:
+            for problem in report["problems"]:
+                click.echo(problem)
+        if not report["ok"]:
+            raise click.ClickException(f"{len(report['problems'])} problem(s) in the ledger")
+        return
+    data = pod.call(lambda s: s.get("/v1/log", order="newest", limit=limit))
+    if as_json:
+        print_json(data)
+        return
+    t = table(">#", "WHEN", "~POD", "LANE", "KIND", "ID")
+    for e in data:
+        kind = e["kind"] + (" (body dropped)" if e["body_dropped"] else "")
+        t.add_row(str(e["pos"]), ago_ts(e["ts"]), e["pod_name"] or short(e["pod"]), e["lane"],
+                  kind, short(e["id"]))  # fmt: skip
+    show(t, "The ledger is empty.")
+
+
+# ---------------------------------------------------------------- backup and restore
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@home_option
+def backup(pod: Target, file: Path) -> None:
+    """Copy the pod's database to FILE, safely, even while the node runs.
+
+    The copy holds members' personal details (encrypted with their keys, which are in the
+    copy too): keep it as safe as the laptop.
+
+    \b
+    Example:
+      podlink backup ~/backups/maple-$(date +%F).db
+    """
+    config = pod.config()
+    if file.exists():
+        raise click.ClickException(f"{file} exists; choose another name or remove it first")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.touch(mode=0o600)
+    try:
+        source = sqlite3.connect(config.ledger_path)
+        target = sqlite3.connect(file)
+        try:
+            with working("Backing up", total=None) as progress:
+                task = progress.task_ids[0]
+
+                def step(status: int, remaining: int, total: int) -> None:
+                    progress.update(task, total=total, completed=total - remaining)
+
+                source.backup(target, pages=256, progress=step)
+        finally:
+            target.close()
+            source.close()
+    except sqlite3.Error as e:
+        file.unlink(missing_ok=True)
+        raise click.ClickException(f"backup failed: {e}") from None
+    click.echo(f"Backed up {config.name} to {file} ({file.stat().st_size // 1024} KiB).")
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@home_option
+def restore(pod: Target, file: Path) -> None:
+    """Put a backup FILE back as the pod's database (stop the node first).
+
+    The current database is kept beside it as ledger.db.before-restore-TIME. The store's
+    epoch is rotated, so peers notice and repair: they re-send what the backup missed.
+
+    \b
+    Example:
+      podlink restore ~/backups/maple-2025-06-01.db
+    """
+    config = pod.config()
+    if _node_answers(pod, config):
+        raise click.ClickException(
+            f"the node is running at {config.listen}; stop it (Ctrl-C or systemctl stop) first"
+        )
+    live = config.ledger_path
+    if file.resolve() == live.resolve():
+        raise click.ClickException(f"{file} is the pod's live database, not a backup")
+    _check_backup(file, load_keypair(config.node_key_path).public)
+    aside = live.with_name(f"{live.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
+    if live.exists():
+        with sqlite3.connect(live) as old, sqlite3.connect(aside) as copy:
+            old.backup(copy)  # includes what is still in the WAL
+    for extra in ("", "-wal", "-shm"):
+        live.with_name(live.name + extra).unlink(missing_ok=True)
+    shutil.copyfile(file, live)
+    live.chmod(0o600)
+    events = run_sync(_rotate_epoch(live))
+    click.echo(f"Restored {events} events from {file}; the old database is in {aside.name}.")
+    click.echo("The store epoch was rotated: peers will repair from it. Start the node with "
+               "`podlink serve`.")  # fmt: skip
+
+
+def _node_answers(pod: Target, config: Any) -> bool:
+    url = pod.url(config)
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _check_backup(file: Path, node_key: bytes) -> None:
+    try:
+        with sqlite3.connect(f"file:{file}?mode=ro", uri=True) as db:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise click.ClickException(f"{file} is damaged (sqlite quick_check failed)")
+            found = db.execute("SELECT value FROM meta WHERE key = 'pod'").fetchone()
+    except sqlite3.Error as e:
+        raise click.ClickException(f"{file} is not a podlink database: {e}") from None
+    if found is None or bytes(found[0]) != node_key:
+        raise click.ClickException(f"{file} is the database of another pod, not this one")
+
+
+async def _rotate_epoch(path: Path) -> int:
+    from podlink.ledger.ledger import Ledger
+    from podlink.ledger.queries import count_events
+
+    async with await Ledger.open(path) as ledger:
+        await ledger.rotate_epoch()
+        return await count_events(ledger.reader)

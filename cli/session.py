@@ -1,0 +1,291 @@
+"""Which pod a command talks to, and the one conversation it has with that pod's node.
+
+Every command takes ``--home`` (and ``--node``); :class:`Target` turns them into a config
+and a signed :class:`~podlink.node.client.NodeClient`, and :func:`run_sync` is the one place
+async work runs and the node's refusals become one-line ``click.ClickException``\\ s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import msgspec
+import platformdirs
+
+from podlink.node.client import ClientError, NodeClient
+from podlink.node.config import Config, ConfigError, load_config
+from podlink.protocol import kinds
+from podlink.protocol.errors import ProtocolError
+from podlink.protocol.keys import KeyFileError, load_keypair
+from podlink.protocol.text import b64d, b64e
+
+try:  # a lock file keeps two commands of one organizer from signing the same seq
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no concurrent commands guard
+    fcntl = None  # type: ignore[assignment]
+
+T = TypeVar("T")
+ID_TEXT = re.compile(r"^[A-Za-z0-9_-]{1,43}$")
+# Ids are base64url, so one in 64 starts with '-': let such an argument through as an id.
+ID_ARGUMENTS = {"ignore_unknown_options": True}
+LIST_COMMAND = {"request": "request list", "offer": "offer list", "member": "member list",
+                "claim": "request show REQUEST", "resource": "resource list"}  # fmt: skip
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's async work; turn what the node or the files refuse into exit 1."""
+    try:
+        return asyncio.run(coro)
+    except ClientError as e:
+        hint = ""
+        if e.reason == "unauthorised":
+            hint = " (is --node the node of this pod, and organizer.key one of its organizers?)"
+        raise click.ClickException(one_line(e.message) + hint) from None
+    except (ConfigError, KeyFileError, ProtocolError, OSError) as e:
+        raise click.ClickException(one_line(str(e))) from None
+
+
+def default_home() -> Path:
+    return Path(platformdirs.user_data_dir("podlink"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """The pod a command works on: its home folder, and optionally its node's URL."""
+
+    home: Path
+    node: str | None = None
+
+    def config(self) -> Config:
+        try:
+            return load_config(self.home)
+        except ConfigError as e:
+            raise click.ClickException(one_line(str(e))) from None
+
+    def url(self, config: Config) -> str:
+        """--node, else the node's listen address (a wildcard host means this machine)."""
+        if self.node:
+            return self.node.rstrip("/")
+        host = config.host.strip("[]")
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://[{host}]:{config.port}" if ":" in host else f"http://{host}:{config.port}"
+
+    def session(self) -> PodSession:
+        config = self.config()
+        try:
+            keypair = load_keypair(config.organizer_key_path)
+        except KeyFileError as e:
+            raise click.ClickException(one_line(str(e))) from None
+        return PodSession(NodeClient(self.url(config), keypair), self.home)
+
+    def call(self, action: Callable[[PodSession], Awaitable[T]]) -> T:
+        """Open a session with the node, run ``action`` on it, close, translate errors."""
+        session = self.session()
+
+        async def go() -> T:
+            async with session:
+                try:
+                    return await action(session)
+                except ClientError as e:
+                    if e.reason != "unavailable" or e.status:
+                        raise
+                    home = "" if self.home == default_home() else f" --home {self.home}"
+                    raise click.ClickException(
+                        f"the pod's node is not running at {session.client.url}; "
+                        f"start it with `podlink serve{home}`"
+                    ) from None
+
+        return run_sync(go())
+
+
+class OrderedGroup(click.Group):
+    """A group whose --help lists commands in the order a pod meets them, not A to Z."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+def home_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --home to a command that works on the pod's files; it receives ``pod: Target``."""
+
+    @click.option(
+        "--home", type=click.Path(file_okay=False, path_type=Path), envvar="PODLINK_HOME",
+        default=default_home, show_default=False,
+        help="The pod's folder (config.toml, keys, ledger.db); default: $PODLINK_HOME, "
+        "else your user data folder.",
+    )  # fmt: skip
+    @functools.wraps(f)
+    def wrapper(*args: Any, home: Path, **kwargs: Any) -> Any:
+        return f(*args, pod=Target(home, kwargs.pop("node_url", None)), **kwargs)
+
+    return wrapper
+
+
+def pod_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --home and --node to a command that talks to the pod's node."""
+    return home_option(
+        click.option("--node", "node_url", metavar="URL",
+                     help="Talk to the node at URL instead of the one in the pod's config.")(f)
+    )  # fmt: skip
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print only JSON (with full ids).")(f)  # fmt: skip
+
+
+FIELD_WORDS = {"title": "the title", "name": "the name", "category": "the category"}
+
+
+def plain(message: str) -> str:
+    """A body's validation error in the words of the command's options."""
+    found = re.search(r"Expected `str` of length ([<>]=) (\d+) - at `\$\.(\w+)`", message)
+    if found is None:
+        return one_line(message.split(": ", 1)[-1])
+    op, limit, field = found.groups()
+    what = FIELD_WORDS.get(field, f"--{field.replace('_', '-')}")
+    if op == ">=":
+        return f"{what} must not be empty"
+    return f"{what} is too long (at most {limit} characters)"
+
+
+def check_body(body: msgspec.Struct, decode: Callable[[bytes], Any] | None = None) -> None:
+    """Refuse, before signing, a body the node would refuse (msgspec checks limits only
+    when decoding, so round-trip it)."""
+    try:
+        if decode is None:
+            kinds.decode_body(body.KIND, kinds.encode_body(body))  # type: ignore[attr-defined]
+        else:
+            decode(kinds.encode_body(body))
+    except ProtocolError as e:
+        raise click.ClickException(plain(e.message)) from None
+
+
+class PodSession:
+    """One command's conversation with its pod's node: reads, id lookups, signed writes."""
+
+    def __init__(self, client: NodeClient, home: Path) -> None:
+        self.client = client
+        self.home = Path(home)
+        self._pod: str | None = None
+
+    async def __aenter__(self) -> PodSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+
+    async def get(self, path: str, **query: Any) -> Any:
+        return await self.client.get(path, **query)
+
+    async def post(self, path: str, body: Any = None) -> Any:
+        return await self.client.post(path, body)
+
+    async def pod(self) -> str:
+        """This pod's key (base64url)."""
+        if self._pod is None:
+            self._pod = (await self.get("/v1/heads"))["pod"]
+        return self._pod
+
+    # ------------------------------------------------------------ finding things
+
+    async def resolve(self, table: str, ref: str) -> str:
+        """The full id in ``table`` (requests, offers, ...) that starts with ``ref``."""
+        what = table.rstrip("s")
+        ref = ref.strip()
+        if not ID_TEXT.match(ref):
+            raise click.ClickException(
+                f"{ref!r} is not a {what} id; ids look like 'Xk3b9a1Q' "
+                f"(see `podlink {LIST_COMMAND.get(what, what + ' list')}`)"
+            )
+        try:
+            return (await self.get(f"/v1/resolve/{table}/{ref}"))["id"]
+        except ClientError as e:
+            if e.reason != "not-found":
+                raise
+            raise click.ClickException(
+                f"{one_line(e.message)} (see `podlink {LIST_COMMAND.get(what, what + ' list')}`)"
+            ) from None
+
+    async def request(self, ref: str) -> dict[str, Any]:
+        return await self.get(f"/v1/requests/{await self.resolve('requests', ref)}")
+
+    async def offer(self, ref: str) -> dict[str, Any]:
+        full = await self.resolve("offers", ref)
+        return next(o for o in await self.get("/v1/offers", status="all") if o["id"] == full)
+
+    async def claim(self, ref: str) -> dict[str, Any]:
+        full = await self.resolve("claims", ref)
+        return next(c for c in await self.get("/v1/claims") if c["id"] == full)
+
+    async def member(self, ref: str) -> dict[str, Any]:
+        """A member of this pod by name (case-insensitive) or by id prefix."""
+        members = await self.get("/v1/members")
+        named = [m for m in members if m.get("name", "").casefold() == ref.strip().casefold()]
+        if len(named) > 1:
+            ids = ", ".join(m["id"][:8] for m in named)
+            raise click.ClickException(f"{len(named)} members are called {ref!r}; use an id: {ids}")
+        if named:
+            return named[0]
+        if not ID_TEXT.match(ref.strip()):
+            raise click.ClickException(f"no member called {ref!r} (see `podlink member list`)")
+        full = await self.resolve("members", ref)
+        found = next((m for m in members if m["id"] == full), None)
+        if found is None:
+            raise click.ClickException(f"member {ref!r} was forgotten")
+        return found
+
+    # ------------------------------------------------------------ writing
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """Hold the home's lock while chaining on the heads, signing and submitting."""
+        if fcntl is None or not self.home.is_dir():
+            yield
+            return
+        fd = os.open(self.home / ".cli.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    async def write(
+        self,
+        body: msgspec.Struct,
+        lane: str,
+        refs: tuple[str, ...] = (),
+        *,
+        member_key: bytes | None = None,
+    ) -> str:
+        """Sign ``body`` as the next event of the organizer's ``lane`` feed; its id."""
+        check_body(body)
+        async with self._writing():
+            author = await self.client.author()
+            event = author.write(body, lane, [b64d(r, length=32) for r in refs])  # type: ignore[arg-type]
+            keys = {event.id: member_key} if member_key is not None else None
+            await self.client.submit([event], keys)  # a refusal raises ClientError
+        return b64e(event.id)
+
+    async def check_applied(self, request_id: str, event_id: str) -> dict[str, Any]:
+        """The request after our event; an error if the event was stored but ignored (a
+        race: someone else's transition came first)."""
+        after = await self.get(f"/v1/requests/{request_id}")
+        step = next((h for h in after.get("history", []) if h["id"] == event_id), None)
+        if step is not None and step["outcome"] != "applied":
+            raise click.ClickException(f"recorded, but it changed nothing: {step['why']}")
+        return after
