@@ -16,6 +16,7 @@ docs/protocol.md is the normative description; this module is one implementation
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -33,7 +34,11 @@ MAX_HEADER = 2048  # bytes of payload
 MAX_BODY = 64 * 1024  # bytes of body
 MAX_REFS = 16
 MAX_KIND_LEN = 32
-MAX_EVENT = MAX_HEADER + SIG_LEN + MAX_BODY + 16  # wire bytes of one event
+# Wire bytes of one event: its three parts plus the widest legal msgpack framing, array 32
+# (5 bytes) and three bin 32 prefixes (5 bytes each), so that no encoding of an event whose
+# parts are within their limits is refused for its size.
+FRAMING = 5 + 3 * 5
+MAX_EVENT = MAX_HEADER + SIG_LEN + MAX_BODY + FRAMING
 
 Lane = Literal["pod", "peers", "network"]
 LANES: tuple[Lane, ...] = ("pod", "peers", "network")
@@ -169,12 +174,21 @@ def encode_wire(payload: bytes, sig: bytes, body: bytes | None) -> bytes:
     return _encoder.encode(Wire(payload, sig, body))
 
 
+# msgspec's message for a value over a Meta max_length: "Expected `bytes` of length <= 32 -
+# at `$[1]`". Anchored: other messages can quote received text (an enum value), which must
+# never make an error too-large.
+_OVER_MAX_LENGTH = re.compile(r"Expected `(?:str|bytes|array)` of length <= [0-9]+(?: - at `|\Z)")
+
+
 def _invalid(err: Exception, what: str) -> ProtocolError:
+    """The reason for a decode error of the wire form or header: ``too-large`` for a str,
+    bin or array over its maximum length, ``invalid`` for anything else (including an
+    array with more elements than the wire form's 3 or the header's 11: "at most length")."""
     text = str(err)
-    # Only a size limit (a Meta max_length) is too-large; an array with too many
-    # elements ("at most length N") is a malformed header or event, so invalid.
-    if "length <=" in text:
+    if isinstance(err, msgspec.ValidationError) and _OVER_MAX_LENGTH.match(text):
         return ProtocolError("too-large", f"{what}: {text}")
+    if isinstance(err, RecursionError):
+        text = "msgpack nested too deeply"
     return ProtocolError("invalid", f"{what}: {text}")
 
 
@@ -184,7 +198,8 @@ def decode_header(payload: bytes) -> Header:
         raise ProtocolError("too-large", f"header is {len(payload)} bytes, limit {MAX_HEADER}")
     try:
         header = _header_decoder.decode(payload)
-    except (msgspec.MsgspecError, UnicodeDecodeError) as err:  # msgspec lets bad UTF-8 through
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as err:
+        # (msgspec lets some bad UTF-8 through as UnicodeDecodeError)
         raise _invalid(err, "malformed header") from None
     if header.v not in SUPPORTED_VERSIONS:
         raise ProtocolError(
@@ -201,7 +216,7 @@ def decode_event(data: bytes | memoryview) -> Event:
         raise ProtocolError("too-large", f"event is {len(data)} bytes, limit {MAX_EVENT}")
     try:
         wire = _wire_decoder.decode(data)
-    except (msgspec.MsgspecError, UnicodeDecodeError) as err:
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as err:
         raise _invalid(err, "malformed event") from None
     return Event(decode_header(wire.payload), wire.payload, wire.sig, wire.body)
 
@@ -210,7 +225,7 @@ def decode_event_list(data: bytes) -> list[bytes]:
     """Split a msgpack array of wire events into the raw bytes of each (decoded later)."""
     try:
         return [bytes(raw) for raw in _wire_list_decoder.decode(data)]
-    except msgspec.MsgspecError as err:
+    except (msgspec.MsgspecError, RecursionError) as err:  # skipping deep nesting recurses
         raise _invalid(err, "malformed event list") from None
 
 

@@ -9,14 +9,16 @@ The sender signs ``SIGN_PREFIX`` followed by these lines joined with ``\\n``::
     nonce (base64url of 16 random bytes)
 
 and sends ``Podlink-Key``, ``Podlink-Time``, ``Podlink-Nonce``, ``Podlink-Signature``
-(base64url). The receiver refuses a time outside :data:`WINDOW_S` of its own clock
-(``stale``) and a nonce it has seen within the window (``replayed``, see NonceCache).
+(base64url); header names are matched case-insensitively, and each must appear once. The
+receiver refuses a time outside :data:`WINDOW_S` of its own clock (``stale``) and a nonce it
+has seen within the window (``replayed``, see NonceCache).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -30,6 +32,11 @@ WINDOW_S = 300  # a signed request is good for five minutes either side of our c
 H_KEY, H_TIME, H_NONCE, H_SIG = (
     "Podlink-Key", "Podlink-Time", "Podlink-Nonce", "Podlink-Signature",
 )  # fmt: skip
+HEADERS = (H_KEY, H_TIME, H_NONCE, H_SIG)
+# Podlink-Time: unix seconds as 1 to 12 ASCII digits; no sign, space, "_" or other digits
+# (Python's int() takes "+1", " 1", "1_000" and "١"; a receiver must not).
+TIME_PATTERN = re.compile(r"[0-9]{1,12}")
+NONCE_MIN, NONCE_MAX = 16, 64  # characters (Unicode code points)
 
 
 def signing_input(method: str, path_qs: str, body: bytes, when: int, nonce: str) -> bytes:
@@ -70,20 +77,22 @@ def verify_request(
     *,
     now: float | None = None,
 ) -> SignedRequest:
-    """Check a request's signature headers. Raises ``unauthorised``, ``stale`` or ``forged``.
-    Replays are the caller's to refuse, with a :class:`NonceCache`."""
-    missing = [h for h in (H_KEY, H_TIME, H_NONCE, H_SIG) if h not in headers]
+    """Check a request's signature headers. Raises ``unauthorised``, ``invalid``, ``stale``
+    or ``forged``. Replays are the caller's to refuse, with a :class:`NonceCache`.
+
+    ``headers`` may be any mapping (aiohttp's multi-dict yields a repeated header twice)."""
+    values = _signature_headers(headers)
+    missing = [h for h in HEADERS if h not in values]
     if missing:
         raise ProtocolError("unauthorised", f"unsigned request: missing {', '.join(missing)}")
-    key = b64d(headers[H_KEY], length=KEY_LEN, what=H_KEY)
-    sig = b64d(headers[H_SIG], length=SIG_LEN, what=H_SIG)
-    nonce = headers[H_NONCE]
-    if not 16 <= len(nonce) <= 64:
-        raise ProtocolError("invalid", f"{H_NONCE} must be 16 to 64 characters")
-    try:
-        when = int(headers[H_TIME])
-    except ValueError:
-        raise ProtocolError("invalid", f"{H_TIME} must be unix seconds") from None
+    key = b64d(values[H_KEY], length=KEY_LEN, what=H_KEY)
+    sig = b64d(values[H_SIG], length=SIG_LEN, what=H_SIG)
+    nonce = values[H_NONCE]
+    if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
+        raise ProtocolError("invalid", f"{H_NONCE} must be {NONCE_MIN} to {NONCE_MAX} characters")
+    if not TIME_PATTERN.fullmatch(values[H_TIME]):
+        raise ProtocolError("invalid", f"{H_TIME} must be unix seconds: 1 to 12 ASCII digits")
+    when = int(values[H_TIME])
     now = time.time() if now is None else now
     if abs(now - when) > WINDOW_S:
         raise ProtocolError(
@@ -98,6 +107,21 @@ def verify_request(
     if not verify_signature(key, message, sig):
         raise ProtocolError("forged", "request signature does not verify")
     return SignedRequest(key, when, nonce)
+
+
+def _signature_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The four Podlink-* headers by canonical name, matched case-insensitively; a repeated
+    one is ``invalid`` (readers would disagree on which copy counts)."""
+    wanted = {name.lower(): name for name in HEADERS}
+    found: dict[str, str] = {}
+    for name, value in headers.items():
+        canonical = wanted.get(name.lower())
+        if canonical is None:
+            continue
+        if canonical in found:
+            raise ProtocolError("invalid", f"{canonical} is sent more than once")
+        found[canonical] = value
+    return found
 
 
 class NonceCache:

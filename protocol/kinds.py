@@ -24,7 +24,11 @@ Short = Annotated[str, msgspec.Meta(max_length=200)]
 Text = Annotated[str, msgspec.Meta(max_length=4000)]
 Category = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,31}\Z")]
 Categories = Annotated[list[Category], msgspec.Meta(max_length=32)]
-Box = Annotated[bytes, msgspec.Meta(min_length=40, max_length=60 * 1024)]
+MAX_BOX = 60 * 1024
+# A member's SecretBox: 24-byte nonce, 16-byte MAC, then the ciphertext.
+Box = Annotated[bytes, msgspec.Meta(min_length=24 + 16, max_length=MAX_BOX)]
+# A sealed box: 32-byte ephemeral public key, 16-byte MAC, then the ciphertext.
+SealedBox = Annotated[bytes, msgspec.Meta(min_length=32 + 16, max_length=MAX_BOX)]
 Urgency = Literal["low", "normal", "high", "urgent"]
 Date = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")]
 Hours = Annotated[float, msgspec.Meta(ge=0, le=1000)]
@@ -255,7 +259,7 @@ class SealedMessage(Body, frozen=True, kw_only=True):
     KIND = "sealed"
     LANES = BEYOND_POD
     to: Key32
-    box: Box
+    box: SealedBox
 
 
 class ContactHandoff(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -281,6 +285,15 @@ _decoders = {kind: msgspec.msgpack.Decoder(cls) for kind, cls in KINDS.items()}
 _encoder = msgspec.msgpack.Encoder()
 
 
+def _invalid(err: Exception, what: str) -> ProtocolError:
+    """Every fault of a body (or of a box's contents) is ``invalid``, a field over its
+    maximum length included. msgspec lets some bad UTF-8 through as UnicodeDecodeError, and
+    runs out of stack (RecursionError) on msgpack nested some hundreds of levels deep, even
+    inside an unknown field it skips."""
+    text = "msgpack nested too deeply" if isinstance(err, RecursionError) else str(err)
+    return ProtocolError("invalid", f"{what}: {text}")
+
+
 def encode_body(body: msgspec.Struct) -> bytes:
     """The msgpack bytes of a body (or of MemberDetails / ContactHandoff inside a box)."""
     return _encoder.encode(body)
@@ -293,8 +306,8 @@ def decode_body(kind: str, data: bytes) -> Body | None:
         return None
     try:
         return decoder.decode(data)
-    except (msgspec.MsgspecError, UnicodeDecodeError) as err:  # msgspec lets bad UTF-8 through
-        raise ProtocolError("invalid", f"{kind} body: {err}") from None
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as err:
+        raise _invalid(err, f"{kind} body") from None
 
 
 def check_kind(event: Event) -> Body | None:
@@ -322,12 +335,12 @@ _handoff_decoder = msgspec.msgpack.Decoder(ContactHandoff)
 def decode_member_details(data: bytes) -> MemberDetails:
     try:
         return _member_decoder.decode(data)
-    except (msgspec.MsgspecError, UnicodeDecodeError) as err:
-        raise ProtocolError("invalid", f"member details: {err}") from None
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as err:
+        raise _invalid(err, "member details") from None
 
 
 def decode_contact_handoff(data: bytes) -> ContactHandoff:
     try:
         return _handoff_decoder.decode(data)
-    except (msgspec.MsgspecError, UnicodeDecodeError) as err:
-        raise ProtocolError("invalid", f"contact handoff: {err}") from None
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as err:
+        raise _invalid(err, "contact handoff") from None

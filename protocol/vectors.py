@@ -28,6 +28,7 @@ import nacl.secret
 from podlink.protocol import clock, http_auth
 from podlink.protocol.envelope import (
     MAX_BODY,
+    MAX_KIND_LEN,
     MAX_REFS,
     PROTOCOL_VERSION,
     SIGN_PREFIX,
@@ -37,6 +38,7 @@ from podlink.protocol.envelope import (
     encode_wire,
     sign_event,
 )
+from podlink.protocol.http_auth import WINDOW_S
 from podlink.protocol.keys import Keypair
 from podlink.protocol.kinds import (
     ClaimAccepted,
@@ -45,6 +47,7 @@ from podlink.protocol.kinds import (
     MemberDetails,
     MemberForgotten,
     MemberJoined,
+    OfferOpened,
     OrganizerAdded,
     PodFounded,
     RequestFulfilled,
@@ -140,6 +143,7 @@ def _vector(
     error: str | None = None,
     wire: bytes | None = None,
     secrets: dict[str, str] | None = None,
+    body_dropped: bool = False,
 ) -> dict[str, Any]:
     body_fields = _loose(body)
     vector: dict[str, Any] = {
@@ -157,6 +161,8 @@ def _vector(
         "fields": header_fields(payload),
         "body_fields": None if body_fields is None else _jsonable(body_fields),
     }
+    if body_dropped:  # refused by the checks, yet kept at ingest with its body dropped
+        vector["body_dropped"] = True
     if secrets:
         vector["secrets"] = secrets
     return vector
@@ -203,6 +209,15 @@ def _wide_header(
         b"\xce" + len(body).to_bytes(4, "big"),  # body_size as uint 32
         b"\xc4\x20" + blake2b256(body),  # body_hash as bin 8
     ])  # fmt: skip
+
+
+def _wide_wire(payload: bytes, sig: bytes, body: bytes) -> bytes:
+    """A wire form in the widest framing: array 32 and three bin 32 (20 bytes of framing)."""
+
+    def bin32(raw: bytes) -> bytes:
+        return b"\xc6" + len(raw).to_bytes(4, "big") + raw
+
+    return b"\xdd\x00\x00\x00\x03" + bin32(payload) + bin32(sig) + bin32(body)
 
 
 # -- the vectors ----------------------------------------------------------------------------
@@ -336,8 +351,27 @@ def build() -> dict[str, Any]:
     )  # fmt: skip
     vectors.append(_vector(
         "non-minimal-encoding", b, wide, _signed(b, wide), resource_body,
-        why="Every header element uses a wider msgpack format than needed; readers accept it "
-        "and hash and verify the bytes as received, never a re-encoding.",
+        why="The header array (array 16) and nine of its elements use wider msgpack formats "
+        "than needed (v uint 8, pod bin 16, author bin 32, lane str 8, seq uint 64, ts int 64, "
+        "kind str 16, refs array 16, body_size uint 32; prev nil and body_hash bin 8 are as "
+        "usual); readers accept it and hash and verify the bytes as received, never a "
+        "re-encoding. The wire framing around it is the usual one.",
+    ))  # fmt: skip
+
+    # Valid: pod B's next event in the widest wire framing, which MAX_EVENT leaves room for.
+    offer_body = encode_body(OfferOpened(
+        title="Lifts to the clinic", category="transport", availability="Tue, Thu mornings",
+        capacity=3,
+    ))  # fmt: skip
+    offer = sign_event(
+        b, pod=b.public, lane="network", seq=2, prev=blake2b256(wide), ts=ts_at(10),
+        kind="offer.open", body=offer_body,
+    )  # fmt: skip
+    vectors.append(_from_event(
+        "wide-wire-framing", b, offer,
+        "Pod B's seq 2 (prev: the non-minimal-encoding id) sent as array 32 holding three "
+        "bin 32: 20 bytes of framing, the most any encoding needs, which MAX_EVENT allows for.",
+        wire=_wide_wire(offer.payload, offer.sig, offer_body),
     ))  # fmt: skip
 
     vectors.extend(_invalid_vectors(request, request_body))
@@ -374,12 +408,21 @@ def _invalid_vectors(request: Event, request_body: bytes) -> list[dict[str, Any]
     bad("wrong-signer", MALLORY, request.payload, request_body, "forged",
         "The header names the organizer as author, but another key signed it.")
     changed = encode_body(RequestOpened(title="Something else entirely", category="food"))
-    bad("body-mismatch", o, request.payload, changed, "invalid",
-        "A valid header with a different body: it does not match body_size/body_hash "
-        "(the header is kept, the body dropped).", sig=request.sig)  # fmt: skip
-    big = bytes(MAX_BODY + 1)
-    bad("oversize-body", o, header(kind="resource.share", body=big), big, "too-large",
-        f"A body of {MAX_BODY + 1} bytes, one more than MAX_BODY.")
+    out.append(_vector(
+        "body-mismatch", o, request.payload, request.sig, changed, error="invalid",
+        why="request-open's header with a different body, which does not match "
+        "body_size/body_hash. At ingest the event is not refused: its header is stored with "
+        "the body dropped (reported as stored, body_dropped).", body_dropped=True,
+    ))  # fmt: skip
+    full, big = bytes(MAX_BODY), bytes(MAX_BODY + 1)
+    bad("oversize-body", o, header(kind="garden.photo", body=full), big, "too-large",
+        f"A body of {MAX_BODY + 1} bytes, one more than MAX_BODY, refused at the structure "
+        f"step; the header is sound (an unknown kind, body_size {MAX_BODY}), but no body over "
+        "MAX_BODY can match a header, so it also differs from body_size.")  # fmt: skip
+    bad("body-size-over-max", o, header(kind="garden.photo", body_size=MAX_BODY + 1,
+        body_hash=blake2b256(big)), None, "invalid",
+        f"body_size {MAX_BODY + 1} with the body dropped: an integer out of its range is "
+        "invalid (only a str, bin or array over its maximum length is too-large).")  # fmt: skip
     bad("too-many-refs", o, header(kind="claim.make", refs=[fixed_bytes(f"ref-{i}")
         for i in range(MAX_REFS + 1)]), request_body, "too-large",
         f"{MAX_REFS + 1} refs, one more than MAX_REFS.")  # fmt: skip
@@ -404,32 +447,96 @@ def _invalid_vectors(request: Event, request_body: bytes) -> list[dict[str, Any]
     twelve = msgspec.msgpack.encode([*msgspec.msgpack.decode(request.payload), 0])
     bad("twelve-element-header", o, twelve, request_body, "invalid",
         "A header array with a twelfth element; a header has exactly 11.")
+    long_kind = "garden.plot.watering-schedule.v22"
+    assert len(long_kind) == MAX_KIND_LEN + 1
+    bad("kind-too-long", o, header(kind=long_kind), request_body, "too-large",
+        f"A kind name of {MAX_KIND_LEN + 1} characters that matches the name pattern: a header "
+        "str over its maximum length is too-large.")  # fmt: skip
+    bad("key-too-long", o, header(pod=a + b"\x00"), request_body, "too-large",
+        "pod is pod A's key with a 33rd byte: a header bin over its maximum length is "
+        "too-large (a 31-byte one would be invalid).")  # fmt: skip
+    bad("sig-too-long", o, request.payload, request_body, "too-large",
+        "request-open with a 65-byte sig (its signature and one zero byte): a bin over its "
+        "maximum length in the wire form is too-large.", sig=request.sig + b"\x00")  # fmt: skip
+    bad("sig-too-short", o, request.payload, request_body, "invalid",
+        "request-open with a 63-byte sig (its signature less the last byte): a bin under its "
+        "minimum length is invalid.", sig=request.sig[:63])  # fmt: skip
+    title = ("Soupe à l’oignon pour la rue " * 8)[:201]
+    assert len(title) == 201 < len(title.encode())
+    long_title = encode_body(RequestOpened(title=title, category="food"))
+    bad("title-too-long", o, header(body=long_title), long_title, "invalid",
+        "request.open whose title has 201 characters (Title allows 200; counted in code "
+        "points, not bytes): in a body every broken limit is invalid, a length too. The body "
+        "matches its hash, so the whole event is refused.")  # fmt: skip
+    sealed = encode_body(SealedMessage(to=POD_B.public, box=fixed_bytes("short-box", 40)))
+    bad("sealed-box-too-short", o, header(kind="sealed", lane="peers", body=sealed), sealed,
+        "invalid", "A sealed body whose box is 40 bytes: a sealed box is at least 48 (32-byte "
+        "ephemeral key, 16-byte MAC); 40 is the minimum of a member SecretBox only.")  # fmt: skip
     return out
 
 
 def request_vectors() -> list[dict[str, Any]]:
-    """Signed HTTP requests (http_auth), checked at ``time`` by the receiver's clock."""
-    when, nonce = NOW_MS // 1000, b64e(fixed_bytes("nonce", 16))
+    """Signed HTTP requests (http_auth), each checked by the receiver at its ``now``.
+
+    Every vector is signed by ORGANIZER with the same nonce, so each is checked with a
+    fresh replay cache, given first the vectors named in ``after`` (if any)."""
+    now, nonce = NOW_MS // 1000, b64e(fixed_bytes("nonce", 16))
     body = msgspec.json.encode({"title": "Soup", "category": "food"})
+    query = "/api/requests?lane=network&note=a%20b"
+
+    def drop_signature(h: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in h.items() if k != http_auth.H_SIG}
+
+    def plus_sign(h: dict[str, str]) -> dict[str, str]:
+        return {**h, http_auth.H_TIME: "+" + h[http_auth.H_TIME]}
+
+    def lower_case(h: dict[str, str]) -> dict[str, str]:
+        return {k.lower(): v for k, v in h.items()}
+
     out = []
-    for name, method, path, sent_body, claimed_path, error, why in [
-        ("get", "GET", "/api/status", b"", None, None, "A GET without a body."),
-        ("post-with-query", "POST", "/api/requests?lane=network&note=a%20b", body, None,
-         None, "The path and query exactly as sent, percent-encoding included."),
-        ("path-changed", "POST", "/api/requests?lane=network", body,
-         "/api/requests?lane=peers", "forged",
-         "Signed for one path, received on another: the signature does not verify."),
+    for spec in [
+        dict(name="get", why="A GET without a body.", method="GET", path="/api/status"),
+        dict(name="post-with-query", method="POST", path=query, body=body,
+             why="The path and query exactly as sent, percent-encoding included."),
+        dict(name="path-changed", method="POST", path="/api/requests?lane=network", body=body,
+             received="/api/requests?lane=peers", error="forged",
+             why="Signed for one path, received on another: the signature does not verify."),
+        dict(name="missing-signature-header", method="GET", path="/api/status",
+             edit=drop_signature, error="unauthorised",
+             why="No Podlink-Signature header: a request without all four is unsigned."),
+        dict(name="time-with-plus-sign", method="GET", path="/api/status", edit=plus_sign,
+             error="invalid",
+             why="Podlink-Time '+1750000600': the time is 1 to 12 ASCII digits, nothing else "
+             "(the signature itself is over the canonical 1750000600)."),
+        dict(name="lowercase-header-names", method="GET", path="/api/status", edit=lower_case,
+             why="The same four headers with lower-case names: header names are "
+             "case-insensitive, as everywhere in HTTP."),
+        dict(name="window-edge", method="GET", path="/api/status", when=now - WINDOW_S,
+             why=f"Signed {WINDOW_S} seconds before the receiver's clock: still in the window."),
+        dict(name="stale", method="GET", path="/api/status", when=now - WINDOW_S - 1,
+             error="stale",
+             why=f"Signed {WINDOW_S + 1} seconds before the receiver's clock: outside the "
+             "window."),
+        dict(name="replayed", method="GET", path="/api/status", after=["get"],
+             error="replayed",
+             why="The get vector again, after the receiver accepted it: its (key, nonce) was "
+             "already received."),
     ]:  # fmt: skip
-        headers = http_auth.sign_request(ORGANIZER, method, path, sent_body, when=when,
-                                         nonce=nonce)  # fmt: skip
-        received = claimed_path or path
+        when = spec.get("when", now)
+        sent_body = spec.get("body", b"")
+        headers = http_auth.sign_request(ORGANIZER, spec["method"], spec["path"], sent_body,
+                                         when=when, nonce=nonce)  # fmt: skip
+        if "edit" in spec:
+            headers = spec["edit"](headers)
+        error = spec.get("error")
         out.append({
-            "name": name, "valid": error is None, **({"error": error} if error else {}),
-            "why": why, "seed": ORGANIZER.seed.hex(), "method": method, "path": received,
-            "body": sent_body.hex(), "time": when, "nonce": nonce,
-            "signing_input": http_auth.signing_input(method, path, sent_body, when,
-                                                     nonce).hex(),
-            "headers": headers,
+            "name": spec["name"], "valid": error is None, **({"error": error} if error else {}),
+            "why": spec["why"], "seed": ORGANIZER.seed.hex(), "method": spec["method"],
+            "path": spec.get("received", spec["path"]), "body": sent_body.hex(), "time": when,
+            "now": now, "nonce": nonce,
+            "signing_input": http_auth.signing_input(spec["method"], spec["path"], sent_body,
+                                                     when, nonce).hex(),
+            "headers": headers, **({"after": spec["after"]} if "after" in spec else {}),
         })  # fmt: skip
     return out
 

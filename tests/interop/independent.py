@@ -1,7 +1,9 @@
 """An independent implementation of podlink protocol version 1, written from
 ``docs/protocol.md`` (and, where the spec was silent, from ``docs/protocol-vectors.json``;
-every such inference is marked ``SPEC GAP``). It deliberately imports nothing from podlink
-and uses no msgpack library: the decoder below follows the MessagePack format spec.
+every such inference was marked ``SPEC GAP``). The spec has since decided each of those
+points; where it decided differently from the guess made here, the code was changed and the
+place is marked ``SPEC (resolved)``. It deliberately imports nothing from podlink and uses
+no msgpack library: the decoder below follows the MessagePack format spec.
 
 Entry points:
 
@@ -41,21 +43,23 @@ MAX_HEADER = 2048
 MAX_BODY = 65536
 MAX_REFS = 16
 MAX_KIND_LEN = 32
-MAX_EVENT = MAX_HEADER + SIG_LEN + MAX_BODY + 16  # 67664
+# SPEC (resolved): MAX_EVENT allows the widest framing, array 32 + three bin 32 = 20 bytes
+# (it was + 16, which refused some legal encodings of maximal events).
+MAX_EVENT = MAX_HEADER + SIG_LEN + MAX_BODY + 20  # 67668
 FUTURE_LIMIT_MS = 900_000
 WINDOW_S = 300
 LANES = ("pod", "peers", "network")
 EMPTY_BODY_HASH = bytes.fromhex("0e5751c026e543b2e8ab2eb06099daa1d1e5df47778f7787faab45cdf12fe3a8")
 
-# SPEC GAP: the spec sets no nesting limit for msgpack; this reader refuses deeper input
-# as `invalid` so that a 64 KiB body of 0x91 bytes cannot exhaust the stack.
-MAX_DEPTH = 64
+# SPEC (resolved): readers MUST accept msgpack nested 100 levels deep (a body map is level
+# 1) and MAY refuse deeper as `invalid`; this reader refuses level 101 and deeper, so that a
+# 64 KiB body of 0x91 bytes cannot exhaust the stack. (Was 64 levels, a guess.)
+MAX_LEVELS = 100
 
-# SPEC GAP: the spec says a header value over its maximum length is `too-large` "in
-# podlink's implementation" and the reason-word table extends that to "any str, bin or
-# array over its maximum length", while step 7 says a body breaking a limit is
-# `invalid`. No vector decides it for bodies; this implementation follows the reason table.
-BODY_OVERLENGTH_REASON = "too-large"
+# SPEC (resolved): in a body every broken limit is `invalid`, a length over its maximum
+# included; `too-large` is only for lengths in the wire form and the header. (This
+# implementation had followed the old reason-word table and said `too-large`.)
+BODY_OVERLENGTH_REASON = "invalid"
 
 
 class Refused(Exception):
@@ -120,6 +124,23 @@ class RawMap:
     pairs: tuple[tuple[Any, Any], ...]
 
 
+@dataclass(frozen=True)
+class BadStr:
+    """A msgpack str that is not valid UTF-8. Refused wherever a str is typed; accepted
+    where nothing is checked (an unknown field's value, or a key that names no field).
+    SPEC (resolved): unknown fields are skipped, not checked (this reader used to refuse
+    bad UTF-8 anywhere)."""
+
+    raw: bytes
+
+
+class DupMap(dict):  # type: ignore[type-arg]
+    """A map with a repeated key: the last value wins, ``earlier`` keeps the others.
+    SPEC (resolved): a reader that keeps the last value must check every value."""
+
+    earlier: list[tuple[Any, Any]]
+
+
 class _Reader:
     __slots__ = ("data", "pos")
 
@@ -147,12 +168,12 @@ class _Reader:
             raise _invalid("msgpack: container longer than the input")
         return n
 
-    def text(self, n: int) -> str:
+    def text(self, n: int) -> str | BadStr:
         raw = self.take(n)
         try:
             return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _invalid("msgpack: str is not valid UTF-8") from exc
+        except UnicodeDecodeError:
+            return BadStr(raw)
 
     def array(self, n: int, depth: int) -> list[Any]:
         self.count(n, 1)
@@ -165,19 +186,27 @@ class _Reader:
         for _ in range(n):
             key = self.value(depth + 1)
             val = self.value(depth + 1)
-            all_str = all_str and type(key) is str
+            all_str = all_str and type(key) in (str, BadStr)
             pairs.append((key, val))
         if not all_str:
             return RawMap(tuple(pairs))
-        # Repeated keys: the last value wins (as podlink's reader does).
-        return dict(pairs)
+        # Repeated keys: the last value wins (as podlink's reader does); the earlier values
+        # are kept so that a schema can check them too.
+        out = DupMap(pairs)
+        out.earlier = []
+        seen: set[Any] = set()
+        for key, val in reversed(pairs):
+            if key in seen:
+                out.earlier.append((key, val))
+            seen.add(key)
+        return out
 
     def ext(self, n: int) -> Ext:
         code = self.sint(1)
         return Ext(code, self.take(n))
 
     def value(self, depth: int = 0) -> Any:
-        if depth > MAX_DEPTH:
+        if depth >= MAX_LEVELS:  # depth 0 is level 1
             raise _invalid("msgpack: nested too deeply")
         t = self.take(1)[0]
         if t <= 0x7F:
@@ -309,7 +338,7 @@ def to_json(value: Any) -> Any:
         return [to_json(v) for v in value]
     if isinstance(value, dict):
         return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, RawMap | Ext):
+    if isinstance(value, RawMap | Ext | BadStr):
         raise ValueError("no JSON form")
     return value
 
@@ -410,9 +439,8 @@ def decode_header(payload: bytes) -> Header:
     if type(obj) is not list:
         raise _invalid("header: not an array")
     if len(obj) != 11:
-        # SPEC GAP: a 12-element header is `invalid` (vector), not "an array over its
-        # maximum length" (`too-large`); the spec does not say the header array itself is
-        # exempt from the too-large rule.
+        # SPEC (resolved): element counts of the header and wire arrays are structure:
+        # `invalid`, never `too-large` (unchanged behaviour; it was a guess).
         raise _invalid(f"header: {len(obj)} elements, expected 11")
     v, pod, author, lane, seq, prev, ts, kind, refs, body_size, body_hash = obj
     v = _check_int(v, "v", 1, 255)
@@ -434,8 +462,8 @@ def decode_header(payload: bytes) -> Header:
     if len(refs) > MAX_REFS:
         raise _too_large(f"refs: {len(refs)} ids, at most {MAX_REFS}")
     refs = tuple(_check_bin(r, "refs[]", ID_LEN, ID_LEN, "too-large") for r in refs)
-    # SPEC GAP: body_size > MAX_BODY is "a value out of its range" (invalid) by the header
-    # table, though it names a size limit (too-large?). Taken as `invalid` here.
+    # SPEC (resolved): body_size > MAX_BODY is an integer out of range: `invalid`
+    # (unchanged behaviour; it was a guess; vector body-size-over-max).
     body_size = _check_int(body_size, "body_size", 0, MAX_BODY)
     body_hash = _check_bin(body_hash, "body_hash", ID_LEN, ID_LEN, "too-large")
     if (prev is None) != (seq == 1):
@@ -536,6 +564,9 @@ CATEGORIES = t_array(CATEGORY, 32)
 KEY = t_bin(KEY_LEN, KEY_LEN)
 ID = t_bin(ID_LEN, ID_LEN)
 BOX = t_bin(40, 61440)
+# SPEC (resolved): a sealed box is at least 48 bytes (32-byte ephemeral key + 16-byte MAC);
+# 40 is the member SecretBox minimum only. (This implementation used BOX for both.)
+SEALED_BOX = t_bin(48, 61440)
 URGENCY = t_enum("low", "normal", "high", "urgent")
 DATE = t_pattern(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", t_str(0, None))
 
@@ -552,9 +583,16 @@ class Schema:
         return self.from_obj(obj)
 
     def from_obj(self, obj: Any) -> dict[str, Any]:
-        if type(obj) is not dict:
+        if not isinstance(obj, dict):  # a DupMap is a dict too
             raise _invalid(f"{self.name}: not a map with str keys")
         out: dict[str, Any] = {}
+        known = {fname: check for fname, check, _ in self.fields}
+        for fname, val in getattr(obj, "earlier", ()):  # every value of a repeated field
+            if fname in known:
+                if val is None and not getattr(known[fname], "nullable", False):
+                    raise _invalid(f"{self.name}.{fname}: nil is not allowed")
+                if val is not None:
+                    known[fname](val, f"{self.name}.{fname}")
         for fname, check, default in self.fields:
             if fname not in obj:
                 if default is REQUIRED:
@@ -635,7 +673,9 @@ SCHEMAS = {
         ("when", SHORT, ""),
         ("contact", SHORT, ""),
     ),
-    "SealedMessage": schema("SealedMessage", ("to", KEY, REQUIRED), ("box", BOX, REQUIRED)),
+    "SealedMessage": schema(
+        "SealedMessage", ("to", KEY, REQUIRED), ("box", SEALED_BOX, REQUIRED)
+    ),
     # Box contents
     "MemberDetails": schema(
         "MemberDetails",
@@ -715,10 +755,9 @@ def decode_wire(wire: bytes) -> tuple[bytes, bytes, bytes | None]:
         raise _invalid("payload: expected bin")
     if len(payload) > MAX_HEADER:
         raise _too_large(f"payload of {len(payload)} bytes, at most {MAX_HEADER}")
-    # SPEC GAP: a sig that is not 64 bytes is taken as `invalid` whatever its length
-    # ("bin 64" in the structure step), not `too-large` for 65+ bytes.
-    if type(sig) is not bytes or len(sig) != SIG_LEN:
-        raise _invalid("sig: expected bin of 64 bytes")
+    # SPEC (resolved): a sig of 65+ bytes is `too-large`, of 63- `invalid` (vectors
+    # sig-too-long, sig-too-short). This implementation used to say `invalid` for both.
+    sig = _check_bin(sig, "sig", SIG_LEN, SIG_LEN, "too-large")
     if body is not None:
         if type(body) is not bytes:
             raise _invalid("body: expected bin or nil")
@@ -768,9 +807,9 @@ def check_event(wire: bytes, now_ms: int) -> Event:
 def decode_batch(data: bytes) -> list[bytes]:
     """Several events: a msgpack array of wire forms. Returns each re-framed (test aid).
 
-    SPEC GAP: the spec says a batch is "a msgpack array of wire forms, each checked on its
-    own" but not how a receiver isolates each element's bytes (the bytes to hash are the
-    payload bin's contents, so re-framing the outer array is harmless) nor the batch limit.
+    SPEC (resolved): a page's `events` embeds each wire form as the msgpack array it is,
+    and each is checked on its own; the bytes hashed are the payload bin's contents, so
+    re-framing an element is harmless. A page holds at most `limit` events.
     """
     obj = unpackb(data)
     if type(obj) is not list:
@@ -784,56 +823,95 @@ def decode_batch(data: bytes) -> list[bytes]:
 
 @dataclass
 class Store:
-    """A minimal node store for one (or more) local pods."""
+    """A minimal node store for one (or more) local pods.
+
+    SPEC (resolved), each a change from the guesses this store first made:
+    * a body that does not match its header is not a refusal at ingest: the header is
+      stored with the body dropped (it used to propagate the `invalid`);
+    * a stored event at seq-1 whose id differs from `prev` is a `fork`, not `pending`;
+    * the roster is a fold over roster events in (ts, id) order that counts only events
+      whose author is authorised at their ts and whose body is present; a tenure covers
+      from_ts <= ts < until_ts (inclusive at roster.add, exclusive at roster.remove);
+      an author with no tenure begun by ts is `pending`, one whose tenure ended by ts
+      `unauthorised`;
+    * a duplicate carrying the body a stored copy lacks puts it back (unless dropped on
+      purpose).
+    """
 
     own_pods: frozenset[bytes]
     events: dict[bytes, Event] = field(default_factory=dict)
     feeds: dict[tuple[bytes, str, int], bytes] = field(default_factory=dict)
+    heads: dict[tuple[bytes, str], int] = field(default_factory=dict)
     forks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dropped_on_purpose: set[bytes] = field(default_factory=set)
 
-    def roster(self, pod: bytes) -> list[tuple[int, str, bytes]]:
-        out = []
-        for ev in self.events.values():
-            h = ev.header
-            if h.pod == pod and h.kind in ("roster.add", "roster.remove") and ev.content:
-                out.append((h.ts, h.kind, ev.content["key"]))
-        return sorted(out)
+    def tenures(self, pod: bytes) -> list[list[Any]]:
+        """[key, from_ts, until_ts | None] of the pod's organizers."""
+        tenures: list[list[Any]] = []
+
+        def authorised(key: bytes, ts: int) -> bool:
+            return key == pod or any(
+                k == key and f <= ts and (u is None or ts < u) for k, f, u in tenures
+            )
+
+        roster = sorted(
+            (ev for ev in self.events.values()
+             if ev.header.pod == pod and ev.header.kind in ("roster.add", "roster.remove")
+             and ev.content is not None),
+            key=lambda ev: (ev.header.ts, ev.id),
+        )  # fmt: skip
+        for ev in roster:
+            h, key = ev.header, ev.content["key"]
+            if not authorised(h.author, h.ts):
+                continue
+            if h.kind == "roster.add":
+                if not authorised(key, h.ts):
+                    tenures.append([key, h.ts, None])
+            else:
+                for t in tenures:
+                    if t[0] == key and t[2] is None:
+                        t[2] = h.ts
+        return tenures
 
     def ingest(self, wire: bytes, now_ms: int) -> str:
-        ev = check_event(wire, now_ms)
+        try:
+            ev = check_event(wire, now_ms)
+        except Refused as exc:
+            if exc.kept is None:
+                raise
+            ev = exc.kept  # the body did not match: it is discarded, the header goes on
         h = ev.header
-        if ev.id in self.events:
+        stored = self.events.get(ev.id)
+        if stored is not None:
+            if stored.body is None and ev.body is not None and ev.id not in (
+                self.dropped_on_purpose
+            ):
+                self.events[ev.id] = ev  # refill
             return "duplicate"
         if h.lane == "pod" and h.pod not in self.own_pods:
             raise Refused("unauthorised", "a pod-lane event of another pod")
-        pred = None
-        if h.seq > 1:
-            pred_id = self.feeds.get((h.author, h.lane, h.seq - 1))
-            # SPEC GAP: a stored event at seq-1 whose id differs from `prev` is treated as
-            # "predecessor missing" (pending); the spec does not say.
-            if pred_id is None or pred_id != h.prev:
-                raise Refused("pending", "feed predecessor not stored yet")
-            pred = self.events[pred_id]
-        taken = self.feeds.get((h.author, h.lane, h.seq))
-        if taken is not None and taken != ev.id:
-            self.forks.append((taken, ev.id))
+        head = self.heads.get((h.author, h.lane), 0)
+        if h.seq <= head:
+            self.forks.append((self.feeds[(h.author, h.lane, h.seq)], ev.id))
             raise Refused("fork", "another event holds this feed position")
-        if pred is not None and h.ts <= pred.header.ts:
-            raise Refused("invalid", "feed timestamp not after its predecessor's")
+        if h.seq > head + 1:
+            raise Refused("pending", "feed predecessor not stored yet")
+        if h.seq > 1:
+            pred = self.events[self.feeds[(h.author, h.lane, h.seq - 1)]]
+            if pred.id != h.prev:
+                self.forks.append((pred.id, ev.id))
+                raise Refused("fork", "prev is not the stored predecessor")
+            if h.ts <= pred.header.ts:
+                raise Refused("invalid", "feed timestamp not after its predecessor's")
         if h.author != h.pod:
-            # SPEC GAP: inclusive at roster.add's ts ("from this event's timestamp on"),
-            # exclusive at roster.remove's ("removed before the event's ts"); an event
-            # stamped before the key's addition is treated as not yet on the roster.
-            added = [ts for ts, kind, key in self.roster(h.pod)
-                     if kind == "roster.add" and key == h.author and ts <= h.ts]  # fmt: skip
-            removed = [ts for ts, kind, key in self.roster(h.pod)
-                       if kind == "roster.remove" and key == h.author and ts < h.ts]  # fmt: skip
-            if not added:
-                raise Refused("pending", "author not on the pod's roster yet")
-            if removed and max(removed) > max(added):
-                raise Refused("unauthorised", "author removed from the roster before ts")
+            mine = [t for t in self.tenures(h.pod) if t[0] == h.author]
+            if not any(f <= h.ts and (u is None or h.ts < u) for _, f, u in mine):
+                if any(f <= h.ts for _, f, _ in mine):
+                    raise Refused("unauthorised", "author's tenure ended by this ts")
+                raise Refused("pending", "author not on the pod's roster (yet) at this ts")
         self.events[ev.id] = ev
         self.feeds[(h.author, h.lane, h.seq)] = ev.id
+        self.heads[(h.author, h.lane)] = h.seq
         return "stored"
 
 
@@ -891,7 +969,8 @@ def seal_with(plaintext: bytes, recipient_ed25519: bytes, ephemeral_secret: byte
 # --------------------------------------------------------------------------------------
 # Signed HTTP requests
 
-_TIME_RE = re.compile(r"-?[0-9]+")
+# SPEC (resolved): 1 to 12 ASCII digits, nothing else (was a guess, `-?[0-9]+`).
+_TIME_RE = re.compile(r"[0-9]{1,12}")
 REQUEST_HEADERS = ("Podlink-Key", "Podlink-Time", "Podlink-Nonce", "Podlink-Signature")
 
 
@@ -936,8 +1015,13 @@ def verify_request(
     authorised: Callable[[bytes], bool] | None = None,
 ) -> bytes:
     """Steps 1-6 of the receiver; returns the sender's key or raises :class:`Refused`."""
-    # SPEC GAP: header names are matched case-insensitively (HTTP semantics); unstated.
-    lower = {k.lower(): v for k, v in headers.items()}
+    # SPEC (resolved): header names are case-insensitive (as guessed), and each of the
+    # four must appear once: a repeated one is `invalid` (new).
+    lower: dict[str, str] = {}
+    for name, value in headers.items():
+        if name.lower() in lower and name.lower() in {h.lower() for h in REQUEST_HEADERS}:
+            raise _invalid(f"{name} is sent more than once")
+        lower[name.lower()] = value
     values = [lower.get(name.lower()) for name in REQUEST_HEADERS]
     if any(v is None for v in values):
         raise Refused("unauthorised", "missing Podlink-* signature headers")
@@ -951,8 +1035,6 @@ def verify_request(
         raise _invalid("Podlink-Key / Podlink-Signature has the wrong length")
     if not 16 <= len(nonce) <= 64:
         raise _invalid("Podlink-Nonce must be 16-64 characters")
-    # SPEC GAP: "a time that is not an integer" - taken as ASCII `-?[0-9]+` (Python's
-    # int() would also accept "+1", " 1 ", "1_0" and non-ASCII digits).
     if not _TIME_RE.fullmatch(time_text):
         raise _invalid("Podlink-Time is not an integer")
     if isinstance(target, bytes):

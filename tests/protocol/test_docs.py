@@ -104,3 +104,59 @@ def test_worked_examples_match_the_vectors() -> None:
         assert f"{name}: {value}" in TEXT
     signed = bytes.fromhex(request["signing_input"]).decode().replace("\x00", "\\x00")
     assert signed in TEXT
+
+
+def chapter(heading: str) -> str:
+    """The text under a level-2 heading, subsections included, up to the next one."""
+    start = TEXT.index(heading + "\n")
+    end = TEXT.find("\n## ", start + 1)
+    return TEXT[start : None if end == -1 else end]
+
+
+SYNC = chapter("## Sync between nodes (HTTP)")
+
+
+def test_sync_documents_every_peer_route() -> None:
+    from aiohttp import web
+
+    from podlink.node import auth, peer_api
+
+    app = web.Application()
+    peer_api.setup_routes(app)
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes()
+              if r.resource and r.method != "HEAD"}  # aiohttp adds HEAD to every GET
+    assert routes
+    for method, path in routes:
+        assert f"`{method} {path}" in SYNC, f"{method} {path} is not documented"
+    for path in auth.PUBLIC_PATHS:
+        assert f"`{path}`" in section("### Requests and roles"), path
+
+
+def test_sync_error_statuses_are_the_nodes() -> None:
+    from podlink.node.errors import STATUS
+
+    documented: dict[str, int] = {}
+    for words, status in re.findall(r"^\| (`[a-z-]+`(?:, `[a-z-]+`)*) \| (\d{3}) \|$",
+                                    section("### Errors"), re.M):  # fmt: skip
+        for word in re.findall(r"`([a-z-]+)`", words):
+            documented[word] = int(status)
+    assert documented == STATUS
+
+
+def test_sync_messages_are_documented_field_by_field() -> None:
+    from podlink.node.api_types import FeedHead, Info, Page, Peer, Redeem, StreamHello
+    from podlink.node.invites import PREFIX, InviteCode
+
+    for struct in (Info, Redeem, Peer):  # JSON objects
+        for name in struct.__struct_fields__:
+            assert f'"{name}"' in SYNC, f"{struct.__name__}.{name}"
+    for struct in (Page, StreamHello, FeedHead, InviteCode):  # msgpack arrays, in order
+        names = "".join(f"{n}:.*" for n in struct.__struct_fields__)
+        assert re.search(r"\[ ?" + names + r"\]", SYNC), struct.__name__
+    assert f'"{PREFIX}"' in SYNC
+
+
+def test_length_faults_are_spelled_out() -> None:
+    faults = section("### Length faults: too-large or invalid")
+    for word in ("`too-large`", "`invalid`", "MAX_EVENT", "element", "body_size"):
+        assert word in faults

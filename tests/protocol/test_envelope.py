@@ -378,3 +378,64 @@ def test_too_far_ahead() -> None:
     verify_event(signed(ts=clock.pack(limit + 1)), now_ms=NOW_MS + 1)
     verify_event(signed(ts=0), now_ms=NOW_MS)  # the past is never refused here
 
+
+
+# -- length faults: too-large only for a str, bin or array over its maximum length -----------
+
+
+def test_max_event_allows_the_widest_framing_of_maximal_parts() -> None:
+    def bin32(raw: bytes) -> bytes:
+        return b"\xc6" + len(raw).to_bytes(4, "big") + raw
+
+    # array 32 + three bin 32: 20 bytes of framing around parts at their limits.
+    widest = b"\xdd\x00\x00\x00\x03" + bin32(bytes(MAX_HEADER)) + bin32(bytes(64)) + bin32(
+        bytes(MAX_BODY)
+    )
+    assert len(widest) == MAX_EVENT == MAX_HEADER + 64 + MAX_BODY + 20
+    assert reason(widest) == "invalid"  # not too-large: the zero payload is no header
+    assert reason(widest + b"\xc0") == "too-large"  # one byte over MAX_EVENT
+    event = signed()  # a real event in the widest framing is accepted
+    wide = b"\xdd\x00\x00\x00\x03" + bin32(event.payload) + bin32(event.sig) + bin32(event.body)
+    assert receive(wide).id == event.id
+
+
+@pytest.mark.parametrize(
+    ("position", "value", "expected"),
+    [(1, bytes(33), "too-large"), (1, bytes(31), "invalid"), (2, bytes(64), "too-large"),
+     (8, [bytes(33)], "too-large"), (8, [bytes(32)] * (MAX_REFS + 1), "too-large"),
+     (7, "a" * (MAX_KIND_LEN + 1), "too-large"), (7, "A" * (MAX_KIND_LEN + 1), "too-large"),
+     (9, MAX_BODY + 1, "invalid"), (0, 256, "invalid"), (3, "length <= 1", "invalid"),
+     (3, "Expected `str` of length <= 2", "invalid"), (3, "p" * 300, "invalid")],
+)  # fmt: skip
+def test_header_length_faults(position: int, value: object, expected: str) -> None:
+    header = raw_header(signed(refs=[]))
+    header[position] = value
+    assert reason(resign(header)) == expected
+
+
+def test_a_received_string_never_makes_an_error_too_large() -> None:
+    # msgspec quotes an unknown enum value in its message; a lane spelled like the message
+    # of a length fault used to be classified too-large.
+    header = raw_header(signed(refs=[]))
+    header[3] = "Expected `bytes` of length <= 32 - at `$[1]`"
+    with pytest.raises(ProtocolError) as info:
+        decode_header(msgspec.msgpack.encode(header))
+    assert info.value.reason == "invalid"
+
+
+def test_signature_length_faults() -> None:
+    event = signed()
+    assert reason(encode_wire(event.payload, event.sig + b"\x00", event.body)) == "too-large"
+    assert reason(encode_wire(event.payload, event.sig[:63], event.body)) == "invalid"
+    assert reason(msgspec.msgpack.encode([event.payload, "x" * 64, event.body])) == "invalid"
+
+
+def test_deep_nesting_is_invalid_never_a_crash() -> None:
+    deep = b"\x91" + b"\x91" * 5000 + b"\xc0"
+    with pytest.raises(ProtocolError) as info:
+        decode_event_list(deep)
+    assert info.value.reason == "invalid"
+    for data in (deep, msgspec.msgpack.encode([b"x", bytes(64)])[:-1] + deep):
+        with pytest.raises(ProtocolError) as info:
+            decode_event(data)
+        assert info.value.reason == "invalid"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from multidict import CIMultiDict
 
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.http_auth import (
@@ -158,3 +159,41 @@ def test_nonce_cache_when_full_refuses_what_it_can_no_longer_check() -> None:
             cache.check_and_add(kept, now=T + 5)
         assert info.value.reason == "replayed"
     cache.check_and_add(SignedRequest(ORGANIZER.public, T + 6, b64e(bytes(16))), now=T + 6)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["+1750000000", " 1750000000", "1750000000 ", "1_750_000_000", "-1750000000",
+     "١٧٥٠٠٠٠٠٠٠", "1750000000\n", "", "0" + "1750000000" * 2, "0x1", "1750000000.0"],
+)  # fmt: skip
+def test_time_is_one_to_twelve_ascii_digits(value: str) -> None:
+    assert refused({**headers(), H_TIME: value}) == "invalid"
+
+
+def test_time_with_leading_zeros_is_read_as_its_value() -> None:
+    req = verify_request({**headers(), H_TIME: "00" + str(T)}, "POST", "/api/requests?pod=x%20y",
+                         BODY, now=T)  # fmt: skip
+    assert req.when == T
+
+
+def test_header_names_are_case_insensitive() -> None:
+    for change in (str.lower, str.upper):
+        hdrs = {change(name): value for name, value in headers().items()}
+        assert verify_request(hdrs, "POST", "/api/requests?pod=x%20y", BODY, now=T).key == (
+            ORGANIZER.public
+        )
+
+
+def test_a_repeated_signature_header_is_invalid() -> None:
+    hdrs = CIMultiDict(headers())
+    hdrs.add(H_NONCE.lower(), b64e(bytes(16)))
+    assert refused(hdrs) == "invalid"  # type: ignore[arg-type]
+    assert refused({**headers(), H_KEY.lower(): OTHER_POD.public_text}) == "invalid"
+
+
+def test_nonce_length_is_counted_in_characters() -> None:
+    nonce = "é" * 16  # 16 characters, 32 bytes of UTF-8
+    hdrs = headers(nonce=nonce)
+    assert verify_request(hdrs, "POST", "/api/requests?pod=x%20y", BODY, now=T).nonce == nonce
+    assert refused(headers(nonce="é" * 65)) == "invalid"
+    assert refused(headers(nonce="x" * 15)) == "invalid"

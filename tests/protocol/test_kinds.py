@@ -8,6 +8,7 @@ import pytest
 from podlink.protocol.envelope import LANES, Event, sign_event
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.kinds import (
+    CONTACT_METHODS,
     KINDS,
     ClaimAccepted,
     OfferOpened,
@@ -160,3 +161,80 @@ def test_inner_payloads_refuse_garbage() -> None:
         assert info.value.reason == "invalid"
         with pytest.raises(ProtocolError):
             decode(b"\x81\xa4name\xa2\xff\xfe")  # not UTF-8
+
+
+# -- boxes, enumerations, unknown fields, nesting -------------------------------------------
+
+
+def test_sealed_box_is_at_least_48_bytes_member_box_40() -> None:
+    for size, expected in [(39, False), (40, False), (47, False), (48, True), (61440, True),
+                           (61441, False)]:  # fmt: skip
+        data = msgspec.msgpack.encode({"to": POD.public, "box": bytes(size)})
+        if expected:
+            assert decode_body("sealed", data) is not None
+        else:
+            with pytest.raises(ProtocolError) as info:
+                decode_body("sealed", data)
+            assert info.value.reason == "invalid", size
+    assert decode_body("member.join", msgspec.msgpack.encode({"box": bytes(40)})) is not None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"name": "Bea", "prefers": "carrier pigeon"}, {"name": "Bea", "prefers": "Phone"},
+     {"name": "Bea", "role": "admin"}, {"name": "Bea", "role": None}],
+)  # fmt: skip
+def test_member_details_prefers_and_role_are_enumerations(fields: dict[str, object]) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_member_details(msgspec.msgpack.encode(fields))
+    assert info.value.reason == "invalid"
+
+
+def test_member_details_enumerations_accept_their_values() -> None:
+    for method in CONTACT_METHODS:
+        details = msgspec.msgpack.encode({"name": "Bea", "prefers": method, "role": "co-organizer"})
+        assert decode_member_details(details).prefers == method
+    assert decode_member_details(msgspec.msgpack.encode({"name": "Bea", "prefers": None}))
+
+
+PAIRS = b"\xa5title\xa4Soup\xa8category\xa4food"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [b"\xa1x\xd4\x01\x00", b"\xa1x\xd6\xff\x00\x00\x00\x00", b"\xa1x\x81\x01\x02",
+     b"\xa1x\xa2\xc3\x28", b"\xa2\xc3\x28\x01", b"\xa1x" + b"\x91" * 100 + b"\xc0"],
+    ids=["ext", "timestamp", "int-keyed-map", "bad-utf8-value", "bad-utf8-key", "depth-100"],
+)
+def test_unknown_fields_are_skipped_not_checked(extra: bytes) -> None:
+    assert decode_body("request.open", b"\x83" + PAIRS + extra) == RequestOpened(
+        title="Soup", category="food"
+    )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [b"\x01\xa1x", b"\xc4\x01x\x01", b"\xa1x\xc1", b"\xa1x\x91",
+     b"\xa1x" + b"\x91" * 5000 + b"\xc0"],
+    ids=["int-key", "bin-key", "0xc1", "truncated", "depth-5000"],
+)
+def test_unknown_fields_must_be_well_formed(extra: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_body("request.open", b"\x83" + PAIRS + extra)
+    assert info.value.reason == "invalid"
+
+
+def test_deep_nesting_in_box_contents_is_invalid_never_a_crash() -> None:
+    deep = b"\x82\xa4name\xa3Bea\xa1x" + b"\x91" * 5000 + b"\xc0"
+    for decode in (decode_member_details, decode_contact_handoff):
+        with pytest.raises(ProtocolError) as info:
+            decode(deep)
+        assert info.value.reason == "invalid"
+
+
+def test_a_repeated_field_keeps_the_last_value_once_every_value_is_valid() -> None:
+    twice = b"\x83\xa5title\xa1a\xa5title\xa1b\xa8category\xa4food"
+    assert decode_body("request.open", twice) == RequestOpened(title="b", category="food")
+    bad_first = b"\x83\xa5title\x01\xa5title\xa1b\xa8category\xa4food"
+    with pytest.raises(ProtocolError):
+        decode_body("request.open", bad_first)

@@ -10,9 +10,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from podlink.protocol import boxes, http_auth, vectors
+from podlink.protocol import boxes, envelope, http_auth, vectors
 from podlink.protocol.envelope import (
     LANES,
+    MAX_BODY,
+    MAX_HEADER,
     SIGN_PREFIX,
     Event,
     decode_event,
@@ -182,25 +184,93 @@ def test_dropped_body_vector_still_describes_its_body() -> None:
     assert bytes.fromhex(vector["wire"]).endswith(b"\xc0")
 
 
+REQUESTS = {r["name"]: r for r in DATA["requests"]}
+
+
+def check_request(vector: dict[str, Any], cache: http_auth.NonceCache) -> http_auth.SignedRequest:
+    """Steps 1-5 of the receiver, at the vector's ``now``, with ``cache`` for replays."""
+    args = (vector["headers"], vector["method"], vector["path"], bytes.fromhex(vector["body"]))
+    req = http_auth.verify_request(*args, now=vector["now"])
+    cache.check_and_add(req, now=vector["now"])
+    return req
+
+
 @pytest.mark.parametrize("vector", DATA["requests"], ids=lambda v: v["name"])
 def test_request_vector(vector: dict[str, Any]) -> None:
     key = Keypair.from_seed(bytes.fromhex(vector["seed"]))
-    headers = vector["headers"]
-    assert headers["Podlink-Key"] == key.public_text
-    assert headers["Podlink-Time"] == str(vector["time"])
-    assert headers["Podlink-Nonce"] == vector["nonce"]
-    sig = b64d(headers["Podlink-Signature"], length=64)
-    assert verify_signature(key.public, bytes.fromhex(vector["signing_input"]), sig)
-    args = (headers, vector["method"], vector["path"], bytes.fromhex(vector["body"]))
+    headers = {name.lower(): value for name, value in vector["headers"].items()}
+    # What the sender signed, and the headers it sent for it (one vector lacks one).
+    signed = bytes.fromhex(vector["signing_input"])
+    method, path, digest, when, nonce = signed.removeprefix(http_auth.SIGN_PREFIX).split(b"\n")
+    assert (method.decode(), digest.decode(), int(when), nonce.decode()) == (
+        vector["method"], hashlib.sha256(bytes.fromhex(vector["body"])).hexdigest(),
+        vector["time"], vector["nonce"],
+    )  # fmt: skip
+    assert (path.decode() == vector["path"]) == (vector.get("error") != "forged")
+    assert headers["podlink-key"] == key.public_text
+    assert headers["podlink-nonce"] == vector["nonce"]
+    assert int(headers["podlink-time"]) == vector["time"]
+    if "podlink-signature" in headers:
+        sig = b64d(headers["podlink-signature"], length=64)
+        assert verify_signature(key.public, signed, sig)
+    cache = http_auth.NonceCache()  # fresh for each vector: all share one (key, nonce)
+    for name in vector.get("after", []):
+        check_request(REQUESTS[name], cache)
     if vector["valid"]:
-        req = http_auth.verify_request(*args, now=vector["time"])
-        assert req.key == key.public
-        expected = http_auth.signing_input(
-            vector["method"], vector["path"], bytes.fromhex(vector["body"]), vector["time"],
-            vector["nonce"],
-        )  # fmt: skip
-        assert expected.hex() == vector["signing_input"]
+        assert check_request(vector, cache).key == key.public
     else:
         with pytest.raises(ProtocolError) as info:
-            http_auth.verify_request(*args, now=vector["time"])
+            check_request(vector, cache)
         assert info.value.reason == vector["error"]
+
+
+def test_request_vectors_cover_each_step() -> None:
+    errors = {r.get("error") for r in DATA["requests"]}
+    assert errors == {None, "unauthorised", "invalid", "stale", "forged", "replayed"}
+    assert all(r["now"] - r["time"] <= http_auth.WINDOW_S or r["error"] == "stale"
+               for r in DATA["requests"])  # fmt: skip
+    assert any(set(r["headers"]) == {h.lower() for h in http_auth.HEADERS}
+               for r in DATA["requests"] if r["valid"])  # fmt: skip
+
+
+def test_body_dropped_marks_only_the_mismatched_body() -> None:
+    marked = [v["name"] for v in DATA["vectors"] if v.get("body_dropped")]
+    assert marked == ["body-mismatch"]
+    vector = by_name("body-mismatch")
+    event = decode_event(bytes.fromhex(vector["wire"]))
+    assert event.body is not None and not event.body_matches()
+    kept = event.without_body()  # what a node stores: the header, no body
+    verify_event(kept, now_ms=DATA["now_ms"])
+    check_kind(kept)
+
+
+def test_every_invalid_vector_has_one_fault_but_oversize_body() -> None:
+    """Re-signed with the fault alone removed, each invalid vector's header is sound."""
+    for name, error in [("kind-too-long", "too-large"), ("key-too-long", "too-large"),
+                        ("title-too-long", "invalid"), ("sealed-box-too-short", "invalid"),
+                        ("body-size-over-max", "invalid"), ("sig-too-long", "too-large"),
+                        ("sig-too-short", "invalid")]:  # fmt: skip
+        assert by_name(name)["error"] == error
+    oversize = by_name("oversize-body")
+    assert oversize["fields"]["body_size"] == MAX_BODY
+    assert oversize["fields"]["kind"] not in KINDS
+    assert len(bytes.fromhex(oversize["body"])) == MAX_BODY + 1
+    header = decode_header(bytes.fromhex(oversize["payload"]))  # sound on its own
+    assert header.body_hash == hashlib.blake2b(bytes(MAX_BODY), digest_size=32).digest()
+    assert oversize["body_fields"] is None  # 65537 zero bytes are not one msgpack value
+    over = by_name("body-size-over-max")
+    assert over["body"] is None and over["fields"]["body_size"] == MAX_BODY + 1
+    for name in ("sig-too-long", "sig-too-short"):
+        sig = bytes.fromhex(by_name(name)["signature"])
+        assert sig[:63] == bytes.fromhex(by_name("request-open")["signature"])[:63]
+    title = by_name("title-too-long")["body_fields"]["title"]
+    assert len(title) == 201 and len(title.encode()) > 201
+
+
+def test_wide_wire_framing_is_within_max_event() -> None:
+    vector = by_name("wide-wire-framing")
+    wire = bytes.fromhex(vector["wire"])
+    assert wire[:5] == b"\xdd\x00\x00\x00\x03" and wire[5] == 0xC6
+    parts = [bytes.fromhex(vector[k]) for k in ("payload", "signature", "body")]
+    assert len(wire) == sum(map(len, parts)) + envelope.FRAMING == 20 + sum(map(len, parts))
+    assert envelope.MAX_EVENT == MAX_HEADER + 64 + MAX_BODY + envelope.FRAMING
