@@ -177,7 +177,7 @@ async def forget_members(db: aiosqlite.Connection, members: list[bytes]) -> None
     await db.executemany("DELETE FROM member_keys WHERE member = ?", params)
     await db.executemany(
         "UPDATE events SET body = NULL, dropped = 1 "
-        f"WHERE root = ? AND kind IN ({marks(len(MEMBER_KINDS))}) AND body IS NOT NULL",
+        f"WHERE root = ? AND kind IN ({marks(len(MEMBER_KINDS))}) AND dropped = 0",
         [(m, *MEMBER_KINDS) for m in members],
     )
 

@@ -333,15 +333,27 @@ async def visible_heads(
 
 
 async def feed_range(
-    db: aiosqlite.Connection, author: bytes, lane: str, start: int, end: int, limit: int
+    db: aiosqlite.Connection,
+    author: bytes,
+    lane: str,
+    start: int,
+    end: int,
+    limit: int,
+    *,
+    pods: tuple[bytes, ...] | None = None,
 ) -> list[tuple[int, bytes, bytes, bytes | None]]:
-    """Events of one feed with start <= seq <= end, in seq order."""
+    """Events of one feed with start <= seq <= end, in seq order; with ``pods``, only
+    events written for one of those pods (each event is checked, not the feed)."""
+    where, params = "", []
+    if pods is not None:
+        where = f" AND pod IN ({marks(len(pods))})"
+        params = list(pods)
     return list(
         await rows(
             db,
             "SELECT pos, payload, sig, body FROM events WHERE author = ? AND lane = ? "
-            "AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
-            (author, lane, start, end, limit),
+            f"AND seq BETWEEN ? AND ?{where} ORDER BY seq LIMIT ?",
+            (author, lane, start, end, *params, limit),
         )
     )
 

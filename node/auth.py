@@ -74,7 +74,9 @@ def make_auth_middleware(node: object) -> object:
     from podlink.node.runtime import Node
 
     assert isinstance(node, Node)
-    nonces = NonceCache()
+    # The replay memory starts empty at every start; refusing what was signed before the
+    # start keeps a request captured before a restart from being replayed after it.
+    nonces = NonceCache(floor=int(time.time()))
     limiter = RateLimiter(node.config.rate_per_s, node.config.rate_per_s * 5)
 
     @web.middleware
@@ -82,6 +84,9 @@ def make_auth_middleware(node: object) -> object:
         needed = role_for(request.path)
         if needed == "public":
             return await handler(request)
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            # aiohttp would hash the decompressed body, not the bytes that were signed.
+            raise APIError("invalid", "signed requests must not use a Content-Encoding")
         body = await request.read()
         signed = verify_request(request.headers, request.method, request.raw_path, body)
         if not limiter.allow(signed.key):

@@ -37,6 +37,9 @@ from podlink.protocol.text import b64e
 log = logging.getLogger("podlink.gossip")
 HOSTILE = frozenset({"forged", "invalid", "too-large"})
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # twice the largest page a node serves
+# What decoding a peer's bytes may raise: msgspec's errors, and RecursionError/ValueError
+# for hostile nesting. All of them make it the peer's fault, never a crash of the link.
+UNREADABLE = (msgspec.MsgspecError, RecursionError, ValueError)
 
 
 class PeerError(Exception):
@@ -104,7 +107,7 @@ class PeerLink:
                 try:
                     page = page_decoder.decode(await self._get(
                         "/v1/peer/changes", since=self.record.cursor))  # fmt: skip
-                except msgspec.MsgspecError as err:
+                except UNREADABLE as err:
                     raise PeerError(f"unreadable page: {err}") from None
                 r, s = await self._take(page)
                 received, stored = received + r, stored + s
@@ -146,7 +149,7 @@ class PeerLink:
         """Compare feed heads with the peer and fetch every range we miss."""
         try:
             theirs = heads_decoder.decode(await self._get("/v1/peer/heads"))
-        except msgspec.MsgspecError as err:
+        except UNREADABLE as err:
             raise PeerError(f"unreadable heads: {err}") from None
         fetched = 0
         for head in theirs:
@@ -157,7 +160,7 @@ class PeerLink:
                     page = page_decoder.decode(await self._get(
                         "/v1/peer/feed", author=b64e(head.author), lane=head.lane,
                         **{"from": have + 1, "to": head.seq}))  # fmt: skip
-                except msgspec.MsgspecError as err:
+                except UNREADABLE as err:
                     raise PeerError(f"unreadable page: {err}") from None
                 if not page.events:
                     break
@@ -191,7 +194,7 @@ class PeerLink:
                         break
                     try:
                         page = page_decoder.decode(msg.data)
-                    except msgspec.MsgspecError as err:
+                    except UNREADABLE as err:
                         raise PeerError(f"unreadable page: {err}") from None
                     async with self._lock:
                         await self._take(page)

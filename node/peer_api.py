@@ -186,14 +186,11 @@ async def feed(request: web.Request) -> web.Response:
     start = _int_param(request, "from", 1, 1, 2**53)
     end = _int_param(request, "to", 2**53, start, 2**53)
     limit = node.config.page_events
-    found = await queries.feed_range(node.ledger.reader, author, lane, start, end, limit)
-    if lane == "peers":
-        first = await queries.rows(
-            node.ledger.reader, "SELECT pod FROM feeds WHERE author = ? AND lane = 'peers'",
-            (author,),
-        )  # fmt: skip
-        if first and first[0][0] not in (node.pod, request[SIGNER]):
-            found = []  # a third pod's peers lane is one hop only: not ours to pass on
+    # A third pod's peers lane is one hop only: each event must be ours or the asker's.
+    pods = (node.pod, request[SIGNER]) if lane == "peers" else None
+    found = await queries.feed_range(
+        node.ledger.reader, author, lane, start, end, limit, pods=pods
+    )
     head = await queries.max_position(node.ledger.reader)
     page = Page(
         epoch=node.ledger.epoch, cursor=0, head=head,

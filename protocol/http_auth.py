@@ -132,11 +132,15 @@ class NonceCache:
     oldest entries go first and the cache refuses requests older than what it still holds.
     """
 
-    def __init__(self, capacity: int = 100_000, window_s: int = WINDOW_S) -> None:
+    def __init__(
+        self, capacity: int = 100_000, window_s: int = WINDOW_S, *, floor: float = 0.0
+    ) -> None:
         self._seen: OrderedDict[tuple[bytes, str], float] = OrderedDict()
         self._capacity = capacity
         self._window = window_s
-        self._floor = 0.0  # requests at or before this time can no longer be checked
+        # Requests signed before this time can no longer be checked: a node passes its
+        # start time, so a request captured before a restart cannot be replayed after it.
+        self._floor = floor
 
     def check_and_add(self, req: SignedRequest, now: float | None = None) -> None:
         """Raise ``replayed`` if this (key, nonce) was seen; remember it otherwise."""
@@ -149,9 +153,12 @@ class NonceCache:
         ident = (req.key, req.nonce)
         if ident in self._seen:
             raise ProtocolError("replayed", "this request was already received (nonce reused)")
-        if req.when <= self._floor:
-            raise ProtocolError("stale", "request too old for this node's replay window")
+        if req.when < self._floor:
+            raise ProtocolError(
+                "stale", "request signed before this node (re)started or beyond its replay "
+                "memory; sign it again"
+            )
         if len(self._seen) >= self._capacity:
             _, dropped_at = self._seen.popitem(last=False)
-            self._floor = max(self._floor, dropped_at + 0.0)
+            self._floor = max(self._floor, dropped_at + 1)  # times are whole seconds
         self._seen[ident] = float(req.when)

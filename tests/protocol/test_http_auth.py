@@ -197,3 +197,14 @@ def test_nonce_length_is_counted_in_characters() -> None:
     assert verify_request(hdrs, "POST", "/api/requests?pod=x%20y", BODY, now=T).nonce == nonce
     assert refused(headers(nonce="é" * 65)) == "invalid"
     assert refused(headers(nonce="x" * 15)) == "invalid"
+
+
+def test_nonce_cache_floor_refuses_requests_signed_before_it() -> None:
+    """A node starts its replay memory with a floor: what was signed before is stale."""
+    from podlink.protocol.http_auth import NonceCache, SignedRequest
+
+    cache = NonceCache(floor=1000)
+    cache.check_and_add(SignedRequest(b"k" * 32, 1000, "n" * 16), now=1000)
+    with pytest.raises(ProtocolError) as err:
+        cache.check_and_add(SignedRequest(b"k" * 32, 999, "m" * 16), now=1000)
+    assert err.value.reason == "stale"
