@@ -86,9 +86,15 @@ class PeerLink:
         async with session.get(url, headers=self._headers("GET", url)) as resp:
             if (resp.content_length or 0) > MAX_RESPONSE_BYTES:
                 raise PeerError(f"{path}: answer of {resp.content_length} bytes is too large")
-            data = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-            if len(data) > MAX_RESPONSE_BYTES:
-                raise PeerError(f"{path}: answer larger than {MAX_RESPONSE_BYTES} bytes")
+            # read(n) returns what has arrived so far, not n bytes: read to the end, capped.
+            parts: list[bytes] = []
+            size = 0
+            async for part in resp.content.iter_chunked(64 * 1024):
+                size += len(part)
+                if size > MAX_RESPONSE_BYTES:
+                    raise PeerError(f"{path}: answer larger than {MAX_RESPONSE_BYTES} bytes")
+                parts.append(part)
+            data = b"".join(parts)
             if resp.status != 200:
                 raise PeerError(f"{path}: HTTP {resp.status} {data[:200].decode(errors='replace')}")
             return data
