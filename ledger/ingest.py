@@ -79,6 +79,8 @@ class Batch:
     loaded: set[tuple[bytes, str]] = field(default_factory=set)  # feeds whose head is known
     forks: list[tuple] = field(default_factory=list)
     views: dict[bytes, list[st.EventView]] = field(default_factory=dict)  # root -> stored
+    reload: set[bytes] = field(default_factory=set)  # roots to fold from the table anyway
+    copies: list[tuple[Candidate, Candidate]] = field(default_factory=list)  # (copy, first)
     first_pos: int = 0
     released: int = 0
     stored: int = 0
@@ -86,6 +88,9 @@ class Batch:
     def result(self, cand: Candidate, res: IngestResult) -> None:
         if cand.index >= 0:
             self.results[cand.index] = res
+
+
+_PENDING = IngestResult("pending")
 
 
 def _refused(err: ProtocolError, id_: bytes | None = None) -> IngestResult:
@@ -165,14 +170,19 @@ async def commit(
     batch = Batch(ledger, source, allow_pending, prep.now, prep.results)
 
     # Dedupe, within the batch and against the store (refilling bodies lost in transit).
-    seen: set[bytes] = set()
+    seen: dict[bytes, Candidate] = {}
     unique: list[Candidate] = []
     for cand in prep.fresh:
-        if cand.event.id in seen:
-            batch.result(cand, IngestResult("duplicate", cand.event.id_text))
-        else:
-            seen.add(cand.event.id)
+        kept = seen.get(cand.event.id)
+        if kept is None:
+            seen[cand.event.id] = cand
             unique.append(cand)
+            continue
+        if kept.event.body is None and cand.event.body is not None:
+            # A later copy in the batch brings the body the first one lacked: keep it.
+            kept.event, kept.body, kept.wire = cand.event, cand.body, cand.wire
+            kept.body_dropped = False
+        batch.copies.append((cand, kept))
     known = await _known_ids(db, [c.event.id for c in unique])
     refills: list[Candidate] = []
     candidates: list[Candidate] = []
@@ -186,25 +196,18 @@ async def commit(
         batch.result(cand, IngestResult("duplicate", cand.event.id_text))
 
     if not candidates and not refills:
-        return [r or IngestResult("refused") for r in batch.results]
+        return _final(batch)
 
     await db.execute("BEGIN IMMEDIATE")
     try:
         batch.first_pos = ledger.next_pos
         await _load_heads(batch, candidates)
+        for cand in refills:  # first: a refilled roster.add may authorise this batch
+            await _refill(batch, cand)
         for cand in candidates:
             await _offer(batch, cand)
         await _park_waiting(batch)
         await _flush(batch)
-        for cand in refills:
-            await db.execute(
-                "UPDATE events SET body = ? WHERE id = ? AND body IS NULL AND dropped = 0",
-                (cand.event.body, cand.event.id),
-            )
-            root = st.root_of(cand.event.kind, cand.event.id, cand.event.pod,
-                              tuple(cand.event.header.refs))  # fmt: skip
-            if root is not None:
-                batch.roots.add(await _resolve_root(batch, cand.event, root))
         fresh = await _fresh_roots(batch)
         await projections.refold(db, batch.roots, ledger.roster, fresh=fresh)
         await db.commit()
@@ -213,12 +216,43 @@ async def commit(
         ledger.forget_caches()
         raise
     ledger.after_commit(batch)
+    return _final(batch)
+
+
+def _final(batch: Batch) -> list[IngestResult]:
+    """The results; a second copy within the batch shares the fate of the first (it is a
+    ``duplicate`` only if that one is stored: never acknowledge what waits or was refused)."""
+    for cand, kept in batch.copies:
+        first = batch.results[kept.index]
+        if first is not None and first.status != "stored":
+            batch.result(cand, first)
+        else:
+            batch.result(cand, IngestResult("duplicate", cand.event.id_text))
     return [r or IngestResult("refused") for r in batch.results]
+
+
+async def _refill(batch: Batch, cand: Candidate) -> None:
+    """Put back the body of a stored event that arrived without one (or with a bad one)."""
+    ev = cand.event
+    async with batch.ledger.db.execute(
+        "UPDATE events SET body = ? WHERE id = ? AND body IS NULL AND dropped = 0 "
+        "RETURNING root",
+        (ev.body, ev.id),
+    ) as cur:
+        refilled = await cur.fetchall()
+    if not refilled:
+        return
+    root = refilled[0][0]
+    if root is not None:
+        batch.roots.add(root)
+        batch.reload.add(root)  # its events in memory lack this body: fold from the table
+    if ev.kind in st.ROSTER_KINDS:  # a roster event only counts with its body
+        await _roster_changed(batch, ev.pod)
 
 
 async def _fresh_roots(batch: Batch) -> dict[bytes, list[st.EventView]]:
     """Roots all of whose events were stored by this batch, with those events."""
-    candidates = [r for r in batch.roots if r in batch.views]
+    candidates = [r for r in batch.roots if r in batch.views and r not in batch.reload]
     if not candidates:
         return {}
     older: set[bytes] = set()
@@ -280,6 +314,9 @@ async def _offer(batch: Batch, cand: Candidate) -> None:
     if h.seq <= head_seq:
         kept_id = await _id_at(batch, h.author, h.lane, h.seq)
         if kept_id == ev.id:  # a copy released from pending after a fresh one was stored
+            if ev.body is not None:  # ...or a fresh one after a bodiless copy from pending
+                await _flush(batch)
+                await _refill(batch, cand)
             batch.result(cand, IngestResult("duplicate", ev.id_text))
         else:
             _record_fork(batch, cand, kept_id)
@@ -301,6 +338,10 @@ async def _offer(batch: Batch, cand: Candidate) -> None:
             batch.result(cand, _refused(ProtocolError(
                 "unauthorised", "author was removed from its pod's roster before this event"),
                 ev.id))  # fmt: skip
+            if batch.allow_pending:
+                # Kept aside all the same: a roster event still to come can undo that removal
+                # (its remover turns out removed before it), and then this event counts.
+                batch.waiting_roster.append(cand)
         else:
             _wait(batch, cand, "roster", "author not (yet) on its pod's roster")
         return
@@ -372,6 +413,9 @@ async def _store(batch: Batch, cand: Candidate) -> None:
         batch.roots.add(root)
     if h.kind == "claim.make" and root is not None:
         batch.claim_roots[ev.id] = root
+        # Answers stored earlier in this batch, before their claim, join its request too
+        # (_flush re-homes their rows; their views must follow for the fresh-root fold).
+        batch.views.setdefault(root, []).extend(batch.views.pop(ev.id, []))
     if root is not None:
         batch.views.setdefault(root, []).append(st.EventView(
             ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, tuple(h.refs), cand.body))
@@ -481,6 +525,8 @@ async def _park_waiting(batch: Batch) -> None:
     room = ledger.limits.pending_per_source - ledger.pending_count(batch.source)
     keep, over = waiting[: max(room, 0)], waiting[max(room, 0) :]
     for cand in over:
+        if cand.index >= 0 and (batch.results[cand.index] or _PENDING).status != "pending":
+            continue  # already refused for its own reason
         batch.result(cand, _refused(ProtocolError(
             "rate-limited",
             f"too many events waiting from {batch.source} "

@@ -1,0 +1,35 @@
+"""Fixtures for the ledger tests: a fresh world of keys and real ledger files under tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from podlink.ledger.ledger import Ledger, Limits
+from tests.ledger.helpers import World, open_ledger
+
+OpenLedger = Callable[..., Awaitable[Ledger]]
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+@pytest.fixture
+async def make_ledger(tmp_path: Path) -> AsyncIterator[OpenLedger]:
+    """Open ledgers under tmp_path (``name``, ``pod``, ``limits``); all closed at the end."""
+    opened: list[Ledger] = []
+
+    async def make(
+        name: str = "pod.db", *, pod: bytes | None = None, limits: Limits | None = None
+    ) -> Ledger:
+        ledger = await open_ledger(tmp_path / name, pod=pod, limits=limits)
+        opened.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in opened:
+        await ledger.close()  # a no-op for ledgers a test closed itself
