@@ -24,7 +24,7 @@ from podlink.ledger.store import chunks, marks, rows
 from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import Event, check_time, decode_event
 from podlink.protocol.errors import ProtocolError, Reason
-from podlink.protocol.text import b64e
+from podlink.protocol.text import b64d, b64e
 
 if TYPE_CHECKING:
     from podlink.ledger.ledger import Ledger
@@ -58,6 +58,7 @@ class Candidate:
     body: kinds.Body | None
     wire: bytes
     body_dropped: bool = False
+    origin: bytes | None = None  # the peer that delivered it, if a peer did
 
 
 @dataclass
@@ -91,6 +92,16 @@ class Batch:
 
 
 _PENDING = IngestResult("pending")
+
+
+def _origin(source: str) -> bytes | None:
+    """A source naming a peer (its key in base64url) as the raw key; else None."""
+    if len(source) != 43:
+        return None
+    try:
+        return b64d(source, length=32)
+    except ProtocolError:
+        return None
 
 
 def _refused(err: ProtocolError, id_: bytes | None = None) -> IngestResult:
@@ -194,6 +205,9 @@ async def commit(
     The caller holds the ledger's write lock."""
     db = ledger.db
     batch = Batch(ledger, source, allow_pending, prep.now, prep.results)
+    origin = _origin(source)
+    for cand in prep.fresh:
+        cand.origin = origin
 
     # Dedupe, within the batch and against the store (refilling bodies lost in transit).
     seen: dict[bytes, Candidate] = {}
@@ -458,7 +472,7 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     ledger.next_pos += 1
     batch.rows.append((
         pos, ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, root, ev.payload, ev.sig,
-        ev.body, batch.now,
+        ev.body, batch.now, cand.origin,
     ))  # fmt: skip
     feed = (h.author, h.lane)
     batch.heads[feed] = (h.seq, ev.id, h.ts)
@@ -524,11 +538,11 @@ async def _take_pending(batch: Batch, where: str, params: Sequence) -> list[Cand
     for _, _, source in found:
         batch.ledger.pending_count_changed(source, -1, [])
     out = []
-    for _, wire, _ in found:
+    for _, wire, source in found:
         ev = decode_event(wire)  # verified before it was parked
         if ev.body is not None and not ev.body_matches():
             ev = ev.without_body()
-        out.append(Candidate(-1, ev, kinds.check_kind(ev), wire))
+        out.append(Candidate(-1, ev, kinds.check_kind(ev), wire, origin=_origin(source)))
     batch.released += len(out)
     return out
 
@@ -589,7 +603,7 @@ async def _flush(batch: Batch) -> None:
     if batch.rows:
         await db.executemany(
             "INSERT INTO events (pos, id, pod, author, lane, seq, ts, kind, root, payload, "
-            "sig, body, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "sig, body, received, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             batch.rows,
         )
         # Answers that arrived before their claim now join the claim's request.

@@ -21,6 +21,7 @@ from podlink.protocol import kinds
 from podlink.protocol.envelope import decode_header
 
 EVENT_COLUMNS = "id, pod, author, lane, seq, ts, kind, payload, body"
+URGENCY_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}  # how lists sort needs
 MEMBER_KINDS = ("member.join", "member.update", "member.forget")
 
 
@@ -120,6 +121,7 @@ class Writer:
             req.id, req.pod, req.author, req.lane, req.title, req.details, req.category,
             req.urgency, req.needed_by, req.area, req.for_member, req.status,
             req.accepted_claim, req.opened_ts, req.updated_ts, req.closed_ts, len(req.claims),
+            URGENCY_RANK.get(req.urgency, 9),
         ))  # fmt: skip
         for c in req.claims.values():
             self.inserts["claims"].append((

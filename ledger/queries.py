@@ -15,7 +15,7 @@ import aiosqlite
 
 from podlink.ledger import state as st
 from podlink.ledger.errors import Ambiguous, NotFound
-from podlink.ledger.projections import EVENT_COLUMNS, view_from_row
+from podlink.ledger.projections import EVENT_COLUMNS, URGENCY_RANK, view_from_row
 from podlink.ledger.store import chunks, marks, rows, scalar
 from podlink.protocol import boxes, kinds
 from podlink.protocol.errors import ProtocolError
@@ -136,9 +136,8 @@ async def list_requests(
             params.append(value)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     sql = (
-        f"SELECT {REQUEST_COLUMNS} FROM requests {clause} ORDER BY "
-        "CASE urgency WHEN 'urgent' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END, "
-        "opened_ts LIMIT ?"
+        f"SELECT {REQUEST_COLUMNS} FROM requests {clause} "
+        "ORDER BY urgency_rank, opened_ts LIMIT ?"
     )
     names = await pod_names(db)
     return [_request_row(r, names) for r in await rows(db, sql, [*params, limit])]
@@ -284,12 +283,12 @@ def visible_clause(pod: bytes | None, exclude_pod: bytes | None) -> tuple[str, l
     """SQL for what a direct peer may see: every network event, and this pod's peers lane.
 
     The pod lane never appears. ``exclude_pod`` leaves out the asking peer's own events
-    (it has them already)."""
+    and the events it delivered to us (it has them already)."""
     clause = "(lane = 'network' OR (lane = 'peers' AND pod = ?))"
     params: list[Any] = [pod or b""]
-    if exclude_pod is not None:
-        clause += " AND pod != ?"
-        params.append(exclude_pod)
+    if exclude_pod is not None:  # nor what it sent us: echoes cost the peer a verify each
+        clause += " AND pod != ? AND origin IS NOT ?"
+        params += [exclude_pod, exclude_pod]
     return clause, params
 
 
@@ -429,33 +428,39 @@ async def sealed_for(db: aiosqlite.Connection, pod: bytes, limit: int = 100) -> 
 
 # ---------------------------------------------------------------- matching
 
-URGENCY_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
-
-
-async def suggest_matches(db: aiosqlite.Connection, own_pod: bytes | None) -> list[Row]:
+async def suggest_matches(
+    db: aiosqlite.Connection, own_pod: bytes | None, *, per_request: int = 5, limit: int = 500
+) -> list[Row]:
     """Open needs paired with open offers and members who can meet them, best first.
 
     A pairing is suggested when the category agrees; closer help ranks first (a member of
     the needing pod, then an offer of the same pod, then an offer of another pod), then
-    urgency, then the age of the need."""
-    requests = await list_requests(db, status="open")
-    offers = await list_offers(db, status="open")
+    urgency, then the age of the need. At most ``per_request`` suggestions per need and
+    ``limit`` in all: a long list helps nobody, and the work stays bounded at any size."""
+    requests = await list_requests(db, status="open", limit=limit)
+    wanted = {r["category"] for r in requests}
+    offers_by_category: dict[str, list[Row]] = {}
+    for off in await list_offers(db, status="open"):
+        if off["category"] in wanted:
+            offers_by_category.setdefault(off["category"], []).append(off)
     members = await list_members(db) if own_pod is not None else []
     suggestions: list[Row] = []
     for req in requests:
-        for m in members:
-            if req["category"] in m.get("can", []) and req["pod"] == own_pod:
-                suggestions.append(_match(req, "member", m["id"], m["name"], own_pod, 0))
-        for off in offers:
-            if off["category"] == req["category"]:
-                rank = 1 if off["pod"] == req["pod"] else 2
-                suggestions.append(
-                    _match(
-                        req, "offer", off["id"], off["title"], off["pod"], rank, off["pod_name"]
-                    )
-                )
+        found: list[Row] = []
+        if req["pod"] == own_pod:
+            found += [
+                _match(req, "member", m["id"], m["name"], own_pod, 0)
+                for m in members if req["category"] in m.get("can", [])
+            ]
+        found += [
+            _match(req, "offer", o["id"], o["title"], o["pod"], 1 if o["pod"] == req["pod"] else 2,
+                   o["pod_name"])
+            for o in offers_by_category.get(req["category"], [])
+        ]  # fmt: skip
+        found.sort(key=lambda s: s["rank"])
+        suggestions += found[:per_request]
     suggestions.sort(key=lambda s: (s["rank"], URGENCY_RANK.get(s["urgency"], 9), s["opened_ts"]))
-    return suggestions
+    return suggestions[:limit]
 
 
 def _match(

@@ -27,6 +27,9 @@ PRAGMAS = (
     "PRAGMA foreign_keys=OFF",
     "PRAGMA cache_size=-32000",  # 32 MB page cache: bounded memory at any log size
     "PRAGMA temp_store=MEMORY",
+    # Checkpoint every ~40 MB of WAL rather than every 4 MB: each checkpoint fsyncs the
+    # database file, and at the default it landed on almost every 1,000-event commit.
+    "PRAGMA wal_autocheckpoint=10000",
     "PRAGMA busy_timeout=5000",
 )
 MAX_PARAMS = 500  # ids per IN (...) query, well under SQLite's variable limit

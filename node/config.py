@@ -35,7 +35,7 @@ class Config:
     listen: str = "127.0.0.1:7654"  # host:port the node binds
     url: str = ""  # the URL peers use to reach this node; defaults to http://<listen>
     max_request_bytes: int = 4 * 1024 * 1024  # any HTTP request body
-    page_events: int = 500  # events per page of changes served to a peer
+    page_events: int = 1000  # events per page served to a peer (and per ingest transaction)
     rate_per_s: float = 200.0  # signed requests per key per second (burst: 5 s worth)
     pending_per_source: int = 10_000  # events parked per peer waiting for predecessors
     pending_ttl_s: int = 24 * 3600
