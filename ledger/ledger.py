@@ -195,12 +195,13 @@ class Ledger:
             return []
         results: list[IngestResult] = []
         # Pipeline: the next batch's signatures are checked while this one commits.
-        upcoming = asyncio.ensure_future(prepare(self, parts[0]))
+        probe = allow_pending  # peers send copies; local appends almost never do
+        upcoming = asyncio.ensure_future(prepare(self, parts[0], probe=probe))
         try:
             for i in range(len(parts)):
                 prepared = await upcoming
                 if i + 1 < len(parts):
-                    upcoming = asyncio.ensure_future(prepare(self, parts[i + 1]))
+                    upcoming = asyncio.ensure_future(prepare(self, parts[i + 1], probe=probe))
                 async with self._write, translated("ingest failed and was rolled back"):
                     if self._stale_caches:
                         await self._load()

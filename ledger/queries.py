@@ -439,10 +439,10 @@ async def suggest_matches(
     ``limit`` in all: a long list helps nobody, and the work stays bounded at any size."""
     requests = await list_requests(db, status="open", limit=limit)
     wanted = {r["category"] for r in requests}
-    offers_by_category: dict[str, list[Row]] = {}
+    offers: dict[str, dict[bytes, list[Row]]] = {}  # category -> pod -> offers, oldest first
     for off in await list_offers(db, status="open"):
         if off["category"] in wanted:
-            offers_by_category.setdefault(off["category"], []).append(off)
+            offers.setdefault(off["category"], {}).setdefault(off["pod"], []).append(off)
     members = await list_members(db) if own_pod is not None else []
     suggestions: list[Row] = []
     for req in requests:
@@ -451,13 +451,16 @@ async def suggest_matches(
             found += [
                 _match(req, "member", m["id"], m["name"], own_pod, 0)
                 for m in members if req["category"] in m.get("can", [])
-            ]
-        found += [
-            _match(req, "offer", o["id"], o["title"], o["pod"], 1 if o["pod"] == req["pod"] else 2,
-                   o["pod_name"])
-            for o in offers_by_category.get(req["category"], [])
-        ]  # fmt: skip
-        found.sort(key=lambda s: s["rank"])
+            ][:per_request]
+        by_pod = offers.get(req["category"], {})
+        nearby = by_pod.get(req["pod"], [])  # the needing pod's own offers come first
+        elsewhere = (o for pod, offs in by_pod.items() if pod != req["pod"] for o in offs)
+        for rank, candidates in ((1, nearby), (2, elsewhere)):
+            for o in candidates:
+                if len(found) >= per_request:
+                    break
+                found.append(_match(req, "offer", o["id"], o["title"], o["pod"], rank,
+                                    o["pod_name"]))  # fmt: skip
         suggestions += found[:per_request]
     suggestions.sort(key=lambda s: (s["rank"], URGENCY_RANK.get(s["urgency"], 9), s["opened_ts"]))
     return suggestions[:limit]

@@ -1,0 +1,145 @@
+"""Markdown tables of a bench run's JSON, as docs/performance.md shows them.
+
+    python -m bench._report RUN.json                     # targets + one table per figure
+    python -m bench._report RUN.json --before OLD.json   # and a before/after table first
+
+Not a figure (the leading underscore keeps ``bench/_cli.py``'s discovery away from it).
+Every number comes from the JSON; the lists below only choose and label rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from bench._cli import _fmt
+
+# (label, result, results shown in brackets as "label: value") for the headline table.
+HEADLINE = (
+    ("ingest, 1 verify worker / raw", "ingest.ledger.workers1", ()),
+    ("ingest, 2 verify workers / raw", "ingest.ledger.workers2", ()),
+    ("sync: pull / B's own ingest", "sync.pull", ()),
+    ("sync: wire bytes / raw event bytes", "sync.wire", ()),
+    ("sync: one idle round", "sync.idle", ()),
+    ("propagation, line of 5, p50", "propagation.line5", (("p99", "propagation.line5.p99"),)),
+    ("peak RSS, ingest of 100k (streamed)", "ingest.rss.peak", (("10k", "scale.ingest.rss.10k"),)),
+    ("peak RSS, sync of 100k (node B)", "scale.sync.rss.100k", (("10k", "scale.sync.rss.10k"),)),
+)
+
+# (label, result or "figure:field", the change that moved it) for --before.
+COMPARED = (
+    ("ingest, 1 worker / raw", "ingest.ledger.workers1",
+     "rowid projection tables; WAL checkpoint every ~40 MB (1b80283)"),
+    ("ingest, 2 workers / raw", "ingest.ledger.workers2",
+     "the same, and a second core that was free this time (see floor)"),
+    ("ingest CPU, 1 worker", "ingest.ledger.workers1.cpu", "the same two"),
+    ("ingest CPU, 2 workers", "ingest.ledger.workers2.cpu", "the same two"),
+    ("raw ingest CPU (control)", "ingest.raw.cpu", "none: code unchanged; the machine"),
+    ("threads2 / threads1, raw verify (control)", "verify.raw.threads2.batch128",
+     "none: code unchanged; a second core was free"),
+    ("sync: pull / B's ingest", "sync.pull",
+     "no echo of a peer's own deliveries (events.origin); 1000-event pages"),
+    ("sync: node A CPU per event served", "sync.pull.cpu.a", "no echo (A verified each echo)"),
+    ("open_requests, 100k", "queries.open_requests.100k", "urgency rank stored and indexed"),
+    ("match, 100k", "queries.match.100k", "bounded suggestions, offers grouped by category"),
+    ("queries figure, peak RSS", "queries:peak_rss_mb", "bounded suggestions (5 per need, 500)"),
+    ("propagation, line of 5, p50", "propagation.line5", "no echo; less load"),
+    ("propagation, line of 5, p99", "propagation.line5.p99", "less load (p99 of 50 events)"),
+    ("propagation, ring of 10, p50", "propagation.ring10", "no echo (both neighbours echoed it)"),
+    ("peak RSS, ingest of 100k", "ingest.rss.peak", "not traced (one run each)"),
+    ("peak RSS, node B in a 100k sync", "scale.sync.rss.100k",
+     "not traced; 1000-event pages are twice as big"),
+)  # fmt: skip
+
+COLUMNS = ("result", "median", "unit", "min", "max", "runs", "ratio", "baseline", "target", "ok")
+
+
+def _results(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for fig in doc["figures"].values() for r in fig.get("results", [])}
+
+
+def _ok(ok: bool | None) -> str:
+    return "" if ok is None else ("yes" if ok else "**NO**")
+
+
+def _unit(r: dict[str, Any]) -> str:
+    return "events/s" if r["unit"] == "ops/s" else r["unit"]
+
+
+def _value(r: dict[str, Any]) -> str:
+    return f"{_fmt(r['median'])} {_unit(r)}"
+
+
+def headline(doc: dict[str, Any]) -> list[str]:
+    res = _results(doc)
+    lines = ["| figure | target | result | met |", "| --- | --- | --- | --- |"]
+    for label, name, extras in HEADLINE:
+        r = res[name]
+        if r.get("baseline"):
+            base = res[r["baseline"]]
+            text = f"{r['ratio']:.2f} ({_fmt(r['median'])} vs {_fmt(base['median'])} {_unit(r)})"
+        else:
+            text = _value(r)
+        if extras:
+            text += " (" + ", ".join(f"{k}: {_value(res[n])}" for k, n in extras) + ")"
+        target = r["target"] if r.get("baseline") else f"{r['target']} {r['unit']}"
+        met = "yes" if r["ok"] else "**no**"
+        lines.append(f"| {label} | {target} | {text} | {met} |")
+    return lines
+
+
+def _pick(doc: dict[str, Any], key: str) -> str:
+    if ":" in key:
+        figure, field = key.split(":", 1)
+        return f"{_fmt(doc['figures'][figure][field])} MB"
+    r = _results(doc)[key]
+    if r.get("baseline") and r.get("ratio") is not None:
+        return f"{r['ratio']:.2f}x ({_value(r)})"
+    return _value(r)
+
+
+def compared(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    lines = ["| figure | before | after | change responsible |", "| --- | ---: | ---: | --- |"]
+    for label, key, why in COMPARED:
+        lines.append(f"| {label} | {_pick(before, key)} | {_pick(after, key)} | {why} |")
+    return lines
+
+
+def figure_tables(doc: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for name, fig in doc["figures"].items():
+        lines += [f"#### {name}", "", "| " + " | ".join(COLUMNS) + " |"]
+        lines.append("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- |")
+        for r in fig.get("results", []):
+            ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}"
+            base = f"`{r['baseline']}`" if r.get("baseline") else ""
+            cells = (f"`{r['name']}`", _fmt(r["median"]), r["unit"], _fmt(r["min"]),
+                     _fmt(r["max"]), str(r["runs"]), ratio, base, r.get("target") or "",
+                     _ok(r.get("ok")))  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        load = fig["loadavg_start"][0], fig["loadavg_end"][0]
+        lines += ["", f"{name}: {fig['seconds']:.0f} s, load {load[0]:.1f} → {load[1]:.1f}"]
+        if fig.get("error"):
+            lines.append(f"**error**: {fig['error'].strip().splitlines()[-1]}")
+        lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench._report", description=__doc__)
+    p.add_argument("json", type=Path, help="a bench run (python -m bench --json PATH)")
+    p.add_argument("--before", type=Path, help="an earlier run: adds the before/after table")
+    args = p.parse_args(argv)
+    doc = json.loads(args.json.read_text())
+    out = ["### Targets", "", *headline(doc), ""]
+    if args.before:
+        out += ["### Before and after", "", *compared(json.loads(args.before.read_text()), doc), ""]
+    out += ["### Results", "", *figure_tables(doc)]
+    print("\n".join(out).rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
