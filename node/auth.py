@@ -89,18 +89,20 @@ def make_auth_middleware(node: object) -> object:
             raise APIError("invalid", "signed requests must not use a Content-Encoding")
         body = await request.read()
         signed = verify_request(request.headers, request.method, request.raw_path, body)
-        if not limiter.allow(signed.key):
+        roles = node.roles_of(signed.key)
+        # A key with no role here is refused before it costs any memory: its nonces would
+        # fill the replay memory (and, stamped minutes ahead, push its floor past the
+        # present, so every organizer and peer would be refused as stale), its buckets
+        # the limiter's. Keys without a role share one bucket (redeeming an invite).
+        if needed != "signed" and not roles:
+            raise APIError("unauthorised", "this key is not an organizer or a peer of this pod")
+        if not limiter.allow(signed.key if roles else b""):
             node.metrics.inc("requests_refused_total", reason="rate-limited")
             raise APIError("rate-limited", "too many requests from this key; slow down")
-        nonces.check_and_add(signed)
-        roles = node.roles_of(signed.key)
-        if needed != "signed":
-            if not roles:
-                raise APIError(
-                    "unauthorised", "this key is not an organizer or a peer of this pod"
-                )
-            if needed not in roles:
-                raise APIError("forbidden", f"this key may not use the {needed} API", 403)
+        if roles:  # without a role: refused above, or an idempotent invite redemption
+            nonces.check_and_add(signed)
+        if needed != "signed" and needed not in roles:
+            raise APIError("forbidden", f"this key may not use the {needed} API", 403)
         request[SIGNER] = signed.key
         request[ROLES] = roles
         return await handler(request)

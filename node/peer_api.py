@@ -40,6 +40,7 @@ from podlink.protocol.text import b64d, b64e
 log = logging.getLogger("podlink.node")
 NODE: web.AppKey[Node] = web.AppKey("node", Node)
 STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams", set)
+PEER_STREAMS: web.AppKey[dict[bytes, web.Request]] = web.AppKey("peer_streams", dict)
 MSGPACK = "application/msgpack"
 STREAM_IDLE_S = 25.0  # a ping at least this often keeps NATs and proxies from closing us
 MAX_PAGE_BYTES = 4 * 1024 * 1024  # a page stops growing here; clients accept twice that
@@ -113,6 +114,13 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     streams = request.app[STREAMS]
     streams.add(ws)  # closed by close_streams when the node stops
+    # One live stream per peer: a newer one replaces the older (a reconnect after a blip),
+    # so a peer cannot open streams by the hundred and make us buffer a page for each.
+    by_peer = request.app[PEER_STREAMS]
+    older = by_peer.get(peer)
+    if older is not None and older.transport is not None:
+        older.transport.abort()
+    by_peer[peer] = request
     try:
         first = await ws.receive(timeout=node.config.peer_timeout_s)
         if first.type != WSMsgType.BINARY:
@@ -143,6 +151,8 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
         pass
     finally:
         streams.discard(ws)
+        if by_peer.get(peer) is request:
+            del by_peer[peer]
         await ws.close()
     return ws
 
@@ -219,6 +229,10 @@ async def redeem(request: web.Request) -> web.Response:
     expires, used_by = found[0]
     if used_by is not None and used_by != joiner:
         raise APIError("unauthorised", "this invite was already used")
+    if used_by is not None and joiner not in node.peers:
+        # Presenting it again is a harmless retry only while the peering it made stands:
+        # a pod removed since must not undo its removal with its old invite.
+        raise APIError("unauthorised", "this invite was already used")
     if expires < time.time():
         raise APIError("unauthorised", "this invite has expired; ask for a new one")
     await node.ledger.write(
@@ -232,6 +246,7 @@ async def redeem(request: web.Request) -> web.Response:
 
 def setup_routes(app: web.Application) -> None:
     app[STREAMS] = set()
+    app[PEER_STREAMS] = {}
     app.on_shutdown.append(close_streams)
     app.router.add_get("/v1/info", info)
     app.router.add_get("/v1/peer/changes", changes)

@@ -109,7 +109,15 @@ class Node:
             "SELECT pod, url, name, cursor, epoch, last_sync, repair FROM peers "
             "WHERE removed IS NULL",
         )
-        self.peers = {r[0]: PeerRecord(*r[:6], repair=bool(r[6])) for r in found}
+        peers = {r[0]: PeerRecord(*r[:6], repair=bool(r[6])) for r in found}
+        for pod, fresh in peers.items():
+            # Keep the record a running gossip link holds: its cursor must stay the one
+            # save_cursor moves (a copy left behind made the link re-pull from a stale one).
+            kept = self.peers.get(pod)
+            if kept is not None:
+                kept.__dict__.update(fresh.__dict__)
+                peers[pod] = kept
+        self.peers = peers
 
     async def add_peer(self, pod: bytes, url: str, name: str) -> PeerRecord:
         """Peer with ``pod`` at ``url`` (idempotent; a new URL replaces the old one)."""
