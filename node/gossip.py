@@ -108,7 +108,11 @@ class PeerLink:
             self.status.state = "syncing"
             if self.record.repair:  # our own store was restored from a backup
                 received = stored = await self.repair()
-                await self.node.repaired(self.record.pod)
+                if received == 0:
+                    # Only a repair that finds nothing more ends it: our own events still
+                    # in flight when we restarted reach the peer later, and pages never
+                    # carry them back to us, so each pull repairs again until none come.
+                    await self.node.repaired(self.record.pod)
             while True:
                 try:
                     page = page_decoder.decode(await self._get(
