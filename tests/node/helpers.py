@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -436,3 +437,22 @@ class FakePeer:
         finally:
             self._sockets.discard(ws)
         return ws
+
+
+DB_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm")
+
+
+def copy_db(home: Path, to: Path) -> None:
+    """Copy a stopped node's database files (a backup)."""
+    to.mkdir(parents=True, exist_ok=True)
+    for name in DB_FILES:
+        if (home / name).exists():
+            shutil.copy2(home / name, to / name)
+
+
+def restore_db(backup: Path, home: Path) -> None:
+    """Put a backup made by copy_db back in place of a node's database files."""
+    for name in DB_FILES:
+        (home / name).unlink(missing_ok=True)
+        if (backup / name).exists():
+            shutil.copy2(backup / name, home / name)

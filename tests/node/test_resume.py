@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,14 @@ from podlink.ledger.ledger import Ledger
 from podlink.protocol import kinds
 from podlink.protocol.envelope import Event
 from podlink.protocol.text import b64e
-from tests.node.helpers import PodNode, peer_line, wait_converged, wait_for
-
-DB_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm")
-
-
-def copy_db(home: Path, to: Path) -> None:
-    to.mkdir(parents=True, exist_ok=True)
-    for name in DB_FILES:
-        if (home / name).exists():
-            shutil.copy2(home / name, to / name)
-
-
-def restore_db(backup: Path, home: Path) -> None:
-    for name in DB_FILES:
-        (home / name).unlink(missing_ok=True)
-        if (backup / name).exists():
-            shutil.copy2(backup / name, home / name)
+from tests.node.helpers import (
+    PodNode,
+    copy_db,
+    peer_line,
+    restore_db,
+    wait_converged,
+    wait_for,
+)
 
 
 async def same_events(nodes: list[PodNode]) -> bool:

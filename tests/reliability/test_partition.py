@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +36,13 @@ from podlink.ledger.ledger import Ledger
 from podlink.node.client import ClientError
 from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import Event, Lane
-from tests.node.helpers import PodNode, wait_for, wait_linked
+from tests.node.helpers import PodNode, copy_db, restore_db, wait_for, wait_linked
 from tests.reliability.proxy import Link
 
 LONG = os.environ.get("PODLINK_LONG") == "1"
 ROUNDS = 120 if LONG else 24
 ROUND_S = 0.45
 SKEW_MS = 10 * 60 * 1000  # Cedar's clock: ten minutes fast
-DB_FILES = ("ledger.db", "ledger.db-wal", "ledger.db-shm")
 
 
 @dataclass
@@ -216,20 +214,6 @@ async def all_ids(node: PodNode) -> set[str]:
             return ids
         ids |= {r["id"] for r in page}
         since = page[-1]["pos"]
-
-
-def copy_db(home: Path, to: Path) -> None:
-    to.mkdir(parents=True, exist_ok=True)
-    for name in DB_FILES:
-        if (home / name).exists():
-            shutil.copy2(home / name, to / name)
-
-
-def restore_db(backup: Path, home: Path) -> None:
-    for name in DB_FILES:
-        (home / name).unlink(missing_ok=True)
-        if (backup / name).exists():
-            shutil.copy2(backup / name, home / name)
 
 
 @pytest.mark.slow
