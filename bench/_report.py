@@ -76,6 +76,8 @@ def headline(doc: dict[str, Any]) -> list[str]:
     res = _results(doc)
     lines = ["| figure | target | result | met |", "| --- | --- | --- | --- |"]
     for label, name, extras in HEADLINE:
+        if name not in res or any(n not in res for _, n in extras):
+            continue  # a partial run (--only): no headline row for what it did not measure
         r = res[name]
         if r.get("baseline"):
             base = res[r["baseline"]]
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", type=Path, help="an earlier run: adds the before/after table")
     args = p.parse_args(argv)
     doc = json.loads(args.json.read_text())
-    out = ["### Targets", "", *headline(doc), ""]
+    rows = headline(doc)
+    out = ["### Targets", "", *rows, ""] if len(rows) > 2 else []
     if args.before:
         out += ["### Before and after", "", *compared(json.loads(args.before.read_text()), doc), ""]
     out += ["### Results", "", *figure_tables(doc)]
