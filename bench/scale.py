@@ -146,6 +146,7 @@ async def run(quick: bool) -> list[Result]:
             ]  # fmt: skip
     _write_table(table)
     _write_svg(table)
+    write_png(table)
     return out
 
 
@@ -238,3 +239,61 @@ def _write_svg(table: dict[int, dict[str, float]]) -> None:
                              f"{v:,.0f}</text>")  # fmt: skip
     parts.append("</svg>")
     (results_dir() / "scale.svg").write_text("\n".join(parts) + "\n")
+
+
+def write_png(table: dict[int, dict[str, float]]) -> bool:
+    """scale.png with matplotlib when it is installed (`pip install -e '.[bench]'`)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sizes = list(table)
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5))
+    panels = [("ingest_ops_s", "ingest (events/s)"), ("db_bytes_per_event", "DB bytes/event"),
+              ("open_requests_ms", "open requests (ms)"), (None, "peak RSS (MB)")]  # fmt: skip
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        if key is None:
+            ax.plot(sizes, [table[n]["ingest_rss_mb"] for n in sizes], "o-", label="ingest")
+            ax.plot(sizes, [table[n]["sync_rss_mb"] for n in sizes], "s-", label="sync (node B)")
+            ax.axhline(200, color="grey", linestyle=":", label="target 200 MB")
+            ax.legend(fontsize=8)
+        else:
+            ax.plot(sizes, [table[n][key] for n in sizes], "o-")
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("events in the ledger", fontsize=8)
+    fig.suptitle("podlink: cost as the log grows", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(results_dir() / "scale.png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _table_from_json(path: Path) -> dict[int, dict[str, float]]:
+    """Rebuild the scale table from a bench JSON (to redraw the chart without a rerun)."""
+    import json
+
+    results = {r["name"]: r["median"] for fig in json.loads(path.read_text())["figures"].values()
+               for r in fig.get("results", [])}  # fmt: skip
+    table: dict[int, dict[str, float]] = {}
+    for lab, n in (("10k", 10_000), ("100k", 100_000), ("1M", 1_000_000)):
+        if f"scale.ingest.{lab}" in results:
+            table[n] = {
+                "ingest_ops_s": results[f"scale.ingest.{lab}"],
+                "db_bytes_per_event": results[f"scale.db_bytes.{lab}"],
+                "open_requests_ms": results[f"scale.open_requests.{lab}"],
+                "ingest_rss_mb": results[f"scale.ingest.rss.{lab}"],
+                "sync_rss_mb": results[f"scale.sync.rss.{lab}"],
+            }
+    return table
+
+
+if __name__ == "__main__":  # python -m bench.scale RESULTS.json: redraw scale.png
+    import sys
+
+    drawn = write_png(_table_from_json(Path(sys.argv[1])))
+    print("wrote scale.png" if drawn else "matplotlib is not installed: pip install matplotlib")
