@@ -83,7 +83,6 @@ class Batch:
     reload: set[bytes] = field(default_factory=set)  # roots to fold from the table anyway
     copies: list[tuple[Candidate, Candidate]] = field(default_factory=list)  # (copy, first)
     first_pos: int = 0
-    released: int = 0
     stored: int = 0
 
     def result(self, cand: Candidate, res: IngestResult) -> None:
@@ -544,7 +543,6 @@ async def _take_pending(batch: Batch, where: str, params: Sequence) -> list[Cand
         if ev.body is not None and not ev.body_matches():
             ev = ev.without_body()
         out.append(Candidate(-1, ev, kinds.check_kind(ev), wire, origin=_origin(source)))
-    batch.released += len(out)
     return out
 
 

@@ -15,8 +15,8 @@ import aiosqlite
 
 from podlink.ledger import state as st
 from podlink.ledger.errors import Ambiguous, NotFound
-from podlink.ledger.projections import EVENT_COLUMNS, URGENCY_RANK, view_from_row
-from podlink.ledger.store import chunks, marks, rows, scalar
+from podlink.ledger.projections import EVENT_COLUMNS, URGENCY_RANK, load_roster, view_from_row
+from podlink.ledger.store import marks, rows, scalar
 from podlink.protocol import boxes, kinds
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.text import b64e
@@ -157,9 +157,7 @@ async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
             db, "SELECT id, pod, note, hours, ts FROM fulfilments WHERE request = ?", (request,)
         )
     ]
-    from podlink.ledger.projections import load_roster
-
-    events = (await load_roots_one(db, request))
+    events = await load_roots_one(db, request)
     folded = st.fold_request(request, events, await load_roster(db))
     row["history"] = [
         {"id": s.id, "kind": s.kind, "pod": s.pod, "pod_name": names.get(s.pod, ""),
@@ -394,19 +392,6 @@ async def list_forks(db: aiosqlite.Connection) -> list[Row]:
          "received": r}
         for a, ln, s, k, o, src, r in await rows(db, sql)
     ]  # fmt: skip
-
-
-async def events_by_id(
-    db: aiosqlite.Connection, ids: Sequence[bytes]
-) -> list[tuple[int, bytes, bytes, bytes | None]]:
-    out = []
-    for part in chunks(list(ids)):
-        out += await rows(
-            db,
-            f"SELECT pos, payload, sig, body FROM events WHERE id IN ({marks(len(part))})",
-            part,
-        )
-    return out
 
 
 async def sealed_for(db: aiosqlite.Connection, pod: bytes, limit: int = 100) -> list[Row]:

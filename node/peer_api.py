@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -34,7 +35,7 @@ from podlink.node.api_types import (
 from podlink.node.auth import SIGNER
 from podlink.node.errors import APIError
 from podlink.node.runtime import Node
-from podlink.protocol.envelope import LANES, PROTOCOL_VERSION, SUPPORTED_VERSIONS, encode_wire
+from podlink.protocol.envelope import LANES, SUPPORTED_VERSIONS, encode_wire
 from podlink.protocol.text import b64d, b64e
 
 log = logging.getLogger("podlink.node")
@@ -222,8 +223,6 @@ async def redeem(request: web.Request) -> web.Response:
     found = await queries.rows(
         node.ledger.reader, "SELECT expires, used_by FROM invites WHERE secret_hash = ?", (h,)
     )
-    import time
-
     if not found:
         raise APIError("unauthorised", "this invite is not known here")
     expires, used_by = found[0]
@@ -256,4 +255,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/peer/redeem", redeem)
 
 
-__all__ = ["NODE", "PROTOCOL_VERSION", "setup_routes"]
+__all__ = ["NODE", "setup_routes"]
