@@ -10,15 +10,19 @@ and more (dedupe, chains, roster, pending, projections, feed heads) through aios
 Targets (on the ratio to raw, same run, same corpus): the ledger with one verify worker
 ``>= 0.8`` (the bookkeeping costs at most a fifth), with two workers ``>= 1.3`` (the second
 core pays for it and more). Corpus: ``roster + N`` events by 50 organizers of one pod.
+
+A diagnostic row runs the same ledger ingest with signature checks switched off: what the
+bookkeeping alone costs, the floor under any verify-thread arrangement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from nacl.bindings import crypto_sign_open
@@ -28,6 +32,7 @@ from bench._child import ingest_in_child, write_wires
 from bench._corpus import pod_wires
 from bench._util import Stopwatch, Timed, busy, cpu_us, move_db, rates, remove_db, rounds
 from podlink.ledger.ledger import Ledger, Limits
+from podlink.protocol import envelope
 from podlink.protocol.envelope import SIGN_PREFIX, decode_event
 
 AUTHORS = 50
@@ -106,6 +111,17 @@ async def ledger_ingest(
 _cleanup = remove_db
 
 
+@contextlib.contextmanager
+def signatures_unchecked() -> Iterator[None]:
+    """Diagnostic only: Ed25519 verification switched off, to weigh the bookkeeping alone."""
+    original = envelope.Event.verify_signature
+    envelope.Event.verify_signature = lambda self: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        envelope.Event.verify_signature = original  # type: ignore[method-assign]
+
+
 async def run(quick: bool) -> list[Result]:
     size = _sizes(quick)
     n = size["events"]
@@ -134,8 +150,16 @@ async def run(quick: bool) -> list[Result]:
 
             return go
 
+        async def unchecked() -> Timed:
+            path = tmpdir / "unchecked.db"
+            try:
+                with signatures_unchecked():
+                    return await ledger_ingest(wires, path, workers=2)
+            finally:
+                _cleanup(path)
+
         t = await rounds(
-            {"raw": raw, "w1": ledger(1), "w2": ledger(2)},  # type: ignore[dict-item]
+            {"raw": raw, "w1": ledger(1), "w2": ledger(2), "nv": unchecked},  # type: ignore[dict-item]
             size["repeats"],
         )
         base = ("ingest.raw", rates(t["raw"]))
@@ -148,18 +172,23 @@ async def run(quick: bool) -> list[Result]:
                    f"{busy(t['raw'])}"),
             result("ingest.ledger.workers1", "ops/s", rates(t["w1"]), baseline=base,
                    target=">= 0.8",
-                   note=f"Ledger.ingest, 1 verify worker (inline), batch 1000; "
+                   note=f"Ledger.ingest, 1 verify thread, batch 1000; "
                    f"{busy(t['w1'])}"),
             result("ingest.ledger.workers2", "ops/s", rates(t["w2"]), baseline=base,
                    target=">= 1.3",
                    note=f"Ledger.ingest, 2 verify threads (default), batch 1000; "
                    f"{busy(t['w2'])}"),
+            result("ingest.ledger.unchecked", "ops/s", rates(t["nv"]), baseline=base,
+                   note="diagnostic: the workers=2 ingest with signature checks switched off "
+                   f"(bookkeeping alone, no event is verified); {busy(t['nv'])}"),
             result("ingest.raw.cpu", "us/event", cpu_base[1],
                    note="process CPU time (all threads, getrusage) per event"),
             result("ingest.ledger.workers1.cpu", "us/event", cpu_us(t["w1"]), baseline=cpu_base,
                    note="CPU per event; a steadier figure than wall time on a shared box"),
             result("ingest.ledger.workers2.cpu", "us/event", cpu_us(t["w2"]), baseline=cpu_base,
                    note="CPU per event, including the verify threads and aiosqlite's thread"),
+            result("ingest.ledger.unchecked.cpu", "us/event", cpu_us(t["nv"]),
+                   baseline=cpu_base, note="CPU per event of the bookkeeping alone"),
         ]  # fmt: skip
 
         # (c) rate against the ledger's batch size (each batch is a transaction + fsync).

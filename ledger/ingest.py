@@ -82,6 +82,8 @@ class Batch:
     views: dict[bytes, list[st.EventView]] = field(default_factory=dict)  # root -> stored
     reload: set[bytes] = field(default_factory=set)  # roots to fold from the table anyway
     copies: list[tuple[Candidate, Candidate]] = field(default_factory=list)  # (copy, first)
+    anchors: set[bytes] = field(default_factory=set)  # roots whose own event is stored here
+    stored_ids: dict[bytes, bool] = field(default_factory=dict)  # id -> stored bodiless
     first_pos: int = 0
     stored: int = 0
 
@@ -138,7 +140,7 @@ async def check_stateless(
     events: Sequence[Event], now: int, executor: Executor | None, workers: int
 ) -> list[tuple | ProtocolError]:
     """Run the stateless checks, split over ``workers`` threads for large batches."""
-    if executor is None or workers < 2 or len(events) < PARALLEL_MIN:
+    if executor is None or len(events) < PARALLEL_MIN:
         return _check_all(events, now)
     loop = asyncio.get_running_loop()
     size = -(-len(events) // workers)
@@ -157,6 +159,10 @@ class Prepared:
     results: list[IngestResult | None]
     fresh: list[Candidate]
     now: int
+    # What the reader found stored (id -> refillable), as of ledger.generation = generation;
+    # None when the batch was not probed.
+    known: dict[bytes, bool] | None = None
+    generation: int = 0
 
 
 async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True) -> Prepared:
@@ -173,9 +179,10 @@ async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True)
     # signature check: same id and same signature bytes as the verified copy we hold
     # (Ed25519 is deterministic). The reader sees committed events only, and nothing
     # stored ever goes away; any other copy is verified like a new event.
+    generation = ledger.generation  # before the probe: it sees at least these commits
     ids = [ev.id for _, ev in decoded] if probe else []  # local appends are rarely copies
     stored = await _stored_sigs(ledger.reader, ids) if ids else {}
-    held = {i for i, ev in decoded if stored.get(ev.id) == ev.sig}
+    held = {i for i, ev in decoded if stored.get(ev.id, _NOT_STORED)[0] == ev.sig}
     new = [(i, ev) for i, ev in decoded if i not in held]
     checked = await check_stateless([ev for _, ev in new], now, ledger.executor, ledger.workers)
     outcomes: list[tuple[int, tuple | ProtocolError]] = [
@@ -194,7 +201,8 @@ async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True)
         else:
             ev, body, dropped = outcome
             fresh.append(Candidate(i, ev, body, wires[i], dropped))
-    return Prepared(wires, results, fresh, now)
+    known = {id_: refillable for id_, (_, refillable) in stored.items()} if probe else None
+    return Prepared(wires, results, fresh, now, known, generation)
 
 
 async def commit(
@@ -223,7 +231,10 @@ async def commit(
             kept.event, kept.body, kept.wire = cand.event, cand.body, cand.wire
             kept.body_dropped = False
         batch.copies.append((cand, kept))
-    known = await _known_ids(db, [c.event.id for c in unique])
+    ids = [c.event.id for c in unique]
+    known = _known_in_memory(ledger, prep, ids)
+    if known is None:
+        known = await _known_ids(db, ids)
     refills: list[Candidate] = []
     candidates: list[Candidate] = []
     for cand in unique:
@@ -291,26 +302,55 @@ async def _refill(batch: Batch, cand: Candidate) -> None:
 
 
 async def _fresh_roots(batch: Batch) -> dict[bytes, list[st.EventView]]:
-    """Roots all of whose events were stored by this batch, with those events."""
-    candidates = [r for r in batch.roots if r in batch.views and r not in batch.reload]
+    """Roots all of whose events were stored by this batch, with those events.
+
+    Only roots whose anchor event this batch stored qualify (a root whose anchor came
+    earlier, or never, is folded from the table); then only followers can be older."""
+    candidates = [
+        r for r in batch.roots if r in batch.anchors and r in batch.views and r not in batch.reload
+    ]
     if not candidates:
         return {}
     older: set[bytes] = set()
     for part in chunks(candidates):
         sql = (
-            f"SELECT DISTINCT root FROM events WHERE root IN ({marks(len(part))}) AND pos < ?"
+            f"SELECT root FROM events WHERE root IN ({marks(len(part))}) AND root != id "
+            "AND pos < ?"
         )
         older.update(r[0] for r in await rows(batch.ledger.db, sql, [*part, batch.first_pos]))
     return {r: batch.views[r] for r in candidates if r not in older}
 
 
-async def _stored_sigs(db, ids: list[bytes]) -> dict[bytes, bytes]:
-    """The stored signature of each id we hold."""
-    found: dict[bytes, bytes] = {}
+_NOT_STORED = (None, False)
+
+
+async def _stored_sigs(db, ids: list[bytes]) -> dict[bytes, tuple[bytes, bool]]:
+    """The stored signature of each id we hold, and whether its body may be refilled."""
+    found: dict[bytes, tuple[bytes, bool]] = {}
     for part in chunks(ids):
-        sql = f"SELECT id, sig FROM events WHERE id IN ({marks(len(part))})"
-        found.update((id_, sig) for id_, sig in await rows(db, sql, part))
+        sql = (
+            "SELECT id, sig, body IS NULL AND dropped = 0 FROM events "
+            f"WHERE id IN ({marks(len(part))})"
+        )
+        found.update((id_, (sig, bool(r))) for id_, sig, r in await rows(db, sql, part))
     return found
+
+
+def _known_in_memory(ledger: Ledger, prep: Prepared, ids: list[bytes]) -> dict[bytes, bool] | None:
+    """Which of ``ids`` are stored, from the reader's probe and the commits since; None if
+    the probe was skipped or those commits are no longer all remembered."""
+    if prep.known is None:
+        return None
+    since = ledger.stored_since(prep.generation)
+    if since is None:
+        return None
+    known: dict[bytes, bool] = {}
+    for id_ in ids:
+        if id_ in since:
+            known[id_] = since[id_]
+        elif id_ in prep.known:
+            known[id_] = prep.known[id_]
+    return known
 
 
 async def _known_ids(db, ids: list[bytes]) -> dict[bytes, bool]:
@@ -468,6 +508,9 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     if root is not None:
         batch.views.setdefault(root, []).append(st.EventView(
             ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, tuple(h.refs), cand.body))
+    if root == ev.id:
+        batch.anchors.add(root)
+    batch.stored_ids[ev.id] = ev.body is None
     pos = ledger.next_pos
     ledger.next_pos += 1
     batch.rows.append((
@@ -609,7 +652,7 @@ async def _flush(batch: Batch) -> None:
         rehome = [(row[8], row[1]) for row in batch.rows if row[7] == "claim.make" and row[8]]
         if rehome:
             await db.executemany(
-                "UPDATE events SET root = ? WHERE root = ? "
+                "UPDATE events SET root = ? WHERE root = ? AND root != id "
                 "AND kind IN ('claim.accept', 'claim.decline')",
                 rehome,
             )

@@ -16,7 +16,7 @@ import aiosqlite
 
 from podlink.ledger import state as st
 from podlink.ledger.schema import PROJECTIONS
-from podlink.ledger.store import chunks, marks, rows
+from podlink.ledger.store import chunks, marks, of_roots, rows
 from podlink.protocol import kinds
 from podlink.protocol.envelope import decode_header
 
@@ -38,8 +38,8 @@ async def load_roots(db: aiosqlite.Connection, roots: Iterable[bytes]) -> dict[b
     grouped: dict[bytes, list[st.EventView]] = defaultdict(list)
     roots = list(roots)
     for part in chunks(roots):
-        sql = f"SELECT root, {EVENT_COLUMNS} FROM events WHERE root IN ({marks(len(part))})"
-        for row in await rows(db, sql, part):
+        sql = of_roots(f"SELECT root, {EVENT_COLUMNS} FROM events", len(part))
+        for row in await rows(db, sql, [*part, *part]):
             grouped[row[0]].append(view_from_row(row[1:]))
     return grouped
 
@@ -57,7 +57,7 @@ async def refold_roster(db: aiosqlite.Connection, roster: st.Roster, pod: bytes)
     """Re-fold one pod's roster into ``roster`` and its table; return keys whose tenures
     changed (their events may now be authorised, or soft-failed)."""
     sql = (
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE root = ? "
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE root = ? AND root != id "
         "AND kind IN ('roster.add', 'roster.remove')"
     )
     views = [view_from_row(r) for r in await rows(db, sql, (pod,))]
@@ -161,26 +161,77 @@ class Writer:
             ))  # fmt: skip
 
     async def write(self, db: aiosqlite.Connection) -> None:
-        for table, params in ({} if self.fresh else self.deletes).items():
-            column = "request" if table in ("claims", "fulfilments") else "id"
-            column = "pod" if table == "pods" else column
-            await db.executemany(f"DELETE FROM {table} WHERE {column} = ?", params)
-        for table, values in self.inserts.items():
-            if values:
-                sql = f"INSERT INTO {table} VALUES ({marks(len(values[0]))})"
-                await db.executemany(sql, values)
+        if self.fresh:
+            for table, values in self.inserts.items():
+                if values:
+                    sql = f"INSERT INTO {table} VALUES ({marks(len(values[0]))})"
+                    await db.executemany(sql, values)
+        else:
+            for table, roots in self.deletes.items():
+                await _replace(db, table, [r for (r,) in roots], self.inserts.get(table, []))
         if self.forgotten:
             await forget_members(db, self.forgotten)
+
+
+# Each projection table: the column naming the aggregate its rows belong to, and the
+# column naming the row (both first-class ids; tables list columns in insert order).
+_ROOT_COLUMN = {"pods": "pod", "claims": "request", "fulfilments": "request"}
+_KEY_COLUMN = {"pods": "pod"}
+_columns: dict[str, tuple[str, ...]] = {}
+
+
+async def _table_columns(db: aiosqlite.Connection, table: str) -> tuple[str, ...]:
+    if table not in _columns:
+        found = await rows(db, f"SELECT name FROM pragma_table_info('{table}') ORDER BY cid")
+        _columns[table] = tuple(name for (name,) in found)
+    return _columns[table]
+
+
+async def _replace(
+    db: aiosqlite.Connection, table: str, roots: list[bytes], new_rows: list[tuple]
+) -> None:
+    """Make the rows of ``roots`` in ``table`` equal ``new_rows``, writing only differences.
+
+    A claim re-folds its whole request, but usually changes two columns of one row.
+    Deleting and re-inserting the rows rewrote every index entry of each, each on a random
+    page; an UPDATE of the changed columns touches the row's page and only the indexes
+    over those columns (SQLite rewrites an index whenever its columns are SET, even to the
+    same value, so unchanged columns are left out)."""
+    columns = await _table_columns(db, table)
+    root_col = _ROOT_COLUMN.get(table, "id")
+    key_col = _KEY_COLUMN.get(table, "id")
+    key_at = columns.index(key_col)
+    old: dict[bytes, tuple] = {}
+    for part in chunks(roots):
+        sql = f"SELECT * FROM {table} WHERE {root_col} IN ({marks(len(part))})"
+        old.update((row[key_at], tuple(row)) for row in await rows(db, sql, part))
+    inserts: list[tuple] = []
+    updates: dict[tuple[int, ...], list[tuple]] = defaultdict(list)
+    for row in new_rows:
+        before = old.pop(row[key_at], None)
+        if before is None:
+            inserts.append(row)
+        elif before != row:
+            changed = tuple(i for i, (a, b) in enumerate(zip(before, row, strict=True)) if a != b)
+            updates[changed].append((*(row[i] for i in changed), row[key_at]))
+    if old:
+        await db.executemany(f"DELETE FROM {table} WHERE {key_col} = ?", [(k,) for k in old])
+    for changed, params in updates.items():
+        sets = ", ".join(f'"{columns[i]}" = ?' for i in changed)
+        await db.executemany(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", params)
+    if inserts:
+        await db.executemany(f"INSERT INTO {table} VALUES ({marks(len(columns))})", inserts)
 
 
 async def forget_members(db: aiosqlite.Connection, members: list[bytes]) -> None:
     """Crypto-shred: destroy each member's key and drop the bodies of their events."""
     params = [(m,) for m in members]
     await db.executemany("DELETE FROM member_keys WHERE member = ?", params)
+    where = f"kind IN ({marks(len(MEMBER_KINDS))}) AND dropped = 0"
     await db.executemany(
         "UPDATE events SET body = NULL, dropped = 1 "
-        f"WHERE root = ? AND kind IN ({marks(len(MEMBER_KINDS))}) AND dropped = 0",
-        [(m, *MEMBER_KINDS) for m in members],
+        f"WHERE pos IN ({of_roots('SELECT pos FROM events', 1, where)})",
+        [(m, *MEMBER_KINDS) * 2 for m in members],
     )
 
 
@@ -190,11 +241,13 @@ async def refold(
     roster: st.Roster,
     *,
     fresh: dict[bytes, list[st.EventView]] | None = None,
+    empty: bool = False,
 ) -> None:
     """Re-fold the given aggregates from the log and replace their rows.
 
     ``fresh`` maps roots whose every event is new (in this batch) to those events: they
-    are folded from memory, with no read and no delete (the ingest fast path)."""
+    are folded from memory, with no read and no delete (the ingest fast path). ``empty``:
+    the tables hold no rows of these roots (a rebuild), so rows are only inserted."""
     if fresh:
         writer = Writer(fresh=True)
         for root, events in fresh.items():
@@ -203,7 +256,7 @@ async def refold(
     roots = [r for r in roots if not fresh or r not in fresh]
     for part in chunks(roots, 2000):
         grouped = await load_roots(db, part)
-        writer = Writer()
+        writer = Writer(fresh=empty)
         for root in part:
             events = grouped.get(root)
             if events:

@@ -16,7 +16,7 @@ import aiosqlite
 from podlink.ledger import state as st
 from podlink.ledger.errors import Ambiguous, NotFound
 from podlink.ledger.projections import EVENT_COLUMNS, URGENCY_RANK, load_roster, view_from_row
-from podlink.ledger.store import marks, rows, scalar
+from podlink.ledger.store import marks, of_roots, rows, scalar
 from podlink.protocol import boxes, kinds
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.text import b64e
@@ -168,8 +168,8 @@ async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
 
 
 async def load_roots_one(db: aiosqlite.Connection, root: bytes) -> list[st.EventView]:
-    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE root = ?"
-    return [view_from_row(r) for r in await rows(db, sql, (root,))]
+    sql = of_roots(f"SELECT {EVENT_COLUMNS} FROM events", 1)
+    return [view_from_row(r) for r in await rows(db, sql, (root, root))]
 
 
 async def list_claims(

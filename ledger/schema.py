@@ -150,5 +150,14 @@ PROJECTIONS: tuple[str, ...] = (
     "pods", "roster", "requests", "claims", "fulfilments", "offers", "members", "resources",
 )  # fmt: skip
 
-MIGRATIONS: tuple[str, ...] = (V1,)
+# V2: the root index holds followers only. An anchor's root is its own id, already in the
+# id index; indexing it twice cost a random page write per event (measured: 753 of 3,591
+# WAL pages per 1,000-event commit at 100k events). Read a root's events with
+# ledger.store.of_roots, which asks both indexes.
+V2 = """
+DROP INDEX events_root;
+CREATE INDEX events_root ON events (root) WHERE root IS NOT NULL AND root != id;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -78,7 +78,10 @@ class Roster:
     def authorised(self, pod: bytes, author: bytes, ts: int) -> bool:
         if author == pod:
             return True
-        return any(t.covers(ts) for t in self._by_key.get((pod, author), ()))
+        for t in self._by_key.get((pod, author), ()):  # called per event: no generator
+            if t.from_ts <= ts and (t.until_ts is None or ts < t.until_ts):
+                return True
+        return False
 
     def ever_added(self, pod: bytes, author: bytes, ts: int) -> bool:
         """True if a tenure of ``author`` began at or before ``ts`` (perhaps ended since)."""

@@ -126,3 +126,16 @@ def chunks(items: Sequence[Any], size: int = MAX_PARAMS) -> Iterable[Sequence[An
 def marks(n: int) -> str:
     """``?,?,?`` for an IN clause of n parameters."""
     return ",".join("?" * n)
+
+
+def of_roots(select: str, n: int, where: str = "") -> str:
+    """``select`` (``SELECT ... FROM events``) restricted to the events of ``n`` roots.
+
+    Followers are found through the partial root index, anchors (root = id) through the
+    id index; bind the roots twice, each time followed by the parameters of ``where``."""
+    also = f" AND {where}" if where else ""
+    m = marks(n)
+    return (
+        f"{select} WHERE root IN ({m}) AND root != id{also} "
+        f"UNION ALL {select} WHERE id IN ({m}) AND root = id{also}"
+    )

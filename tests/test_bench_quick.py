@@ -55,6 +55,8 @@ QUICK_NAMES = {
         "ingest.raw.cpu",
         "ingest.ledger.workers1.cpu",
         "ingest.ledger.workers2.cpu",
+        "ingest.ledger.unchecked",
+        "ingest.ledger.unchecked.cpu",
         *(f"ingest.ledger.batch{b}{c}" for b in (1, 10, 100, 1000) for c in ("", ".cpu")),
         "rebuild",
         "ingest.rss.peak",
