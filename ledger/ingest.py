@@ -180,7 +180,15 @@ async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True)
     # (Ed25519 is deterministic). The reader sees committed events only, and nothing
     # stored ever goes away; any other copy is verified like a new event.
     generation = ledger.generation  # before the probe: it sees at least these commits
-    ids = [ev.id for _, ev in decoded] if probe else []  # local appends are rarely copies
+    # Only an event at or below its feed's head can be stored already (feeds are stored
+    # without gaps); the cached heads lag the store, never lead it. Any copy the probe
+    # misses is still caught at commit, by id or by its feed position.
+    heads = ledger.heads
+    ids = [
+        ev.id for _, ev in decoded
+        if (head := heads.get((ev.header.author, ev.header.lane))) is None
+        or ev.header.seq <= head[0]
+    ] if probe else []  # local appends are rarely copies  # fmt: skip
     stored = await _stored_sigs(ledger.reader, ids) if ids else {}
     held = {i for i, ev in decoded if stored.get(ev.id, _NOT_STORED)[0] == ev.sig}
     new = [(i, ev) for i, ev in decoded if i not in held]
