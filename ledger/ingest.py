@@ -513,14 +513,14 @@ async def _store(batch: Batch, cand: Candidate) -> None:
         # Answers stored earlier in this batch, before their claim, join its request too
         # (_flush re-homes their rows; their views must follow for the fresh-root fold).
         batch.views.setdefault(root, []).extend(batch.views.pop(ev.id, []))
+    pos = ledger.next_pos
+    ledger.next_pos += 1
     if root is not None:
         batch.views.setdefault(root, []).append(st.EventView(
-            ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, tuple(h.refs), cand.body))
+            ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, tuple(h.refs), cand.body, pos))
     if root == ev.id:
         batch.anchors.add(root)
     batch.stored_ids[ev.id] = ev.body is None
-    pos = ledger.next_pos
-    ledger.next_pos += 1
     batch.rows.append((
         pos, ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, root, ev.payload, ev.sig,
         ev.body, batch.now, cand.origin,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections import Counter, deque
@@ -33,6 +34,7 @@ from podlink.protocol.envelope import decode_header, verify_signature_parts
 if TYPE_CHECKING:
     from podlink.ledger.ingest import Batch
 
+log = logging.getLogger("podlink.ledger")
 Progress = Callable[[int, int], None]  # (done, total)
 
 
@@ -109,6 +111,10 @@ class Ledger:
         ledger = cls(db, reader, path, limits or Limits(), workers or min(2, os.cpu_count() or 1))
         try:
             await ledger._load()
+            if await scalar(db, "SELECT 1 FROM meta WHERE key = 'rebuild'"):
+                # A migration replaced projection tables: refill them from the log.
+                log.warning("rebuilding the read model of %s after a schema upgrade", path)
+                await ledger.rebuild()
         except BaseException:
             await ledger.close()
             raise
@@ -332,6 +338,7 @@ class Ledger:
                         progress(after, total)
                 if progress:
                     progress(total, total)
+                await db.execute("DELETE FROM meta WHERE key = 'rebuild'")
                 await db.commit()
             except BaseException:
                 await db.rollback()

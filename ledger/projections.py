@@ -20,17 +20,20 @@ from podlink.ledger.store import chunks, marks, of_roots, rows
 from podlink.protocol import kinds
 from podlink.protocol.envelope import decode_header
 
-EVENT_COLUMNS = "id, pod, author, lane, seq, ts, kind, payload, body"
+EVENT_COLUMNS = "id, pod, author, lane, seq, ts, kind, payload, body, pos"
 URGENCY_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}  # how lists sort needs
 MEMBER_KINDS = ("member.join", "member.update", "member.forget")
 
 
 def view_from_row(row: tuple) -> st.EventView:
-    """An EventView from ``SELECT {EVENT_COLUMNS}`` (stored bodies were checked at ingest)."""
-    id_, pod, author, lane, seq, ts, kind, payload, body = row
-    refs = tuple(decode_header(payload).refs)
+    """An EventView from ``SELECT {EVENT_COLUMNS}`` (stored bodies were checked at ingest).
+
+    Its refs are decoded only for the kinds whose fold reads them (st.REFS_READ): the
+    header decode was a tenth of the writer's Python time when a claim re-folds a request."""
+    id_, pod, author, lane, seq, ts, kind, payload, body, pos = row
+    refs = tuple(decode_header(payload).refs) if kind in st.REFS_READ else ()
     decoded = kinds.decode_body(kind, body) if body is not None else None
-    return st.EventView(id_, pod, author, lane, seq, ts, kind, refs, decoded)
+    return st.EventView(id_, pod, author, lane, seq, ts, kind, refs, decoded, pos)
 
 
 async def load_roots(db: aiosqlite.Connection, roots: Iterable[bytes]) -> dict[bytes, list]:
@@ -80,8 +83,9 @@ class Writer:
     def __init__(self, *, fresh: bool = False) -> None:
         # fresh: the roots have no rows yet (all their events are new), so skip the deletes
         self.fresh = fresh
-        self.deletes: dict[str, list[tuple]] = defaultdict(list)
+        self.deletes: dict[str, list[tuple]] = defaultdict(list)  # table -> [(root,)]
         self.inserts: dict[str, list[tuple]] = defaultdict(list)
+        self.anchor_pos: dict[bytes, int] = {}  # root -> store position of its own event
         self.forgotten: list[bytes] = []
 
     def fold(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
@@ -114,22 +118,32 @@ class Writer:
     def _request(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
         for table in ("requests", "claims", "fulfilments"):
             self.deletes[table].append((root,))
+        pos_of = {e.id: e.pos for e in events}
+        if root in pos_of:
+            self.anchor_pos[root] = pos_of[root]
         req = st.fold_request(root, events, roster, history=False)
         if req is None:
             return
         self.inserts["requests"].append((
-            req.id, req.pod, req.author, req.lane, req.title, req.details, req.category,
-            req.urgency, req.needed_by, req.area, req.for_member, req.status,
+            pos_of[req.id], req.id, req.pod, req.author, req.lane, req.title, req.details,
+            req.category, req.urgency, req.needed_by, req.area, req.for_member, req.status,
             req.accepted_claim, req.opened_ts, req.updated_ts, req.closed_ts, len(req.claims),
             URGENCY_RANK.get(req.urgency, 9),
         ))  # fmt: skip
         for c in req.claims.values():
             self.inserts["claims"].append((
-                c.id, c.request, c.pod, c.author, c.lane, c.by_member, c.note, c.status,
-                c.ts, c.decided_ts,
+                pos_of[c.id], c.id, c.request, c.pod, c.author, c.lane, c.by_member, c.note,
+                c.status, c.ts, c.decided_ts,
             ))  # fmt: skip
         for f in req.fulfilments:
             self.inserts["fulfilments"].append((f.id, f.request, f.pod, f.note, f.hours, f.ts))
+
+    def _anchor(self, root: bytes, events: list[st.EventView]) -> int:
+        """The store position of ``root``'s own event (0 if absent: then no row is made)."""
+        pos = next((e.pos for e in events if e.id == root), 0)
+        if pos:
+            self.anchor_pos[root] = pos
+        return pos
 
     def _member(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
         self.deletes["members"].append((root,))
@@ -144,19 +158,21 @@ class Writer:
 
     def _offer(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
         self.deletes["offers"].append((root,))
+        pos = self._anchor(root, events)
         o = st.fold_offer(root, events, roster)
         if o is not None:
             self.inserts["offers"].append((
-                o.id, o.pod, o.author, o.lane, o.title, o.category, o.details, o.by_member,
+                pos, o.id, o.pod, o.author, o.lane, o.title, o.category, o.details, o.by_member,
                 o.availability, o.capacity, o.status, o.opened_ts, o.closed_ts,
             ))  # fmt: skip
 
     def _resource(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
         self.deletes["resources"].append((root,))
+        pos = self._anchor(root, events)
         r = st.fold_resource(root, events, roster)
         if r is not None:
             self.inserts["resources"].append((
-                r.id, r.pod, r.lane, r.name, r.category, r.what, r.where, r.when, r.contact,
+                pos, r.id, r.pod, r.lane, r.name, r.category, r.what, r.where, r.when, r.contact,
                 r.ts,
             ))  # fmt: skip
 
@@ -164,17 +180,24 @@ class Writer:
         if self.fresh:
             for table, values in self.inserts.items():
                 if values:
-                    sql = f"INSERT INTO {table} VALUES ({marks(len(values[0]))})"
-                    await db.executemany(sql, values)
+                    await db.executemany(await _insert_sql(db, table), values)
         else:
             for table, roots in self.deletes.items():
-                await _replace(db, table, [r for (r,) in roots], self.inserts.get(table, []))
+                await _replace(
+                    db, table, [r for (r,) in roots], self.inserts.get(table, []),
+                    self.anchor_pos,
+                )  # fmt: skip
         if self.forgotten:
             await forget_members(db, self.forgotten)
 
 
-# Each projection table: the column naming the aggregate its rows belong to, and the
-# column naming the row (both first-class ids; tables list columns in insert order).
+#: Tables whose rows are stored at the position of the event that made them (rowid = that
+#: event's ``pos``) and have no index on their random 32-byte id: rows append in store
+#: order, and a lookup by id goes through the events' id index. An index per table on
+#: random ids cost a random page write per row (measured: ~750 of 3,063 WAL pages per
+#: 1,000-event commit at 100k events, bench/_wal_pages.py).
+POSITIONED = frozenset({"requests", "claims", "offers", "resources"})
+# The column naming the aggregate a table's rows belong to, and the one naming the row.
 _ROOT_COLUMN = {"pods": "pod", "claims": "request", "fulfilments": "request"}
 _KEY_COLUMN = {"pods": "pod"}
 _columns: dict[str, tuple[str, ...]] = {}
@@ -187,8 +210,20 @@ async def _table_columns(db: aiosqlite.Connection, table: str) -> tuple[str, ...
     return _columns[table]
 
 
+async def _insert_sql(db: aiosqlite.Connection, table: str) -> str:
+    columns = await _table_columns(db, table)
+    if table in POSITIONED:  # rows lead with their rowid
+        names = ", ".join(f'"{c}"' for c in columns)
+        return f"INSERT INTO {table} (rowid, {names}) VALUES ({marks(len(columns) + 1)})"
+    return f"INSERT INTO {table} VALUES ({marks(len(columns))})"
+
+
 async def _replace(
-    db: aiosqlite.Connection, table: str, roots: list[bytes], new_rows: list[tuple]
+    db: aiosqlite.Connection,
+    table: str,
+    roots: list[bytes],
+    new_rows: list[tuple],
+    anchor_pos: dict[bytes, int],
 ) -> None:
     """Make the rows of ``roots`` in ``table`` equal ``new_rows``, writing only differences.
 
@@ -198,12 +233,19 @@ async def _replace(
     over those columns (SQLite rewrites an index whenever its columns are SET, even to the
     same value, so unchanged columns are left out)."""
     columns = await _table_columns(db, table)
+    positioned = table in POSITIONED
     root_col = _ROOT_COLUMN.get(table, "id")
-    key_col = _KEY_COLUMN.get(table, "id")
-    key_at = columns.index(key_col)
-    old: dict[bytes, tuple] = {}
+    if positioned:  # rows are (rowid, *columns); the key is the rowid
+        key_at, key_sql, select = 0, "rowid", f"SELECT rowid, * FROM {table}"
+        columns = ("rowid", *columns)
+        if root_col == "id":  # a row of its own aggregate: it sits at its anchor's position
+            root_col, roots = "rowid", [anchor_pos[r] for r in roots if r in anchor_pos]
+    else:
+        key_sql = _KEY_COLUMN.get(table, "id")
+        key_at, select = columns.index(key_sql), f"SELECT * FROM {table}"
+    old: dict[object, tuple] = {}
     for part in chunks(roots):
-        sql = f"SELECT * FROM {table} WHERE {root_col} IN ({marks(len(part))})"
+        sql = f"{select} WHERE {root_col} IN ({marks(len(part))})"
         old.update((row[key_at], tuple(row)) for row in await rows(db, sql, part))
     inserts: list[tuple] = []
     updates: dict[tuple[int, ...], list[tuple]] = defaultdict(list)
@@ -215,12 +257,12 @@ async def _replace(
             changed = tuple(i for i, (a, b) in enumerate(zip(before, row, strict=True)) if a != b)
             updates[changed].append((*(row[i] for i in changed), row[key_at]))
     if old:
-        await db.executemany(f"DELETE FROM {table} WHERE {key_col} = ?", [(k,) for k in old])
+        await db.executemany(f"DELETE FROM {table} WHERE {key_sql} = ?", [(k,) for k in old])
     for changed, params in updates.items():
         sets = ", ".join(f'"{columns[i]}" = ?' for i in changed)
-        await db.executemany(f"UPDATE {table} SET {sets} WHERE {key_col} = ?", params)
+        await db.executemany(f"UPDATE {table} SET {sets} WHERE {key_sql} = ?", params)
     if inserts:
-        await db.executemany(f"INSERT INTO {table} VALUES ({marks(len(columns))})", inserts)
+        await db.executemany(await _insert_sql(db, table), inserts)
 
 
 async def forget_members(db: aiosqlite.Connection, members: list[bytes]) -> None:

@@ -15,7 +15,13 @@ import aiosqlite
 
 from podlink.ledger import state as st
 from podlink.ledger.errors import Ambiguous, NotFound
-from podlink.ledger.projections import EVENT_COLUMNS, URGENCY_RANK, load_roster, view_from_row
+from podlink.ledger.projections import (
+    EVENT_COLUMNS,
+    POSITIONED,
+    URGENCY_RANK,
+    load_roster,
+    view_from_row,
+)
 from podlink.ledger.store import marks, of_roots, rows, scalar
 from podlink.protocol import boxes, kinds
 from podlink.protocol.errors import ProtocolError
@@ -50,16 +56,16 @@ async def resolve(db: aiosqlite.Connection, table: str, prefix: str, what: str) 
     alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     if not prefix or not set(prefix) <= alphabet or len(prefix) > 43:
         raise NotFound(f"{prefix!r} is not a {what} id (ids are base64url, like 'Xk3b9a1Q')")
-    column = "pod" if table == "pods" else "id"
     lo, hi = _prefix_range(prefix)
-    found = [
-        r[0]
-        for r in await rows(
-            db, f"SELECT {column} FROM {table} WHERE {column} >= ? AND {column} < ? LIMIT 50",
-            (lo, hi),
+    if table in POSITIONED:  # no id index of its own: its rows sit at their event's pos
+        sql = (
+            f"SELECT e.id FROM events e JOIN {table} t ON t.rowid = e.pos "
+            "WHERE e.id >= ? AND e.id < ? LIMIT 50"
         )
-        if b64e(r[0]).startswith(prefix)
-    ]
+    else:
+        column = "pod" if table == "pods" else "id"
+        sql = f"SELECT {column} FROM {table} WHERE {column} >= ? AND {column} < ? LIMIT 50"
+    found = [r[0] for r in await rows(db, sql, (lo, hi)) if b64e(r[0]).startswith(prefix)]
     if not found:
         raise NotFound(f"no {what} with id starting {prefix!r}")
     if len(found) > 1:
@@ -145,7 +151,12 @@ async def list_requests(
 
 async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
     """One request with its claims, fulfilment and history (each event and its outcome)."""
-    found = await rows(db, f"SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?", (request,))
+    found = await rows(
+        db,
+        f"SELECT {REQUEST_COLUMNS} FROM requests "
+        "WHERE rowid = (SELECT pos FROM events WHERE id = ?) AND id = ?",
+        (request, request),
+    )
     if not found:
         raise NotFound(f"no request {b64e(request)[:10]}")
     names = await pod_names(db)

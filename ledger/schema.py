@@ -159,5 +159,49 @@ DROP INDEX events_root;
 CREATE INDEX events_root ON events (root) WHERE root IS NOT NULL AND root != id;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2)
+# V3: requests, claims, offers and resources are kept at the store position of the event
+# that made each row (rowid = events.pos) and lose their index on the random 32-byte id
+# (a random page write per row); a lookup by id goes through the events' id index. The
+# tables are read-model only: dropped here, refilled by a rebuild when the ledger opens.
+V3 = """
+DROP TABLE requests;
+CREATE TABLE requests (
+    id BLOB NOT NULL, pod BLOB NOT NULL, author BLOB NOT NULL, lane TEXT NOT NULL,
+    title TEXT NOT NULL, details TEXT NOT NULL, category TEXT NOT NULL, urgency TEXT NOT NULL,
+    needed_by TEXT, area TEXT NOT NULL, for_member BLOB, status TEXT NOT NULL,
+    accepted_claim BLOB, opened_ts INTEGER NOT NULL, updated_ts INTEGER NOT NULL,
+    closed_ts INTEGER, claims INTEGER NOT NULL,
+    urgency_rank INTEGER NOT NULL  -- 0 urgent .. 3 low: lists read the index in order
+) STRICT;
+CREATE INDEX requests_status ON requests (status, urgency_rank, opened_ts);
+CREATE INDEX requests_rank ON requests (urgency_rank, opened_ts);
+
+DROP TABLE claims;
+CREATE TABLE claims (
+    id BLOB NOT NULL, request BLOB NOT NULL, pod BLOB NOT NULL, author BLOB NOT NULL,
+    lane TEXT NOT NULL, by_member BLOB, note TEXT NOT NULL, status TEXT NOT NULL,
+    ts INTEGER NOT NULL, decided_ts INTEGER
+) STRICT;
+CREATE INDEX claims_request ON claims (request);
+
+DROP TABLE offers;
+CREATE TABLE offers (
+    id BLOB NOT NULL, pod BLOB NOT NULL, author BLOB NOT NULL, lane TEXT NOT NULL,
+    title TEXT NOT NULL, category TEXT NOT NULL, details TEXT NOT NULL, by_member BLOB,
+    availability TEXT NOT NULL, capacity INTEGER, status TEXT NOT NULL,
+    opened_ts INTEGER NOT NULL, closed_ts INTEGER
+) STRICT;
+CREATE INDEX offers_status ON offers (status, opened_ts);
+
+DROP TABLE resources;
+CREATE TABLE resources (
+    id BLOB NOT NULL, pod BLOB NOT NULL, lane TEXT NOT NULL, name TEXT NOT NULL,
+    category TEXT NOT NULL, what TEXT NOT NULL, "where" TEXT NOT NULL, "when" TEXT NOT NULL,
+    contact TEXT NOT NULL, ts INTEGER NOT NULL
+) STRICT;
+
+INSERT OR REPLACE INTO meta SELECT 'rebuild', x'01' WHERE EXISTS (SELECT 1 FROM events);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -34,8 +34,9 @@ class EventView(msgspec.Struct, frozen=True, gc=False):
     seq: int
     ts: int
     kind: str
-    refs: tuple[bytes, ...]
+    refs: tuple[bytes, ...]  # may be () for kinds not in REFS_READ (folds never read them)
     body: k.Body | None
+    pos: int = 0  # local store position: where projection rows of this event are kept
 
     @property
     def order(self) -> tuple[int, bytes]:
@@ -476,6 +477,9 @@ FOLLOWERS = frozenset({
 })  # fmt: skip
 #: Kinds that answer a claim: their aggregate is the claim's request.
 CLAIM_ANSWERS = frozenset({"claim.accept", "claim.decline"})
+#: The only kinds whose refs a fold reads (an answer names its claim); views of others
+#: loaded from the table may leave refs empty.
+REFS_READ = CLAIM_ANSWERS
 POD_KINDS = frozenset({"pod.genesis", "pod.info", "roster.add", "roster.remove"})
 ROSTER_KINDS = frozenset({"roster.add", "roster.remove"})
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
+import sqlite3
+from pathlib import Path
 
 import pytest
 
 from podlink.ledger.ledger import Ledger, Limits
+from podlink.ledger.schema import SCHEMA_VERSION, V1
 from podlink.protocol import kinds
 from tests.ledger.conftest import OpenLedger
 from tests.ledger.helpers import World, count, query, wires
@@ -101,3 +104,29 @@ async def test_verify_reports_progress(chained: Ledger) -> None:
     seen: list[tuple[int, int]] = []
     report = await chained.verify(progress=lambda done, total: seen.append((done, total)))
     assert report.ok and seen[-1] == (7, 7)
+
+
+async def test_upgrading_a_v2_file_rebuilds_the_replaced_tables(tmp_path: Path) -> None:
+    """Schema V3 drops four projection tables for new ones; the next open refills them."""
+    scenario = Scenario.build(random.Random(5), pods=2, steps=120)
+    path = tmp_path / "pod.db"
+    async with await Ledger.open(path) as ledger:
+        await ledger.set_pod(scenario.pods[0].id)
+        for batch in deliveries(scenario.events, random.Random(3)):
+            await ledger.ingest(batch)
+        live = await ledger.dump()
+    assert live["requests"] and live["claims"] and live["offers"]
+    # Put the file back as version 2 left it: the V1 tables, holding nothing.
+    with sqlite3.connect(path) as con:
+        for table in ("requests", "claims", "offers", "resources"):
+            con.execute(f"DROP TABLE {table}")
+        for statement in V1.split(";"):
+            if any(f"TABLE {t} " in statement or f"ON {t} " in statement
+                   for t in ("requests", "claims", "offers", "resources")):  # fmt: skip
+                con.execute(statement)
+        con.execute("PRAGMA user_version=2")
+    con.close()
+    async with await Ledger.open(path) as ledger:
+        assert await ledger.dump() == live
+        assert await count(ledger, "meta WHERE key = 'rebuild'") == 0
+        assert await query(ledger, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
