@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from concurrent.futures import Executor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -126,27 +125,39 @@ def _check_stateless(
     return ev, kinds.check_kind(ev), dropped
 
 
-def _check_all(events: Sequence[Event], now: int) -> list[tuple | ProtocolError]:
-    out: list[tuple | ProtocolError] = []
-    for ev in events:
+def _decode_all(wires: Sequence[bytes]) -> list[Event | ProtocolError]:
+    out: list[Event | ProtocolError] = []
+    for wire in wires:
         try:
-            out.append(_check_stateless(ev, now))
+            out.append(decode_event(wire))
         except ProtocolError as err:
             out.append(err)
     return out
 
 
-async def check_stateless(
-    events: Sequence[Event], now: int, executor: Executor | None, workers: int
-) -> list[tuple | ProtocolError]:
-    """Run the stateless checks, split over ``workers`` threads for large batches."""
-    if executor is None or len(events) < PARALLEL_MIN:
-        return _check_all(events, now)
+def _check_all(items: Sequence[tuple[Event, bool]], now: int) -> list[tuple | ProtocolError]:
+    out: list[tuple | ProtocolError] = []
+    for ev, held in items:
+        try:
+            out.append(_check_stateless(ev, now, held))
+        except ProtocolError as err:
+            out.append(err)
+    return out
+
+
+async def _spread(ledger: Ledger, fn: Callable[..., list], items: Sequence, *args: object) -> list:
+    """``fn(part, *args)`` over ``items`` split across the verify threads, results in order.
+
+    Decoding and checking run there, not on the event loop: the loop drives the batch
+    being committed, and its Python time is the pipeline's critical path; the threads'
+    Python runs while the writer's thread is inside SQLite (which releases the GIL)."""
+    if len(items) < PARALLEL_MIN:
+        return fn(items, *args)
     loop = asyncio.get_running_loop()
-    size = -(-len(events) // workers)
-    parts = [events[i : i + size] for i in range(0, len(events), size)]
+    size = -(-len(items) // ledger.workers)
+    parts = [items[i : i + size] for i in range(0, len(items), size)]
     done = await asyncio.gather(
-        *(loop.run_in_executor(executor, _check_all, p, now) for p in parts)
+        *(loop.run_in_executor(ledger.executor, fn, part, *args) for part in parts)
     )
     return [r for part in done for r in part]
 
@@ -170,11 +181,11 @@ async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True)
     now = clock.now_ms()
     results: list[IngestResult | None] = [None] * len(wires)
     decoded: list[tuple[int, Event]] = []
-    for i, wire in enumerate(wires):
-        try:
-            decoded.append((i, decode_event(wire)))
-        except ProtocolError as err:
-            results[i] = _refused(err)
+    for i, out in enumerate(await _spread(ledger, _decode_all, wires)):
+        if isinstance(out, ProtocolError):
+            results[i] = _refused(out)
+        else:
+            decoded.append((i, out))
     # Exact copies of stored events (a ring delivers each event twice) skip the costly
     # signature check: same id and same signature bytes as the verified copy we hold
     # (Ed25519 is deterministic). The reader sees committed events only, and nothing
@@ -190,20 +201,10 @@ async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True)
         or ev.header.seq <= head[0]
     ] if probe else []  # local appends are rarely copies  # fmt: skip
     stored = await _stored_sigs(ledger.reader, ids) if ids else {}
-    held = {i for i, ev in decoded if stored.get(ev.id, _NOT_STORED)[0] == ev.sig}
-    new = [(i, ev) for i, ev in decoded if i not in held]
-    checked = await check_stateless([ev for _, ev in new], now, ledger.executor, ledger.workers)
-    outcomes: list[tuple[int, tuple | ProtocolError]] = [
-        (i, out) for (i, _), out in zip(new, checked, strict=True)
-    ]
-    for i, ev in decoded:
-        if i in held:
-            try:
-                outcomes.append((i, _check_stateless(ev, now, held=True)))
-            except ProtocolError as err:
-                outcomes.append((i, err))
+    items = [(ev, stored.get(ev.id, _NOT_STORED)[0] == ev.sig) for _, ev in decoded]
+    checked = await _spread(ledger, _check_all, items, now)
     fresh: list[Candidate] = []
-    for i, outcome in sorted(outcomes, key=lambda pair: pair[0]):
+    for (i, _), outcome in zip(decoded, checked, strict=True):
         if isinstance(outcome, ProtocolError):
             results[i] = _refused(outcome)
         else:

@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -70,8 +71,8 @@ def verify_signature(public: bytes, message: bytes, signature: bytes) -> bool:
     """True if ``signature`` is a valid Ed25519 signature of ``message`` by ``public``."""
     if len(public) != KEY_LEN or len(signature) != SIG_LEN:
         return False
-    try:
-        nacl.signing.VerifyKey(public).verify(message, signature)
+    try:  # the binding itself: VerifyKey objects cost ~2 us of GIL-held Python per call
+        nacl.bindings.crypto_sign_open(signature + message, public)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
         return False
     return True
