@@ -24,9 +24,11 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def cpu_seconds() -> float:
-    """CPU seconds of this process so far, every thread (user + system; getrusage)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU seconds so far of this process (every thread) and of its children that have
+    ended (the ledger's verify workers, once it is closed); user + system, getrusage."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def rss_mb() -> float:

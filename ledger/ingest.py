@@ -20,6 +20,7 @@ import msgspec
 from podlink.ledger import projections
 from podlink.ledger import state as st
 from podlink.ledger.store import chunks, marks, rows
+from podlink.ledger.verifier import PROCESS_MIN
 from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import Event, check_time, decode_event
 from podlink.protocol.errors import ProtocolError, Reason
@@ -109,14 +110,15 @@ def _refused(err: ProtocolError, id_: bytes | None = None) -> IngestResult:
 
 
 def _check_stateless(
-    ev: Event, now: int, held: bool = False
+    ev: Event, now: int, signed: bool = False
 ) -> tuple[Event, kinds.Body | None, bool]:
     """Check signature, time, body hash and kind rules; runs in a worker thread.
 
-    A body that does not match its header is dropped (DESIGN: the header is kept). A
-    ``held`` event (its id is stored already) skips the signature and time checks: the id
-    fixes the signed header, and only a missing body can still be taken from this copy."""
-    if not held:
+    A body that does not match its header is dropped (DESIGN: the header is kept).
+    ``signed``: signature and time are known sound already (a worker process checked
+    them, or the id is stored: the id fixes the signed header, and only a missing body
+    can still be taken from this copy)."""
+    if not signed:
         ev.verify_signature()
         check_time(ev, now)
     dropped = False
@@ -137,9 +139,9 @@ def _decode_all(wires: Sequence[bytes]) -> list[Event | ProtocolError]:
 
 def _check_all(items: Sequence[tuple[Event, bool]], now: int) -> list[tuple | ProtocolError]:
     out: list[tuple | ProtocolError] = []
-    for ev, held in items:
+    for ev, signed in items:
         try:
-            out.append(_check_stateless(ev, now, held))
+            out.append(_check_stateless(ev, now, signed))
         except ProtocolError as err:
             out.append(err)
     return out
@@ -201,10 +203,28 @@ async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True)
         or ev.header.seq <= head[0]
     ] if probe else []  # local appends are rarely copies  # fmt: skip
     stored = await _stored_sigs(ledger.reader, ids) if ids else {}
-    items = [(ev, stored.get(ev.id, _NOT_STORED)[0] == ev.sig) for _, ev in decoded]
+    held = [stored.get(ev.id, _NOT_STORED)[0] == ev.sig for _, ev in decoded]
+    # Signatures of a large batch are checked in worker processes (ledger/verifier.py);
+    # then only bodies and kind rules are left for the threads.
+    unsigned = [wires[i] for (i, _), h in zip(decoded, held, strict=True) if not h]
+    verdicts = None
+    if len(unsigned) >= PROCESS_MIN:
+        verdicts = await ledger.verifier.check(unsigned, now)
+    remote = iter(verdicts or ())
+    items: list[tuple[Event, bool]] = []
+    kept: list[int] = []
+    for (i, ev), signed in zip(decoded, held, strict=True):
+        if not signed and verdicts is not None:
+            verdict = next(remote)
+            if verdict is not None:
+                results[i] = _refused(ProtocolError(*verdict))  # type: ignore[arg-type]
+                continue
+            signed = True
+        items.append((ev, signed))
+        kept.append(i)
     checked = await _spread(ledger, _check_all, items, now)
     fresh: list[Candidate] = []
-    for (i, _), outcome in zip(decoded, checked, strict=True):
+    for i, outcome in zip(kept, checked, strict=True):
         if isinstance(outcome, ProtocolError):
             results[i] = _refused(outcome)
         else:

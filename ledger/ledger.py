@@ -27,6 +27,7 @@ from podlink.ledger.errors import LedgerError
 from podlink.ledger.ingest import IngestResult, commit, prepare
 from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import connect, rows, scalar, translated
+from podlink.ledger.verifier import Verifier
 from podlink.protocol import clock
 from podlink.protocol.boxes import MEMBER_KEY_LEN
 from podlink.protocol.envelope import decode_header, verify_signature_parts
@@ -76,6 +77,7 @@ class Ledger:
         # Signatures are checked on these threads (libsodium releases the GIL), never on
         # the event loop: a 1,000-event batch is ~40 ms of verification.
         self.executor = ThreadPoolExecutor(workers, "podlink-verify")
+        self.verifier = Verifier(workers)  # worker processes for large batches
         self.pod: bytes | None = None
         self.epoch: bytes = b""
         self.clock = clock.HybridClock()
@@ -148,6 +150,7 @@ class Ledger:
             await self.reader.close()
             await self.db.close()
         self.executor.shutdown(wait=True)
+        await self.verifier.close()
 
     async def __aenter__(self) -> Ledger:
         return self

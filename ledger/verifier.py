@@ -1,0 +1,146 @@
+"""Signature checks of large batches in worker processes.
+
+A verify thread releases the GIL inside libsodium and must take it back after every
+event, while the event loop and SQLite's thread want it too: ~0.9 context switches per
+event (getrusage, 30k-event ingest), a good tenth of the time on a 2-core VM, and the
+threads' Python (decoding, cffi) queues behind the commit's. A worker process has a GIL
+of its own. It receives wire bytes and returns, per wire, None (signature and time are
+sound) or the refusal's (reason, message); the node decodes again for its own use, which
+is cheap next to the Ed25519 check (~3 us against ~38 us).
+
+Workers are plain ``python -m podlink.ledger.verifier`` children speaking length-prefixed
+msgpack frames on stdin/stdout: nothing of the node is copied into them (no fork of a
+process with threads and open databases) and no caller needs a ``__main__`` guard, as a
+multiprocessing pool would. They start on the first large batch and stop with the ledger.
+If one cannot start or dies, the ledger says so once and checks on its threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import struct
+import sys
+from collections.abc import Sequence
+
+import msgspec
+
+from podlink.protocol.envelope import check_time, decode_event
+from podlink.protocol.errors import ProtocolError
+
+log = logging.getLogger("podlink.ledger")
+
+Verdict = tuple[str, str] | None  # None: sound; else (reason, message) of the refusal
+PROCESS_MIN = 256  # events to verify in one batch before the processes are worth a trip
+_LEN = struct.Struct(">I")
+
+
+def check_wires(wires: Sequence[bytes], now: int) -> list[Verdict]:
+    """Decode each wire, check its signature and that it is not from the future. Bodies
+    and kind rules are left to the node, which decodes them anyway."""
+    out: list[Verdict] = []
+    for wire in wires:
+        try:
+            event = decode_event(wire)
+            event.verify_signature()
+            check_time(event, now)
+            out.append(None)
+        except ProtocolError as err:
+            out.append((err.reason, err.message))
+    return out
+
+
+class _Worker:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lock = asyncio.Lock()
+
+    async def check(self, wires: Sequence[bytes], now: int) -> list[Verdict]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        async with self.lock:
+            frame = msgspec.msgpack.encode((now, wires))
+            self.proc.stdin.write(_LEN.pack(len(frame)) + frame)
+            await self.proc.stdin.drain()
+            (size,) = _LEN.unpack(await self.proc.stdout.readexactly(_LEN.size))
+            reply = msgspec.msgpack.decode(await self.proc.stdout.readexactly(size))
+        return [None if v is None else (v[0], v[1]) for v in reply]
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+class Verifier:
+    """``workers`` processes checking signatures, started on first use."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._procs: list[_Worker] = []
+        self.failed = False  # processes could not start or died: callers use threads
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the running workers."""
+        return [w.proc.pid for w in self._procs if w.proc.returncode is None]
+
+    async def check(self, wires: Sequence[bytes], now: int) -> list[Verdict] | None:
+        """One verdict per wire, in order; None if the processes are unavailable."""
+        if self.failed:
+            return None
+        try:
+            while len(self._procs) < self.workers:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "podlink.ledger.verifier",
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                self._procs.append(_Worker(proc))
+            size = -(-len(wires) // len(self._procs))
+            parts = [wires[i : i + size] for i in range(0, len(wires), size)]
+            done = await asyncio.gather(
+                *(w.check(part, now) for w, part in zip(self._procs, parts, strict=False))
+            )
+        except (OSError, EOFError, asyncio.IncompleteReadError, msgspec.DecodeError) as err:
+            log.warning("signature checks move to threads: a worker process failed (%r)", err)
+            self.failed = True
+            await self.close()
+            return None
+        return [verdict for part in done for verdict in part]
+
+    async def close(self) -> None:
+        procs, self._procs = self._procs, []
+        for worker in procs:
+            with contextlib.suppress(OSError, ProcessLookupError):
+                await worker.stop()
+
+
+def main() -> None:
+    """The worker: answer frames from stdin until it closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle
+    with contextlib.suppress(OSError, AttributeError):
+        # Below the node: verification runs a batch ahead and has slack, while the node's
+        # commit is the pipeline's critical path; on two cores they would share evenly.
+        os.nice(int(os.environ.get("PODLINK_VERIFY_NICE", "19")))
+    read, write = sys.stdin.buffer.read, sys.stdout.buffer
+    decoder = msgspec.msgpack.Decoder(tuple[int, list[bytes]])
+    while True:
+        head = read(_LEN.size)
+        if len(head) < _LEN.size:
+            return
+        (size,) = _LEN.unpack(head)
+        now, wires = decoder.decode(read(size))
+        reply = msgspec.msgpack.encode(check_wires(wires, now))
+        write.write(_LEN.pack(len(reply)) + reply)
+        write.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Large batches are verified in worker processes: refusals, fallback to threads, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from podlink.ledger.verifier import PROCESS_MIN
+from podlink.protocol import kinds
+from podlink.protocol.envelope import Event, encode_wire
+from tests.ledger.conftest import OpenLedger
+from tests.ledger.helpers import Pod, World, count, reasons, statuses, wires
+
+FUTURE_MS = 20 * 60 * 1000  # beyond the 15 minutes an event may be ahead of our clock
+
+
+def needs(world: World, pod: Pod, n: int) -> list[Event]:
+    """A new organizer's roster entry and ``n`` needs it writes."""
+    org, add = world.organizer(pod)
+    out = [add]
+    for i in range(n):
+        world.tick()
+        out.append(org.write(kinds.RequestOpened(title=f"need {i}", category="food"), "network"))
+    return out
+
+
+def forged(event: Event) -> bytes:
+    return encode_wire(event.payload, bytes([event.sig[0] ^ 1]) + event.sig[1:], event.body)
+
+
+async def test_workers_check_a_large_batch_and_stop_with_the_ledger(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    pod, genesis = world.pod()
+    events = genesis + needs(world, pod, PROCESS_MIN + 40)
+    late, late_add = world.organizer(pod, "Bo")
+    world.tick(FUTURE_MS)
+    ahead = late.write(kinds.RequestOpened(title="from the future", category="food"), "network")
+    # The last need goes only in a forged form, and the newcomer writes from the future.
+    sent = [*wires(events[:-1]), late_add.to_wire(), forged(events[-1]), ahead.to_wire()]
+    ledger = await make_ledger(pod=pod.id)
+    results = await ledger.ingest(sent)
+    pids = ledger.verifier.pids
+    assert len(pids) == ledger.workers >= 1  # the batch went to worker processes
+    assert reasons(results[-2:]) == ["forged", "too-far-ahead"]
+    assert statuses(results[:-2]) == ["stored"] * (len(sent) - 2)
+    assert await count(ledger, "events") == len(sent) - 2
+    await ledger.close()
+    for pid in pids:  # stopped and reaped
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"worker {pid} still runs after close")
+
+
+async def test_a_dead_worker_hands_the_checks_back_to_the_threads(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    pod, genesis = world.pod()
+    first = genesis + needs(world, pod, PROCESS_MIN + 10)
+    ledger = await make_ledger(pod=pod.id)
+    assert set(statuses(await ledger.ingest(wires(first)))) == {"stored"}
+    for pid in ledger.verifier.pids:
+        os.kill(pid, signal.SIGKILL)
+    second = needs(world, pod, PROCESS_MIN + 10)
+    sent = [*wires(second[:-1]), forged(second[-1])]
+    results = await ledger.ingest(sent)
+    assert ledger.verifier.failed and not ledger.verifier.pids
+    assert statuses(results[:-1]) == ["stored"] * (len(sent) - 1)
+    assert reasons(results[-1:]) == ["forged"]  # still refused, by the verify threads
+    assert await count(ledger, "events") == len(first) + len(second) - 1
