@@ -126,9 +126,14 @@ async def ingest(corpus: Path, db: Path, chunk: int) -> None:
             n += sum(r.status == "stored" for r in results)
             del results
     peak = sampler.stop()
-    await ledger.close()
+    workers = len(ledger.verifier.pids)
+    await ledger.close()  # reaps the verify workers: their peak RSS is known then
+    import resource
+
+    worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10
     emit({"stored": n, "seconds": sw.wall, "cpu_s": sw.cpu, "rss_start_mb": sampler.start_mb,
-          "rss_peak_mb": peak, "maxrss_mb": maxrss_mb()})  # fmt: skip
+          "rss_peak_mb": peak, "maxrss_mb": maxrss_mb(), "workers": workers,
+          "worker_rss_peak_mb": worker_mb})  # fmt: skip
 
 
 def _chain(first: list[bytes], rest: Iterator[list[bytes]]) -> Iterator[list[bytes]]:

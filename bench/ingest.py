@@ -266,7 +266,10 @@ async def run(quick: bool) -> list[Result]:
                    target="< 200",
                    note=f"{total:,} events read from disk 10,000 per ingest() call (as a "
                    f"sync does, page by page); RSS before: "
-                   f"{statistics.median(r['rss_start_mb'] for r in streamed):.0f} MB"),
+                   f"{statistics.median(r['rss_start_mb'] for r in streamed):.0f} MB; plus "
+                   f"{streamed[0]['workers']} verify worker process(es) of "
+                   f"{statistics.median(r['worker_rss_peak_mb'] for r in streamed):.0f} MB "
+                   "peak each"),
             result("ingest.rss.peak.onecall", "MB", [r["rss_peak_mb"] for r in whole],
                    note=f"all {total:,} wires in memory, one ingest() call; RSS before "
                    f"(corpus loaded): {statistics.median(r['rss_start_mb'] for r in whole):.0f}"
