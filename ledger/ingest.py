@@ -35,7 +35,7 @@ Status = Literal["stored", "duplicate", "pending", "refused"]
 PARALLEL_MIN = 64  # below this many events, verifying inline beats a thread hand-off
 
 
-class IngestResult(msgspec.Struct, frozen=True, omit_defaults=True):
+class IngestResult(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """What happened to one submitted event."""
 
     status: Status

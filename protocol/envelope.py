@@ -51,8 +51,14 @@ KindName = Annotated[
 ]
 
 
-class Header(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    """The signed part of an event, encoded as an 11-element msgpack array in this order."""
+class Header(
+    msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True, gc=False
+):
+    """The signed part of an event, encoded as an 11-element msgpack array in this order.
+
+    ``gc=False`` (here and on Wire, bodies and results): these hold only bytes, numbers,
+    strings and lists of them, so they can never be part of a reference cycle, and the
+    collector need not track the several thousand of them a batch keeps alive."""
 
     v: Annotated[int, msgspec.Meta(ge=1, le=255)]
     pod: Key32
@@ -71,7 +77,7 @@ class Header(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields
             raise ValueError("prev must be nil exactly when seq is 1")
 
 
-class Wire(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+class Wire(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True, gc=False):
     """One event as sent: header bytes, signature, body bytes or nil."""
 
     payload: Annotated[bytes, msgspec.Meta(max_length=MAX_HEADER)]

@@ -48,7 +48,7 @@ NETWORK_ONLY: frozenset[Lane] = frozenset({"network"})
 BEYOND_POD: frozenset[Lane] = frozenset({"peers", "network"})
 
 
-class Body(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Body(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Base of every body. ``KIND`` is the header's kind; ``LANES`` where it may travel;
     ``REFS`` how many ids the header's refs must carry (the events it answers)."""
 
