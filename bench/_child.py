@@ -24,7 +24,14 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bench._util import RssSampler, Stopwatch, cpu_seconds, maxrss_mb, rss_mb
+from bench._util import (
+    RssSampler,
+    Stopwatch,
+    children_maxrss_mb,
+    cpu_seconds,
+    maxrss_mb,
+    rss_mb,
+)
 
 _LEN = struct.Struct(">I")
 
@@ -104,9 +111,11 @@ async def serve(home: Path, expect: int) -> None:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.buffer.read)  # until the parent closes it
     peak = sampler.stop()
-    await runner.cleanup()
+    workers = len(ledger.verifier.pids)
+    await runner.cleanup()  # closes the ledger, reaping its verify workers
     emit({"maxrss_mb": maxrss_mb(), "rss_peak_mb": peak, "rss_start_mb": sampler.start_mb,
-          "cpu_s": cpu_seconds(), "events": ledger.next_pos - 1})  # fmt: skip
+          "cpu_s": cpu_seconds(), "events": ledger.next_pos - 1, "workers": workers,
+          "worker_rss_peak_mb": children_maxrss_mb()})  # fmt: skip
 
 
 async def ingest(corpus: Path, db: Path, chunk: int) -> None:
@@ -128,12 +137,9 @@ async def ingest(corpus: Path, db: Path, chunk: int) -> None:
     peak = sampler.stop()
     workers = len(ledger.verifier.pids)
     await ledger.close()  # reaps the verify workers: their peak RSS is known then
-    import resource
-
-    worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10
     emit({"stored": n, "seconds": sw.wall, "cpu_s": sw.cpu, "rss_start_mb": sampler.start_mb,
           "rss_peak_mb": peak, "maxrss_mb": maxrss_mb(), "workers": workers,
-          "worker_rss_peak_mb": worker_mb})  # fmt: skip
+          "worker_rss_peak_mb": children_maxrss_mb()})  # fmt: skip
 
 
 def _chain(first: list[bytes], rest: Iterator[list[bytes]]) -> Iterator[list[bytes]]:

@@ -42,6 +42,12 @@ def rss_mb() -> float:
         return psutil.Process().memory_info().rss / 2**20
 
 
+def children_maxrss_mb() -> float:
+    """Peak RSS in MiB of the largest child process that has ended and been waited for
+    (a ledger's verify workers, once it is closed)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10
+
+
 def maxrss_mb() -> float:
     """High-water mark of this process's RSS in MiB (ru_maxrss: KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10

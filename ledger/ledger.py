@@ -24,7 +24,7 @@ import aiosqlite
 from podlink.ledger import projections
 from podlink.ledger import state as st
 from podlink.ledger.errors import LedgerError
-from podlink.ledger.ingest import IngestResult, commit, prepare
+from podlink.ledger.ingest import IngestResult, Prepared, commit, prepare
 from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import connect, rows, scalar, translated
 from podlink.ledger.verifier import Verifier
@@ -46,6 +46,13 @@ class Limits:
     pending_per_source: int = 10_000
     pending_ttl_s: int = 24 * 3600
     batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Events that passed ``Ledger.check``, waiting for ``Ledger.store``."""
+
+    batches: list[Prepared]
 
 
 @dataclass
@@ -216,20 +223,40 @@ class Ledger:
                 prepared = await upcoming
                 if i + 1 < len(parts):
                     upcoming = asyncio.ensure_future(prepare(self, parts[i + 1], probe=probe))
-                async with self._write, translated("ingest failed and was rolled back"):
-                    if self._stale_caches:
-                        await self._load()
-                        self._stale_caches = False
-                    await self._purge_pending()
-                    results += await commit(
-                        self, prepared, source=source, allow_pending=allow_pending
-                    )
+                results += await self._commit(prepared, source, allow_pending)
         finally:
             if not upcoming.done():
                 upcoming.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await upcoming
         return results
+
+    async def check(self, wires: Sequence[bytes]) -> Checked:
+        """The stateless half of ``ingest`` (decode, signatures, bodies), no lock taken.
+
+        For a caller that receives pages one by one (a peer sync): check the next page
+        while the last one is stored, then ``store`` it."""
+        size = self.limits.batch_size
+        return Checked(
+            [await prepare(self, wires[i : i + size]) for i in range(0, len(wires), size)]
+        )
+
+    async def store(self, checked: Checked, *, source: str = "peer") -> list[IngestResult]:
+        """The other half: dedupe, chain, authorise, store and project checked events."""
+        results: list[IngestResult] = []
+        for prepared in checked.batches:
+            results += await self._commit(prepared, source, True)
+        return results
+
+    async def _commit(
+        self, prepared: Prepared, source: str, allow_pending: bool
+    ) -> list[IngestResult]:
+        async with self._write, translated("ingest failed and was rolled back"):
+            if self._stale_caches:
+                await self._load()
+                self._stale_caches = False
+            await self._purge_pending()
+            return await commit(self, prepared, source=source, allow_pending=allow_pending)
 
     async def append(self, wires: Sequence[bytes]) -> list[IngestResult]:
         """This pod's own events: same pipeline, but a gap is refused, never parked."""

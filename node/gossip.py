@@ -22,6 +22,7 @@ import msgspec
 import yarl
 
 from podlink.ledger import queries
+from podlink.ledger.ledger import Checked
 from podlink.node.api_types import (
     Page,
     PeerSync,
@@ -113,19 +114,38 @@ class PeerLink:
                     # in flight when we restarted reach the peer later, and pages never
                     # carry them back to us, so each pull repairs again until none come.
                     await self.node.repaired(self.record.pod)
+            # Pipelined: the next page is fetched and its signatures checked while this
+            # one is stored (a page's events chain onto the last page's, which the store
+            # step takes in order).
+            fetched = await self._fetch(self.record.cursor)
             while True:
+                page, checked = fetched
+                last = page.cursor >= page.head or (not page.events and page.cursor == page.head)
+                ahead = None if last else asyncio.ensure_future(self._fetch(page.cursor))
                 try:
-                    page = page_decoder.decode(await self._get(
-                        "/v1/peer/changes", since=self.record.cursor))  # fmt: skip
-                except UNREADABLE as err:
-                    raise PeerError(f"unreadable page: {err}") from None
-                r, s = await self._take(page)
+                    r, s = await self._take(page, checked)
+                except BaseException:
+                    await _cancel(ahead)
+                    raise
                 received, stored = received + r, stored + s
-                if page.cursor >= page.head or (not page.events and page.cursor == page.head):
+                if ahead is None:
                     break
+                if self.record.cursor != page.cursor:  # a repair moved it: refetch from there
+                    await _cancel(ahead)
+                    ahead = asyncio.ensure_future(self._fetch(self.record.cursor))
+                fetched = await ahead
             return received, stored
 
-    async def _take(self, page: Page) -> tuple[int, int]:
+    async def _fetch(self, since: int) -> tuple[Page, Checked | None]:
+        """One page of changes after ``since``, its events checked (not stored yet)."""
+        try:
+            page = page_decoder.decode(await self._get("/v1/peer/changes", since=since))
+        except UNREADABLE as err:
+            raise PeerError(f"unreadable page: {err}") from None
+        wires = [bytes(raw) for raw in page.events]
+        return page, (await self.node.ledger.check(wires) if wires else None)
+
+    async def _take(self, page: Page, checked: Checked | None = None) -> tuple[int, int]:
         """Ingest one page, repairing first if the peer's store was restored."""
         rec = self.record
         if (rec.epoch is not None and page.epoch != rec.epoch) or page.head < rec.cursor:
@@ -137,7 +157,7 @@ class PeerLink:
         wires = [bytes(raw) for raw in page.events]
         stored = 0
         if wires:
-            results = await self.node.submit(wires, source=self.source)
+            results = await self.node.submit(wires, source=self.source, checked=checked)
             stored = sum(r.status == "stored" for r in results)
             refused = [r for r in results if r.status == "refused"]
             hostile = [r for r in refused if r.reason in HOSTILE]
@@ -289,3 +309,12 @@ class Gossip:
             return PeerSync(pod=link.source, name=name, ok=True, received=received, stored=stored)
 
         return list(await asyncio.gather(*(one(link) for link in self.links.values())))
+
+
+async def _cancel(task: asyncio.Future | None) -> None:
+    """Cancel a page fetched ahead that will not be used, and wait for it to stop."""
+    if task is not None and not task.done():
+        task.cancel()
+    if task is not None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

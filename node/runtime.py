@@ -15,7 +15,7 @@ import aiohttp
 
 from podlink.ledger import queries
 from podlink.ledger.ingest import IngestResult
-from podlink.ledger.ledger import Ledger
+from podlink.ledger.ledger import Checked, Ledger
 from podlink.node.config import Config
 from podlink.node.metrics import Metrics
 from podlink.protocol.keys import Keypair
@@ -85,11 +85,20 @@ class Node:
     # ------------------------------------------------------------ writing
 
     async def submit(
-        self, wires: Sequence[bytes], *, source: str, local: bool = False
+        self,
+        wires: Sequence[bytes],
+        *,
+        source: str,
+        local: bool = False,
+        checked: Checked | None = None,
     ) -> list[IngestResult]:
-        """Ingest events through the ledger, counting outcomes for /metrics."""
+        """Ingest events through the ledger, counting outcomes for /metrics.
+
+        ``checked``: ``wires`` went through ``ledger.check`` already; only store them."""
         if local:
             results = await self.ledger.append(wires)
+        elif checked is not None:
+            results = await self.ledger.store(checked, source=source)
         else:
             results = await self.ledger.ingest(wires, source=source)
         for r in results:
