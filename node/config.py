@@ -40,7 +40,7 @@ class Config:
     pending_per_source: int = 10_000  # events parked per peer waiting for predecessors
     pending_ttl_s: int = 24 * 3600
     batch_size: int = 1000  # events per ingest transaction
-    verify_workers: int = 2  # threads verifying signatures
+    verify_workers: int = 2  # signature checkers: processes for large batches, else threads
     invite_ttl_s: int = 7 * 24 * 3600
     backoff_max_s: float = 60.0  # longest wait between attempts to reach a peer
     peer_timeout_s: float = 20.0  # connect/read timeout talking to a peer
