@@ -24,14 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bench._util import (
-    RssSampler,
-    Stopwatch,
-    children_maxrss_mb,
-    cpu_seconds,
-    maxrss_mb,
-    rss_mb,
-)
+from bench._util import RssSampler, Stopwatch, cpu_seconds, maxrss_mb, rss_mb
 
 _LEN = struct.Struct(">I")
 
@@ -95,7 +88,7 @@ async def serve(home: Path, expect: int) -> None:
     await web.TCPSite(runner, config.host, config.port).start()
     ledger = app[NODE].ledger
     start = ledger.next_pos - 1
-    sampler = RssSampler(0.01).start()
+    sampler = RssSampler(0.01, also=lambda: ledger.verifier.pids).start()
     target = start + expect
     reached = False
 
@@ -112,10 +105,10 @@ async def serve(home: Path, expect: int) -> None:
     await loop.run_in_executor(None, sys.stdin.buffer.read)  # until the parent closes it
     peak = sampler.stop()
     workers = len(ledger.verifier.pids)
-    await runner.cleanup()  # closes the ledger, reaping its verify workers
+    await runner.cleanup()  # closes the ledger, reaping its verify workers (CPU counted)
     emit({"maxrss_mb": maxrss_mb(), "rss_peak_mb": peak, "rss_start_mb": sampler.start_mb,
           "cpu_s": cpu_seconds(), "events": ledger.next_pos - 1, "workers": workers,
-          "worker_rss_peak_mb": children_maxrss_mb()})  # fmt: skip
+          "workers_rss_peak_mb": sampler.helpers_peak})  # fmt: skip
 
 
 async def ingest(corpus: Path, db: Path, chunk: int) -> None:
@@ -127,7 +120,7 @@ async def ingest(corpus: Path, db: Path, chunk: int) -> None:
     first = next(parts)  # with chunk 0, the whole corpus: it is in RSS before we start
     gc.collect()
     ledger = await Ledger.open(db)
-    sampler = RssSampler().start()
+    sampler = RssSampler(also=lambda: ledger.verifier.pids).start()
     n = 0
     with Stopwatch() as sw:
         for part in [first] if not chunk else _chain(first, parts):
@@ -136,10 +129,10 @@ async def ingest(corpus: Path, db: Path, chunk: int) -> None:
             del results
     peak = sampler.stop()
     workers = len(ledger.verifier.pids)
-    await ledger.close()  # reaps the verify workers: their peak RSS is known then
+    await ledger.close()
     emit({"stored": n, "seconds": sw.wall, "cpu_s": sw.cpu, "rss_start_mb": sampler.start_mb,
           "rss_peak_mb": peak, "maxrss_mb": maxrss_mb(), "workers": workers,
-          "worker_rss_peak_mb": children_maxrss_mb()})  # fmt: skip
+          "workers_rss_peak_mb": sampler.helpers_peak})  # fmt: skip
 
 
 def _chain(first: list[bytes], rest: Iterator[list[bytes]]) -> Iterator[list[bytes]]:

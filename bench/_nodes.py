@@ -291,6 +291,6 @@ async def finish_fresh_node(a: ChildNode, pulled: dict[str, Any]) -> dict[str, A
     # Sampled, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS (fork).
     pulled["rss_peak_mb"] = final.get("rss_peak_mb", float("nan"))
     pulled["workers"] = final.get("workers", 0)
-    pulled["worker_rss_peak_mb"] = final.get("worker_rss_peak_mb", 0.0)
+    pulled["workers_rss_peak_mb"] = final.get("workers_rss_peak_mb", 0.0)
     pulled["cpu_s"] = final.get("cpu_s", float("nan")) - b.ready.get("cpu_s", 0.0)
     return pulled

@@ -52,7 +52,7 @@ COMPARED = (
     ("propagation, line of 5, p99", "propagation.line5.p99", "p99 of 50 events: noisy"),
     ("propagation, ring of 10, p50", "propagation.ring10", "none aimed at it"),
     ("peak RSS, ingest of 100k", "ingest.rss.peak",
-     "now counts the verify workers (2 x ~35 MB, each at its peak)"),
+     "now counts the verify workers (sampled with the process)"),
     ("peak RSS, node B in a 100k sync", "scale.sync.rss.100k", "the same"),
 )  # fmt: skip
 

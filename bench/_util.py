@@ -16,7 +16,7 @@ import resource
 import statistics
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,21 +31,17 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def rss_mb() -> float:
-    """Resident set size of this process now, in MiB (from /proc; psutil if no /proc)."""
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size of this process (or ``pid``) now, in MiB (/proc; else psutil)."""
     try:
-        with open("/proc/self/statm", "rb") as f:
+        with open(f"/proc/{pid or 'self'}/statm", "rb") as f:
             return int(f.read().split()[1]) * _PAGE / 2**20
+    except FileNotFoundError:
+        return 0.0  # ``pid`` ended between listing and reading
     except OSError:
         import psutil
 
-        return psutil.Process().memory_info().rss / 2**20
-
-
-def children_maxrss_mb() -> float:
-    """Peak RSS in MiB of the largest child process that has ended and been waited for
-    (a ledger's verify workers, once it is closed)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10
+        return psutil.Process(pid).memory_info().rss / 2**20
 
 
 def maxrss_mb() -> float:
@@ -125,16 +121,27 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 class RssSampler:
     """Samples this process's RSS every ``interval`` seconds on a thread; ``peak`` is the
-    highest seen since ``start()`` (unlike ru_maxrss, which cannot be reset)."""
+    highest seen since ``start()`` (unlike ru_maxrss, which cannot be reset).
 
-    def __init__(self, interval: float = 0.005) -> None:
+    ``also``: a callable listing more process ids (a ledger's verify workers) whose RSS
+    counts with ours in each sample; ``helpers_peak`` is the highest of their share."""
+
+    def __init__(
+        self, interval: float = 0.005, also: Callable[[], Iterable[int]] | None = None
+    ) -> None:
         self.interval = interval
-        self.start_mb = self.peak = 0.0
+        self.also = also
+        self.start_mb = self.peak = self.helpers_peak = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _sample(self) -> float:
+        helpers = sum(rss_mb(pid) for pid in self.also()) if self.also else 0.0
+        self.helpers_peak = max(self.helpers_peak, helpers)
+        return rss_mb() + helpers
+
     def start(self) -> RssSampler:
-        self.start_mb = self.peak = rss_mb()
+        self.start_mb = self.peak = self._sample()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
         self._thread.start()
@@ -142,13 +149,13 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_mb())
+            self.peak = max(self.peak, self._sample())
 
     def stop(self) -> float:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.peak = max(self.peak, rss_mb())
+        self.peak = max(self.peak, self._sample())
         return self.peak
 
     @property

@@ -100,7 +100,6 @@ async def run(quick: bool) -> list[Result]:
     wire: list[float] = []
     idle: list[float] = []
     rss: list[float] = []
-    node_rss: list[float] = []
     worker_rss: list[float] = []
     workers: list[int] = []
     b_cpu: list[float] = []
@@ -142,10 +141,8 @@ async def run(quick: bool) -> list[Result]:
                     idle.append(proxy.total - before)
                 finally:
                     final = await finish_fresh_node(a, pulled)
-                # B and its verify workers, each at its own peak: an upper bound.
-                rss.append(final["rss_peak_mb"] + final["workers"] * final["worker_rss_peak_mb"])
-                node_rss.append(final["rss_peak_mb"])
-                worker_rss.append(final["worker_rss_peak_mb"])
+                rss.append(final["rss_peak_mb"])  # B and its verify workers, sampled together
+                worker_rss.append(final["workers_rss_peak_mb"])
                 workers.append(final["workers"])
                 b_cpu.append(final["cpu_s"] / expect * 1e6)
                 return Timed(final["elapsed"], float("nan"), expect)
@@ -191,8 +188,7 @@ async def run(quick: bool) -> list[Result]:
         result("sync.idle", "B", idle, target="< 1000",
                note="one caught-up signed GET /v1/peer/changes: request + response bytes"),
         result("sync.rss.peak", "MB", rss, target="< 200",
-               note="node B's peak RSS over the sync (sampled every 10 ms in its process), "
-               f"median {statistics.median(node_rss):.0f} MB, plus its {max(workers)} verify "
-               f"worker process(es) at their peak, {statistics.median(worker_rss):.0f} MB "
-               "each (ru_maxrss)"),
+               note="node B's peak RSS over the sync, with its verify worker processes "
+               f"({max(workers)}; {statistics.median(worker_rss):.0f} MB together at their "
+               "peak): sampled every 10 ms, the node's RSS plus theirs"),
     ]  # fmt: skip

@@ -29,13 +29,14 @@ from collections.abc import Sequence
 import msgspec
 
 from podlink.protocol.envelope import check_time, decode_event
-from podlink.protocol.errors import ProtocolError
+from podlink.protocol.errors import REASONS, ProtocolError
 
 log = logging.getLogger("podlink.ledger")
 
 Verdict = tuple[str, str] | None  # None: sound; else (reason, message) of the refusal
 PROCESS_MIN = 256  # events to verify in one batch before the processes are worth a trip
 _LEN = struct.Struct(">I")
+_reply_decoder = msgspec.msgpack.Decoder(list[tuple[str, str] | None])
 
 
 def check_wires(wires: Sequence[bytes], now: int) -> list[Verdict]:
@@ -65,7 +66,9 @@ class _Worker:
             self.proc.stdin.write(_LEN.pack(len(frame)) + frame)
             await self.proc.stdin.drain()
             (size,) = _LEN.unpack(await self.proc.stdout.readexactly(_LEN.size))
-            reply = msgspec.msgpack.decode(await self.proc.stdout.readexactly(size))
+            reply = _reply_decoder.decode(await self.proc.stdout.readexactly(size))
+        if len(reply) != len(wires) or any(v is not None and v[0] not in REASONS for v in reply):
+            raise EOFError(f"unusable answer: {len(reply)} verdicts for {len(wires)} events")
         return [None if v is None else (v[0], v[1]) for v in reply]
 
     async def stop(self) -> None:
