@@ -88,6 +88,7 @@ class Verifier:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._procs: list[_Worker] = []
+        self._starting = asyncio.Lock()  # two batches arriving at once start one set
         self.failed = False  # processes could not start or died: callers use threads
 
     @property
@@ -100,23 +101,28 @@ class Verifier:
         if self.failed:
             return None
         try:
-            while len(self._procs) < self.workers:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "podlink.ledger.verifier",
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                )  # fmt: skip
-                self._procs.append(_Worker(proc))
+            async with self._starting:
+                while len(self._procs) < self.workers:
+                    proc = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "podlink.ledger.verifier",
+                        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    )  # fmt: skip
+                    self._procs.append(_Worker(proc))
             size = -(-len(wires) // len(self._procs))
             parts = [wires[i : i + size] for i in range(0, len(wires), size)]
             done = await asyncio.gather(
-                *(w.check(part, now) for w, part in zip(self._procs, parts, strict=False))
+                *(w.check(part, now) for w, part in zip(self._procs, parts, strict=False)),
+                return_exceptions=True,  # every worker's answer is awaited, even after one fails
             )
+            for part in done:
+                if isinstance(part, BaseException):
+                    raise part
         except (OSError, EOFError, asyncio.IncompleteReadError, msgspec.DecodeError) as err:
             log.warning("signature checks move to threads: a worker process failed (%r)", err)
             self.failed = True
             await self.close()
             return None
-        return [verdict for part in done for verdict in part]
+        return [verdict for part in done for verdict in part]  # type: ignore[union-attr]
 
     async def close(self) -> None:
         procs, self._procs = self._procs, []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -70,3 +71,18 @@ async def test_a_dead_worker_hands_the_checks_back_to_the_threads(
     assert statuses(results[:-1]) == ["stored"] * (len(sent) - 1)
     assert reasons(results[-1:]) == ["forged"]  # still refused, by the verify threads
     assert await count(ledger, "events") == len(first) + len(second) - 1
+
+
+async def test_batches_arriving_together_share_one_set_of_workers(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    elm, elm_genesis = world.pod("Elm")
+    oak, oak_genesis = world.pod("Oak")
+    first = elm_genesis + needs(world, elm, PROCESS_MIN + 5)
+    second = oak_genesis + needs(world, oak, PROCESS_MIN + 5)
+    ledger = await make_ledger()
+    done = await asyncio.gather(
+        ledger.ingest(wires(first), source="peer-a"), ledger.ingest(wires(second), source="peer-b")
+    )
+    assert [set(statuses(r)) for r in done] == [{"stored"}, {"stored"}]
+    assert len(ledger.verifier.pids) == ledger.workers
