@@ -349,10 +349,14 @@ class Ledger:
                     "('roster.add', 'roster.remove')")]  # fmt: skip
                 for pod in pods:
                     await projections.refold_roster(db, self.roster, pod)
-                # Pods fold under their key; every other aggregate that has rows has its
-                # anchor event (root = id) in the log: walk the log for anchors, in pages,
-                # so memory stays flat at any size. Progress counts positions walked.
-                pod_roots = [r[0] for r in await rows(db, "SELECT DISTINCT pod FROM feeds")]
+                # Pods fold under their key, found from their events (not feeds.pod: one
+                # key may write two pods' events in one feed). Every other aggregate that
+                # has rows has its anchor event (root = id) in the log: walk the log for
+                # anchors, in pages, so memory stays flat at any size. Progress counts
+                # positions walked.
+                pod_roots = [r[0] for r in await rows(
+                    db, "SELECT DISTINCT root FROM events WHERE kind IN "
+                    "('pod.genesis', 'pod.info', 'roster.add', 'roster.remove')")]  # fmt: skip
                 await projections.refold(db, pod_roots, self.roster, empty=True)
                 total = await scalar(db, "SELECT max(pos) FROM events") or 0
                 after = 0

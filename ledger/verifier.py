@@ -36,7 +36,8 @@ log = logging.getLogger("podlink.ledger")
 Verdict = tuple[str, str] | None  # None: sound; else (reason, message) of the refusal
 PROCESS_MIN = 256  # events to verify in one batch before the processes are worth a trip
 _LEN = struct.Struct(">I")
-_reply_decoder = msgspec.msgpack.Decoder(list[tuple[str, str] | None])
+_reply_decoder = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, str] | None]])
+REPLY_TIMEOUT_S = 120.0  # a worker silent this long on one batch is taken for hung
 
 
 def check_wires(wires: Sequence[bytes], now: int) -> list[Verdict]:
@@ -58,15 +59,28 @@ class _Worker:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.lock = asyncio.Lock()
+        self.asked = 0  # frames sent, each numbered: the worker echoes the number
 
     async def check(self, wires: Sequence[bytes], now: int) -> list[Verdict]:
+        """Send one frame and read its answer. A caller cancelled while waiting leaves its
+        answer in the pipe; the next caller skips answers to earlier numbers, so it never
+        takes another batch's verdicts for its own."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         async with self.lock:
-            frame = msgspec.msgpack.encode((now, wires))
+            self.asked += 1
+            number = self.asked
+            frame = msgspec.msgpack.encode((number, now, wires))
             self.proc.stdin.write(_LEN.pack(len(frame)) + frame)
             await self.proc.stdin.drain()
-            (size,) = _LEN.unpack(await self.proc.stdout.readexactly(_LEN.size))
-            reply = _reply_decoder.decode(await self.proc.stdout.readexactly(size))
+            while True:
+                (size,) = _LEN.unpack(await self.proc.stdout.readexactly(_LEN.size))
+                answered, reply = _reply_decoder.decode(
+                    await self.proc.stdout.readexactly(size)
+                )
+                if answered == number:
+                    break
+                if answered > number:
+                    raise EOFError(f"answer to frame {answered} while waiting for {number}")
         if len(reply) != len(wires) or any(v is not None and v[0] not in REASONS for v in reply):
             raise EOFError(f"unusable answer: {len(reply)} verdicts for {len(wires)} events")
         return [None if v is None else (v[0], v[1]) for v in reply]
@@ -102,6 +116,8 @@ class Verifier:
             return None
         try:
             async with self._starting:
+                if self.failed:  # another batch's check failed while this one waited
+                    return None
                 while len(self._procs) < self.workers:
                     proc = await asyncio.create_subprocess_exec(
                         sys.executable, "-m", "podlink.ledger.verifier",
@@ -110,14 +126,17 @@ class Verifier:
                     self._procs.append(_Worker(proc))
             size = -(-len(wires) // len(self._procs))
             parts = [wires[i : i + size] for i in range(0, len(wires), size)]
-            done = await asyncio.gather(
-                *(w.check(part, now) for w, part in zip(self._procs, parts, strict=False)),
-                return_exceptions=True,  # every worker's answer is awaited, even after one fails
-            )
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                done = await asyncio.gather(
+                    *(w.check(part, now) for w, part in zip(self._procs, parts, strict=False)),
+                    return_exceptions=True,  # every answer is awaited, even after one fails
+                )
             for part in done:
                 if isinstance(part, BaseException):
                     raise part
-        except (OSError, EOFError, asyncio.IncompleteReadError, msgspec.DecodeError) as err:
+        except (
+            OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, msgspec.DecodeError,
+        ) as err:  # fmt: skip
             log.warning("signature checks move to threads: a worker process failed (%r)", err)
             self.failed = True
             await self.close()
@@ -139,14 +158,14 @@ def main() -> None:
         # commit is the pipeline's critical path; on two cores they would share evenly.
         os.nice(int(os.environ.get("PODLINK_VERIFY_NICE", "19")))
     read, write = sys.stdin.buffer.read, sys.stdout.buffer
-    decoder = msgspec.msgpack.Decoder(tuple[int, list[bytes]])
+    decoder = msgspec.msgpack.Decoder(tuple[int, int, list[bytes]])
     while True:
         head = read(_LEN.size)
         if len(head) < _LEN.size:
             return
         (size,) = _LEN.unpack(head)
-        now, wires = decoder.decode(read(size))
-        reply = msgspec.msgpack.encode(check_wires(wires, now))
+        number, now, wires = decoder.decode(read(size))
+        reply = msgspec.msgpack.encode((number, check_wires(wires, now)))
         write.write(_LEN.pack(len(reply)) + reply)
         write.flush()
 

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger, Limits
 from podlink.ledger.schema import SCHEMA_VERSION, V1
 from podlink.protocol import kinds
+from podlink.protocol.keys import Keypair
 from tests.ledger.conftest import OpenLedger
-from tests.ledger.helpers import World, count, query, wires
+from tests.ledger.helpers import World, count, query, statuses, wires
 from tests.ledger.scenario import Scenario, deliveries
 
 
@@ -130,3 +132,27 @@ async def test_upgrading_a_v2_file_rebuilds_the_replaced_tables(tmp_path: Path) 
         assert await ledger.dump() == live
         assert await count(ledger, "meta WHERE key = 'rebuild'") == 0
         assert await query(ledger, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_rebuild_keeps_a_pod_whose_events_share_another_pods_feed(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    """One key can act for two pods on one feed: P's key is an organizer of Q (Q's info
+    event), then founds P in the same network feed, whose row in feeds names Q."""
+    q, q_genesis = world.pod("Q")
+    key = Keypair.generate()
+    world.tick()
+    add = q.author.write(kinds.OrganizerAdded(key=key.public, name="P's key"), "network")
+    writer = Author(key, q.id, world.clock)
+    world.tick()
+    info = writer.write(kinds.PodInfoChanged(name="Q2", zone="Q"), "network")
+    writer.pod = key.public
+    world.tick()
+    founding = writer.write(kinds.PodFounded(name="P", zone="P"), "network")
+    ledger = await make_ledger()
+    assert set(statuses(await ledger.ingest(wires([*q_genesis, add, info])))) == {"stored"}
+    assert statuses(await ledger.ingest(wires([founding]))) == ["stored"]
+    live = await ledger.dump()
+    assert len(live["pods"]) == 2
+    await ledger.rebuild()
+    assert await ledger.dump() == live

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -86,3 +87,30 @@ async def test_batches_arriving_together_share_one_set_of_workers(
     )
     assert [set(statuses(r)) for r in done] == [{"stored"}, {"stored"}]
     assert len(ledger.verifier.pids) == ledger.workers
+
+
+async def test_a_check_cancelled_midway_does_not_answer_the_next_batch(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    """A page fetched ahead and dropped (sync) cancels its check while the workers work;
+    their answer must not be taken for the next batch's, which here holds a forgery."""
+    first_pod, first_genesis = world.pod("Elm")
+    first = wires(first_genesis + needs(world, first_pod, PROCESS_MIN * 2))
+    second_pod, second_genesis = world.pod("Oak")
+    events = second_genesis + needs(world, second_pod, PROCESS_MIN * 2)
+    second = [*wires(events[:-1]), forged(events[-1])]
+    assert len(first) == len(second)  # the same split: stale verdicts would fit exactly
+    ledger = await make_ledger()
+    ahead = asyncio.ensure_future(ledger.check(first))
+    for _ in range(2000):  # until the workers have the frame
+        await asyncio.sleep(0.001)
+        if ledger.verifier.pids:
+            break
+    await asyncio.sleep(0.005)
+    ahead.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ahead
+    results = await ledger.ingest(second)
+    assert reasons(results[-1:]) == ["forged"]
+    assert statuses(results[:-1]) == ["stored"] * (len(second) - 1)
+    assert not ledger.verifier.failed
