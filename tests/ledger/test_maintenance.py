@@ -126,6 +126,7 @@ async def test_upgrading_a_v2_file_rebuilds_the_replaced_tables(tmp_path: Path) 
             if any(f"TABLE {t} " in statement or f"ON {t} " in statement
                    for t in ("requests", "claims", "offers", "resources")):  # fmt: skip
                 con.execute(statement)
+        con.execute("DROP INDEX fulfilments_request")  # V4's
         con.execute("PRAGMA user_version=2")
     con.close()
     async with await Ledger.open(path) as ledger:
