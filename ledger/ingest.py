@@ -1,10 +1,11 @@
 """The ingest pipeline: verify → dedupe → chain → authorise → store → project.
 
-One call of :func:`ingest_batch` is one SQLite transaction. Per event it returns a
-result: ``stored``, ``duplicate``, ``pending`` (waiting for a feed predecessor or for its
-author's roster entry) or ``refused`` with a reason word. Stateless checks (decode,
-signature, body hash, kind rules) run before the transaction, signature checks spread over
-a thread pool (libsodium releases the GIL); stateful ones run in store order inside it.
+:func:`prepare` runs the stateless checks of a batch (decode, signature, body hash, kind
+rules) with no lock held, off the event loop: signatures of a large batch in worker
+processes (ledger/verifier.py), the rest on the verify threads. One call of :func:`commit`
+is then one SQLite transaction, running the stateful checks in store order. Per event it
+returns a result: ``stored``, ``duplicate``, ``pending`` (waiting for a feed predecessor or
+for its author's roster entry) or ``refused`` with a reason word.
 """
 
 from __future__ import annotations
