@@ -21,9 +21,9 @@ import msgspec
 from podlink.ledger import projections
 from podlink.ledger import state as st
 from podlink.ledger.store import chunks, marks, rows
-from podlink.ledger.verifier import PROCESS_MIN
+from podlink.ledger.verifier import PROCESS_MIN, check_signed
 from podlink.protocol import clock, kinds
-from podlink.protocol.envelope import Event, check_time, decode_event
+from podlink.protocol.envelope import Event, decode_event
 from podlink.protocol.errors import ProtocolError, Reason
 from podlink.protocol.text import b64d, b64e
 
@@ -120,8 +120,7 @@ def _check_stateless(
     them, or the id is stored: the id fixes the signed header, and only a missing body
     can still be taken from this copy)."""
     if not signed:
-        ev.verify_signature()
-        check_time(ev, now)
+        check_signed(ev, now)
     dropped = False
     if ev.body is not None and not ev.body_matches():
         ev, dropped = ev.without_body(), True
@@ -385,15 +384,7 @@ def _known_in_memory(ledger: Ledger, prep: Prepared, ids: list[bytes]) -> dict[b
 
 async def _known_ids(db, ids: list[bytes]) -> dict[bytes, bool]:
     """Stored ids, each with whether its body is missing and may be refilled."""
-    known: dict[bytes, bool] = {}
-    for part in chunks(ids):
-        sql = (
-            "SELECT id, body IS NULL AND dropped = 0 FROM events "
-            f"WHERE id IN ({marks(len(part))})"
-        )
-        for id_, refillable in await rows(db, sql, part):
-            known[id_] = bool(refillable)
-    return known
+    return {id_: refillable for id_, (_, refillable) in (await _stored_sigs(db, ids)).items()}
 
 
 async def _load_heads(batch: Batch, cands: list[Candidate]) -> None:

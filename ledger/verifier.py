@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from podlink.protocol.envelope import check_time, decode_event
+from podlink.protocol.envelope import Event, check_time, decode_event
 from podlink.protocol.errors import REASONS, ProtocolError
 
 log = logging.getLogger("podlink.ledger")
@@ -40,15 +40,20 @@ _reply_decoder = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, str] | None]
 REPLY_TIMEOUT_S = 120.0  # a worker silent this long on one batch is taken for hung
 
 
+def check_signed(event: Event, now: int) -> None:
+    """The checks a worker can take off the node: the signature, and that the event is
+    not from the future (the verify threads run the same, for small batches)."""
+    event.verify_signature()
+    check_time(event, now)
+
+
 def check_wires(wires: Sequence[bytes], now: int) -> list[Verdict]:
-    """Decode each wire, check its signature and that it is not from the future. Bodies
-    and kind rules are left to the node, which decodes them anyway."""
+    """Decode each wire and ``check_signed`` it. Bodies and kind rules are left to the
+    node, which decodes them anyway."""
     out: list[Verdict] = []
     for wire in wires:
         try:
-            event = decode_event(wire)
-            event.verify_signature()
-            check_time(event, now)
+            check_signed(decode_event(wire), now)
             out.append(None)
         except ProtocolError as err:
             out.append((err.reason, err.message))
