@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import aiosqlite
 
@@ -20,7 +20,13 @@ from podlink.ledger.store import chunks, marks, of_roots, rows
 from podlink.protocol import kinds
 from podlink.protocol.envelope import decode_header
 
-EVENT_COLUMNS = "id, pod, author, lane, seq, ts, kind, payload, body, pos"
+# The signed header (payload) is read only for the kinds whose refs a fold reads: the
+# rest is bytes copied out of SQLite for nothing (a re-folded request reads all its events).
+_PAYLOAD = (
+    f"CASE WHEN kind IN ({', '.join(repr(kd) for kd in sorted(st.REFS_READ))}) "
+    "THEN payload END AS payload"
+)
+EVENT_COLUMNS = f"id, pod, author, lane, seq, ts, kind, {_PAYLOAD}, body, pos"
 URGENCY_RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}  # how lists sort needs
 MEMBER_KINDS = ("member.join", "member.update", "member.forget")
 
@@ -86,6 +92,7 @@ class Writer:
         self.deletes: dict[str, list[tuple]] = defaultdict(list)  # table -> [(root,)]
         self.inserts: dict[str, list[tuple]] = defaultdict(list)
         self.anchor_pos: dict[bytes, int] = {}  # root -> store position of its own event
+        self.claim_pos: list[int] = []  # where the folded requests' claim rows may be
         self.forgotten: list[bytes] = []
 
     def fold(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
@@ -121,6 +128,9 @@ class Writer:
         pos_of = {e.id: e.pos for e in events}
         if root in pos_of:
             self.anchor_pos[root] = pos_of[root]
+        # A claim row sits at its claim.make event's position: every row this request may
+        # have had is at one of these (a claim's root never changes once stored).
+        self.claim_pos += [e.pos for e in events if e.kind == "claim.make"]
         req = st.fold_request(root, events, roster, history=False)
         if req is None:
             return
@@ -185,7 +195,7 @@ class Writer:
             for table, roots in self.deletes.items():
                 await _replace(
                     db, table, [r for (r,) in roots], self.inserts.get(table, []),
-                    self.anchor_pos,
+                    self.anchor_pos, self.claim_pos,
                 )  # fmt: skip
         if self.forgotten:
             await forget_members(db, self.forgotten)
@@ -198,7 +208,7 @@ class Writer:
 #: 1,000-event commit at 100k events, bench/_wal_pages.py).
 POSITIONED = frozenset({"requests", "claims", "offers", "resources"})
 # The column naming the aggregate a table's rows belong to, and the one naming the row.
-_ROOT_COLUMN = {"pods": "pod", "claims": "request", "fulfilments": "request"}
+_ROOT_COLUMN = {"pods": "pod", "fulfilments": "request"}
 _KEY_COLUMN = {"pods": "pod"}
 _columns: dict[str, tuple[str, ...]] = {}
 
@@ -224,6 +234,7 @@ async def _replace(
     roots: list[bytes],
     new_rows: list[tuple],
     anchor_pos: dict[bytes, int],
+    claim_pos: list[int],
 ) -> None:
     """Make the rows of ``roots`` in ``table`` equal ``new_rows``, writing only differences.
 
@@ -235,16 +246,18 @@ async def _replace(
     columns = await _table_columns(db, table)
     positioned = table in POSITIONED
     root_col = _ROOT_COLUMN.get(table, "id")
+    keys: Sequence[object] = roots
     if positioned:  # rows are (rowid, *columns); the key is the rowid
         key_at, key_sql, select = 0, "rowid", f"SELECT rowid, * FROM {table}"
         columns = ("rowid", *columns)
-        if root_col == "id":  # a row of its own aggregate: it sits at its anchor's position
-            root_col, roots = "rowid", [anchor_pos[r] for r in roots if r in anchor_pos]
+        # A claim's row sits at its event's position, any other row at its anchor's.
+        root_col = "rowid"
+        keys = claim_pos if table == "claims" else [anchor_pos[r] for r in roots if r in anchor_pos]
     else:
         key_sql = _KEY_COLUMN.get(table, "id")
         key_at, select = columns.index(key_sql), f"SELECT * FROM {table}"
     old: dict[object, tuple] = {}
-    for part in chunks(roots):
+    for part in chunks(keys):
         sql = f"{select} WHERE {root_col} IN ({marks(len(part))})"
         old.update((row[key_at], tuple(row)) for row in await rows(db, sql, part))
     inserts: list[tuple] = []

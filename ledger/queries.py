@@ -187,9 +187,12 @@ async def list_claims(
     db: aiosqlite.Connection, *, request: bytes | None = None, status: str | None = None
 ) -> list[Row]:
     where, params = [], []
-    if request is not None:
-        where.append("request = ?")
-        params.append(request)
+    if request is not None:  # through the events' root index (claims have none by request)
+        where.append(
+            "rowid IN (SELECT pos FROM events WHERE root = ? AND root != id "
+            "AND kind = 'claim.make') AND request = ?"
+        )
+        params += [request, request]
     if status is not None:
         where.append("status = ?")
         params.append(status)

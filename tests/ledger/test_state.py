@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from podlink.ledger import queries
 from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger
 from podlink.protocol import kinds as k
@@ -375,6 +376,34 @@ async def test_soft_fail_when_a_removal_arrives_late(scene: Scene) -> None:
     assert await count(s.ledger, "offers") == 0
     assert await one(s.ledger, "SELECT name FROM pods WHERE pod = ?", (s.elm.id,)) == "Elm"
     assert (await s.ledger.verify()).ok
+    await s.rebuild_equals_live()
+
+
+async def test_claims_are_listed_by_request_and_go_with_a_soft_failed_one(
+    scene: Scene,
+) -> None:
+    """Claim rows are found through their events (no index of claims by request), and a
+    request that stops counting takes its claim rows along, live as after a rebuild."""
+    s = scene
+    pods_need = s.elm.author.write(k.RequestOpened(title="Pod's", category="food"), "network")
+    t2 = s.world.clock.now()  # Ana's removal, delivered late
+    hers = s.need(title="Hers")
+    on_hers = [s.ben.write(k.ClaimMade(note=f"Oak {i}"), "network", [hers.id]) for i in (1, 2)]
+    on_pods = s.ben.write(k.ClaimMade(note="Oak for the pod"), "network", [pods_need.id])
+    await s.feed(hers, pods_need, *on_hers, on_pods)
+    listed = await queries.list_claims(s.ledger.reader, request=hers.id)
+    assert [c["id"] for c in listed] == [c.id for c in on_hers]
+    assert [c["note"] for c in listed] == ["Oak 1", "Oak 2"]
+    for_pod = await queries.list_claims(s.ledger.reader, request=pods_need.id)
+    assert [c["id"] for c in for_pod] == [on_pods.id]
+    assert await queries.list_claims(s.ledger.reader, request=on_pods.id) == []  # not a request
+
+    removal = s.elm.author.write(k.OrganizerRemoved(key=s.ana.keypair.public), "network", ts=t2)
+    await s.feed(removal)
+    assert await request_row(s.ledger, hers.id) is None
+    assert await queries.list_claims(s.ledger.reader, request=hers.id) == []
+    assert await count(s.ledger, "claims") == 1  # the pod's own request keeps its claim
+    assert [c["id"] for c in await queries.list_claims(s.ledger.reader)] == [on_pods.id]
     await s.rebuild_equals_live()
 
 
