@@ -44,6 +44,21 @@ def rss_mb(pid: int | None = None) -> float:
         return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far (/proc; else psutil)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except FileNotFoundError:
+        return 0.0
+    except OSError:
+        import psutil
+
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
+
+
 def maxrss_mb() -> float:
     """High-water mark of this process's RSS in MiB (ru_maxrss: KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10

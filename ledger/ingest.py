@@ -50,9 +50,12 @@ class IngestResult(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
         return self.status in ("stored", "duplicate")
 
 
-@dataclass
-class Candidate:
-    """An event that passed the stateless checks, with what the stateful ones need."""
+class Candidate(msgspec.Struct, gc=False):
+    """An event that passed the stateless checks, with what the stateful ones need.
+
+    Outside the cycle collector (nothing it holds leads back to it): a batch makes one
+    per event, and the collections walking them cost the event loop 131 -> 95 ms in a
+    50k-event ingest (gc.callbacks)."""
 
     index: int  # position in the submitted batch; -1 for events released from pending
     event: Event

@@ -11,7 +11,8 @@ is cheap next to the Ed25519 check (~3 us against ~38 us).
 Workers are plain ``python -m podlink.ledger.verifier`` children speaking length-prefixed
 msgpack frames on stdin/stdout: nothing of the node is copied into them (no fork of a
 process with threads and open databases) and no caller needs a ``__main__`` guard, as a
-multiprocessing pool would. They start on the first large batch and stop with the ledger.
+multiprocessing pool would. They start on the first large batch (or on ``Verifier.start``)
+and stop with the ledger.
 If one cannot start or dies, the ledger says so once and checks on its threads.
 """
 
@@ -101,8 +102,12 @@ class _Worker:
                 await self.proc.wait()
 
 
+# What a worker that cannot start, dies, hangs or talks nonsense raises here.
+_FAILURES = (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, msgspec.DecodeError)
+
+
 class Verifier:
-    """``workers`` processes checking signatures, started on first use."""
+    """``workers`` processes checking signatures, started on first use or by ``start``."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -115,20 +120,40 @@ class Verifier:
         """Process ids of the running workers."""
         return [w.proc.pid for w in self._procs if w.proc.returncode is None]
 
+    async def start(self) -> bool:
+        """Start the processes now rather than on the first large batch (a node about to
+        take a large ingest, or a benchmark measuring the steady state); True if running."""
+        if self.failed:
+            return False
+        try:
+            await self._start()
+            async with asyncio.timeout(REPLY_TIMEOUT_S):  # an empty frame: ready to answer
+                await asyncio.gather(*(w.check([], 0) for w in self._procs))
+        except _FAILURES as err:
+            log.warning("signature checks move to threads: a worker process failed (%r)", err)
+            self.failed = True
+            await self.close()
+        return not self.failed
+
+    async def _start(self) -> None:
+        async with self._starting:
+            if self.failed:  # another batch's check failed while this one waited
+                return
+            while len(self._procs) < self.workers:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "podlink.ledger.verifier",
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                self._procs.append(_Worker(proc))
+
     async def check(self, wires: Sequence[bytes], now: int) -> list[Verdict] | None:
         """One verdict per wire, in order; None if the processes are unavailable."""
         if self.failed:
             return None
         try:
-            async with self._starting:
-                if self.failed:  # another batch's check failed while this one waited
-                    return None
-                while len(self._procs) < self.workers:
-                    proc = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "podlink.ledger.verifier",
-                        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    )  # fmt: skip
-                    self._procs.append(_Worker(proc))
+            await self._start()
+            if self.failed:
+                return None
             size = -(-len(wires) // len(self._procs))
             parts = [wires[i : i + size] for i in range(0, len(wires), size)]
             async with asyncio.timeout(REPLY_TIMEOUT_S):
@@ -139,9 +164,7 @@ class Verifier:
             for part in done:
                 if isinstance(part, BaseException):
                     raise part
-        except (
-            OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, msgspec.DecodeError,
-        ) as err:  # fmt: skip
+        except _FAILURES as err:
             log.warning("signature checks move to threads: a worker process failed (%r)", err)
             self.failed = True
             await self.close()

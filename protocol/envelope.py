@@ -95,21 +95,26 @@ def blake2b256(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=32).digest()
 
 
-class Event:
+class Event(msgspec.Struct, gc=False, eq=False):
     """A decoded event that has not necessarily been verified yet.
 
     Holds the received bytes (``payload``, ``sig``, ``body``) and the decoded ``header``.
     Create one with :func:`decode_event` (untrusted bytes) or :func:`sign_event`.
+
+    Outside the cycle collector (it holds bytes and a Header, nothing that can lead back
+    to it): ingest makes one per event, and walking them was a third of the collections'
+    time in a 50k-event ingest (95 -> 57 ms, gc.callbacks). Compared by identity.
     """
 
-    __slots__ = ("body", "header", "id", "payload", "sig")
+    header: Header
+    payload: bytes
+    sig: bytes
+    body: bytes | None
+    id: bytes = b""  # BLAKE2b-256 of the payload, computed when not given
 
-    def __init__(self, header: Header, payload: bytes, sig: bytes, body: bytes | None) -> None:
-        self.header = header
-        self.payload = payload
-        self.sig = sig
-        self.body = body
-        self.id = blake2b256(payload)
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = blake2b256(self.payload)
 
     # Convenience views of the header.
     @property

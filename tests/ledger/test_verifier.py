@@ -114,3 +114,21 @@ async def test_a_check_cancelled_midway_does_not_answer_the_next_batch(
     assert reasons(results[-1:]) == ["forged"]
     assert statuses(results[:-1]) == ["stored"] * (len(second) - 1)
     assert not ledger.verifier.failed
+
+
+async def test_workers_started_ahead_answer_the_first_large_batch(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    pod, genesis = world.pod()
+    events = genesis + needs(world, pod, PROCESS_MIN)
+    ledger = await make_ledger(pod=pod.id)
+    assert ledger.verifier.pids == []  # lazily, by default
+    assert await ledger.verifier.start()
+    started = ledger.verifier.pids
+    assert len(started) == ledger.workers >= 1
+    assert await ledger.verifier.start()  # twice is once
+    assert ledger.verifier.pids == started
+    results = await ledger.ingest([*wires(events[:-1]), forged(events[-1])])
+    assert ledger.verifier.pids == started  # the same processes did the work
+    assert statuses(results) == ["stored"] * (len(events) - 1) + ["refused"]
+    assert reasons(results[-1:]) == ["forged"]
