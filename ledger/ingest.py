@@ -181,6 +181,25 @@ class Prepared:
     generation: int = 0
 
 
+def merge_prepared(parts: Sequence[Prepared]) -> Prepared:
+    """Prepared batches as one new batch, in order (the results of part i follow those of
+    part i-1); the parts are left as they were, so that they can be committed again.
+
+    For a group commit of appends, which are never probed for copies: each event's copy
+    check happens in the transaction, against the store and the batch before it."""
+    wires: list[bytes] = []
+    results: list[IngestResult | None] = []
+    fresh: list[Candidate] = []
+    for part in parts:
+        if part.known is not None:
+            raise ValueError("only unprobed batches (appends) can be merged")
+        offset = len(wires)
+        wires += part.wires
+        results += part.results
+        fresh += [msgspec.structs.replace(c, index=c.index + offset) for c in part.fresh]
+    return Prepared(wires, results, fresh, max(part.now for part in parts))
+
+
 async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True) -> Prepared:
     """Stateless checks of a batch (no database): may run while another batch commits."""
     now = clock.now_ms()

@@ -24,7 +24,7 @@ import aiosqlite
 from podlink.ledger import projections
 from podlink.ledger import state as st
 from podlink.ledger.errors import LedgerError
-from podlink.ledger.ingest import IngestResult, Prepared, commit, prepare
+from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
 from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import connect, rows, scalar, translated
 from podlink.ledger.verifier import Verifier
@@ -53,6 +53,14 @@ class Checked:
     """Events that passed ``Ledger.check``, waiting for ``Ledger.store``."""
 
     batches: list[Prepared]
+
+
+@dataclass(eq=False)
+class _Queued:
+    """An append waiting for the writer, and where its results go."""
+
+    prepared: Prepared
+    done: asyncio.Future[list[IngestResult]]
 
 
 @dataclass
@@ -95,6 +103,7 @@ class Ledger:
         self.pending_feeds: set[tuple[bytes, str]] = set()
         self.pending_roster: set[bytes] = set()
         self._write = asyncio.Lock()
+        self._appends: list[_Queued] = []  # local appends waiting for the writer, in order
         self._last_purge = 0.0
         self._stale_caches = False
         # Ids stored by the last few commits (id -> stored without its body), so a batch
@@ -251,12 +260,73 @@ class Ledger:
     async def _commit(
         self, prepared: Prepared, source: str, allow_pending: bool
     ) -> list[IngestResult]:
+        if source == "local" and not allow_pending:
+            return await self._commit_append(prepared)
         async with self._write, translated("ingest failed and was rolled back"):
-            if self._stale_caches:
-                await self._load()
-                self._stale_caches = False
-            await self._purge_pending()
-            return await commit(self, prepared, source=source, allow_pending=allow_pending)
+            return await self._commit_locked(prepared, source, allow_pending)
+
+    async def _commit_locked(
+        self, prepared: Prepared, source: str, allow_pending: bool
+    ) -> list[IngestResult]:
+        if self._stale_caches:
+            await self._load()
+            self._stale_caches = False
+        await self._purge_pending()
+        return await commit(self, prepared, source=source, allow_pending=allow_pending)
+
+    async def _commit_append(self, prepared: Prepared) -> list[IngestResult]:
+        """Group commit: appends that queued while a transaction held the writer go in
+        the next one together, each with its own results, as if committed in turn.
+
+        Each append was its own transaction and fsync, so 8 organizers submitting at once
+        were no faster than one. Whichever queued append takes the writer first commits
+        the queue (up to ``limits.batch_size`` events), in arrival order; the others find
+        their results ready when the writer comes to them. An append cancelled before a
+        transaction took it is dropped from the queue; one cancelled after shares the
+        fate of its transaction, like any append cancelled during its commit."""
+        mine = _Queued(prepared, asyncio.get_running_loop().create_future())
+        self._appends.append(mine)
+        try:
+            async with self._write:
+                if not mine.done.done():
+                    await self._commit_queued()
+        except asyncio.CancelledError:
+            if mine in self._appends:
+                self._appends.remove(mine)
+            elif mine.done.done() and not mine.done.cancelled():
+                mine.done.exception()  # seen: asyncio would log it as never retrieved
+            raise
+        except Exception:
+            if not mine.done.done():
+                raise
+        return mine.done.result()
+
+    async def _commit_queued(self) -> None:
+        """Commit queued appends from the front (the caller holds the writer)."""
+        group: list[_Queued] = []
+        size = 0
+        while self._appends and (
+            not group or size + len(self._appends[0].prepared.wires) <= self.limits.batch_size
+        ):
+            queued = self._appends.pop(0)
+            group.append(queued)
+            size += len(queued.prepared.wires)
+        merged = merge_prepared([q.prepared for q in group])
+        try:
+            async with translated("append failed and was rolled back"):
+                results = await self._commit_locked(merged, "local", False)
+        except Exception as err:
+            for queued in group:
+                queued.done.set_exception(err)
+            raise
+        except BaseException:  # cancelled: the others wait again, at the front
+            self._appends[:0] = [q for q in group if not q.done.done()]
+            raise
+        start = 0
+        for queued in group:
+            end = start + len(queued.prepared.wires)
+            queued.done.set_result(results[start:end])
+            start = end
 
     async def append(self, wires: Sequence[bytes]) -> list[IngestResult]:
         """This pod's own events: same pipeline, but a gap is refused, never parked."""

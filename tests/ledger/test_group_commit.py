@@ -1,0 +1,145 @@
+"""Group commit: appends that queue while the writer is busy share one transaction, and
+each still gets exactly the results it would have got on its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+from podlink.ledger.errors import StorageError
+from podlink.ledger.ledger import Limits
+from podlink.protocol import kinds
+from podlink.protocol.envelope import Event, encode_wire
+from tests.ledger.conftest import OpenLedger
+from tests.ledger.helpers import Pod, World, count, reasons, statuses, stored_ids, wires
+
+
+def organizers(world: World, pod: Pod, n: int) -> tuple[list, list[Event]]:
+    out, adds = [], []
+    for i in range(n):
+        org, add = world.organizer(pod, f"org {i}")
+        out.append(org)
+        adds.append(add)
+    return out, adds
+
+
+def need(org, title: str) -> Event:  # type: ignore[no-untyped-def]
+    return org.write(kinds.RequestOpened(title=title, category="food"), "network")
+
+
+async def test_queued_appends_share_a_transaction_with_their_own_results(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    pod, genesis = world.pod()
+    orgs, adds = organizers(world, pod, 6)
+    ledger = await make_ledger(pod=pod.id)
+    assert statuses(await ledger.append(wires(genesis + adds))) == ["stored"] * 7
+    first = [need(org, f"first {i}") for i, org in enumerate(orgs)]
+    second = [need(org, f"second {i}") for i, org in enumerate(orgs)]
+    need(orgs[0], "never sent")  # so the next one of this feed comes after a gap
+    stray = need(orgs[0], "after the gap")
+    forged = encode_wire(first[5].payload, bytes(64), first[5].body)
+    submissions = [
+        [first[0].to_wire()],
+        [first[1].to_wire(), second[1].to_wire()],  # one feed, in order: both stored
+        [first[2].to_wire(), first[2].to_wire()],  # a copy in the same submission
+        [first[0].to_wire()],  # a copy of what an earlier submission in the group stores
+        [stray.to_wire()],  # a gap: appends are refused, never parked
+        [forged],
+        [second[3].to_wire()],  # needs first[3], which comes in a later submission
+        [first[3].to_wire(), first[4].to_wire()],
+    ]
+    generation = ledger.generation
+    async with ledger._write:  # a transaction in flight: everyone below queues
+        tasks = [asyncio.create_task(ledger.append(s)) for s in submissions]
+        await asyncio.sleep(0.05)  # each has been checked and is waiting for the writer
+        assert len(ledger._appends) == len(submissions)
+    results = await asyncio.gather(*tasks)
+    assert ledger.generation == generation + 1  # one transaction stored them all
+    assert [statuses(r) for r in results] == [
+        ["stored"], ["stored", "stored"], ["stored", "duplicate"], ["duplicate"],
+        ["refused"], ["refused"], ["refused"], ["stored", "stored"],
+    ]  # fmt: skip
+    assert reasons(results[4]) == ["pending"]
+    assert reasons(results[5]) == ["forged"]
+    assert reasons(results[6]) == ["pending"]
+    stored = await stored_ids(ledger)
+    assert {e.id for e in (*first[:5], second[1])} <= stored
+    assert not {stray.id, second[3].id, first[5].id} & stored
+    assert ledger._appends == []
+
+
+async def test_a_group_is_at_most_one_batch(make_ledger: OpenLedger, world: World) -> None:
+    pod, genesis = world.pod()
+    orgs, adds = organizers(world, pod, 5)
+    ledger = await make_ledger(pod=pod.id, limits=Limits(batch_size=4))
+    await ledger.append(wires(genesis + adds[:3]))
+    await ledger.append(wires(adds[3:]))
+    generation = ledger.generation
+    async with ledger._write:
+        tasks = [asyncio.create_task(ledger.append([need(o, "x").to_wire()])) for o in orgs]
+        tasks.append(asyncio.create_task(ledger.append(wires([need(orgs[0], "y")] * 4))))
+        await asyncio.sleep(0.05)
+    results = await asyncio.gather(*tasks)
+    assert [statuses(r) for r in results] == [["stored"]] * 5 + [["stored", *["duplicate"] * 3]]
+    assert ledger.generation == generation + 3  # 4 events, then 1 (1 + 4 is over), then 4
+
+
+async def test_an_append_cancelled_in_the_queue_is_not_stored(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    pod, genesis = world.pod()
+    orgs, adds = organizers(world, pod, 3)
+    ledger = await make_ledger(pod=pod.id)
+    await ledger.append(wires(genesis + adds))
+    needs = [need(org, f"need {i}") for i, org in enumerate(orgs)]
+    async with ledger._write:
+        tasks = [asyncio.create_task(ledger.append([e.to_wire()])) for e in needs]
+        await asyncio.sleep(0.05)
+        tasks[1].cancel()
+        await asyncio.sleep(0)
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert statuses(done[0]) == statuses(done[2]) == ["stored"]  # type: ignore[arg-type]
+    stored = await stored_ids(ledger)
+    assert needs[0].id in stored and needs[2].id in stored and needs[1].id not in stored
+    assert ledger._appends == []
+
+
+async def test_a_failed_group_fails_each_append_and_stores_nothing(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    pod, genesis = world.pod()
+    orgs, adds = organizers(world, pod, 3)
+    ledger = await make_ledger(pod=pod.id)
+    await ledger.append(wires(genesis + adds))
+    before = await count(ledger, "events")
+    # The disk "fills up": the writer cannot grow the file by even one page.
+    await ledger.db.execute(f"PRAGMA max_page_count = {await _pages(ledger)}")
+    big = [orgs[i].write(kinds.RequestOpened(title="x", category="food",
+                                             details="y" * 3000), "network")
+           for i in range(3)]  # fmt: skip
+    async with ledger._write:
+        tasks = [asyncio.create_task(ledger.append([e.to_wire()])) for e in big]
+        await asyncio.sleep(0.05)
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(d, StorageError) for d in done), done
+    assert "append failed and was rolled back" in str(done[0])
+    assert await count(ledger, "events") == before
+    await ledger.db.execute("PRAGMA max_page_count = 1073741823")
+    again = await asyncio.gather(*(ledger.append([e.to_wire()]) for e in big))
+    assert [statuses(r) for r in again] == [["stored"]] * 3  # nothing half-done was kept
+
+
+async def _pages(ledger) -> int:  # type: ignore[no-untyped-def]
+    cur = await ledger.db.execute("PRAGMA page_count")
+    (n,) = await cur.fetchone()
+    await cur.close()
+    return int(n)
+
+
+async def test_a_lone_append_is_committed_by_itself(make_ledger: OpenLedger, world: World) -> None:
+    pod, genesis = world.pod()
+    ledger = await make_ledger(pod=pod.id)
+    generation = ledger.generation
+    assert statuses(await ledger.append(wires(genesis))) == ["stored"]
+    assert ledger.generation == generation + 1 and ledger._appends == []
