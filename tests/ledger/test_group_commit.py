@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from podlink.ledger.errors import StorageError
-from podlink.ledger.ledger import Limits
+from podlink.ledger.ledger import Ledger, Limits
 from podlink.protocol import kinds
 from podlink.protocol.envelope import Event, encode_wire
 from tests.ledger.conftest import OpenLedger
@@ -20,6 +20,25 @@ def organizers(world: World, pod: Pod, n: int) -> tuple[list, list[Event]]:
         out.append(org)
         adds.append(add)
     return out, adds
+
+
+async def pod_of(make_ledger: OpenLedger, world: World, n: int) -> tuple[Ledger, list]:
+    """A ledger holding a pod with ``n`` organizers, and those organizers."""
+    pod, genesis = world.pod()
+    orgs, adds = organizers(world, pod, n)
+    ledger = await make_ledger(pod=pod.id)
+    assert statuses(await ledger.append(wires(genesis + adds))) == ["stored"] * (n + 1)
+    return ledger, orgs
+
+
+async def queued(ledger: Ledger, submissions: list[list[bytes]]) -> list:
+    """Append each submission while a transaction holds the writer, so that they all
+    queue; then let the writer go and gather the outcomes (exceptions included)."""
+    async with ledger._write:
+        tasks = [asyncio.create_task(ledger.append(s)) for s in submissions]
+        await asyncio.sleep(0.05)  # each has been checked and is waiting for the writer
+        assert len(ledger._appends) == len(submissions)
+    return await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def need(org, title: str) -> Event:  # type: ignore[no-untyped-def]
@@ -87,10 +106,7 @@ async def test_a_group_is_at_most_one_batch(make_ledger: OpenLedger, world: Worl
 async def test_an_append_cancelled_in_the_queue_is_not_stored(
     make_ledger: OpenLedger, world: World
 ) -> None:
-    pod, genesis = world.pod()
-    orgs, adds = organizers(world, pod, 3)
-    ledger = await make_ledger(pod=pod.id)
-    await ledger.append(wires(genesis + adds))
+    ledger, orgs = await pod_of(make_ledger, world, 3)
     needs = [need(org, f"need {i}") for i, org in enumerate(orgs)]
     async with ledger._write:
         tasks = [asyncio.create_task(ledger.append([e.to_wire()])) for e in needs]
@@ -108,20 +124,14 @@ async def test_an_append_cancelled_in_the_queue_is_not_stored(
 async def test_a_failed_group_fails_each_append_and_stores_nothing(
     make_ledger: OpenLedger, world: World
 ) -> None:
-    pod, genesis = world.pod()
-    orgs, adds = organizers(world, pod, 3)
-    ledger = await make_ledger(pod=pod.id)
-    await ledger.append(wires(genesis + adds))
+    ledger, orgs = await pod_of(make_ledger, world, 3)
     before = await count(ledger, "events")
     # The disk "fills up": the writer cannot grow the file by even one page.
     await ledger.db.execute(f"PRAGMA max_page_count = {await _pages(ledger)}")
     big = [orgs[i].write(kinds.RequestOpened(title="x", category="food",
                                              details="y" * 3000), "network")
            for i in range(3)]  # fmt: skip
-    async with ledger._write:
-        tasks = [asyncio.create_task(ledger.append([e.to_wire()])) for e in big]
-        await asyncio.sleep(0.05)
-    done = await asyncio.gather(*tasks, return_exceptions=True)
+    done = await queued(ledger, [[e.to_wire()] for e in big])
     assert all(isinstance(d, StorageError) for d in done), done
     assert "append failed and was rolled back" in str(done[0])
     assert await count(ledger, "events") == before
