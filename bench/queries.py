@@ -76,7 +76,7 @@ def run(quick: bool) -> list[Result]:
                     db = ledger.reader
                     pod = ledger.pod
                     with_claims = [r[0] for r in loop.run_until_complete(db.execute_fetchall(
-                        "SELECT request FROM claims GROUP BY request ORDER BY request LIMIT 256"
+                        "SELECT DISTINCT request FROM claims LIMIT 256"  # stops early
                     ))]  # fmt: skip
                     counts = dict(loop.run_until_complete(db.execute_fetchall(
                         "SELECT 'open', count(*) FROM requests WHERE status = 'open' UNION ALL "

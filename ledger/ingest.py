@@ -547,7 +547,11 @@ async def _store(batch: Batch, cand: Candidate) -> None:
         batch.claim_roots[ev.id] = root
         # Answers stored earlier in this batch, before their claim, join its request too
         # (_flush re-homes their rows; their views must follow for the fresh-root fold).
-        batch.views.setdefault(root, []).extend(batch.views.pop(ev.id, []))
+        # Only answers: any other event naming this claim keeps its root, as in the table.
+        filed = batch.views.pop(ev.id, [])
+        batch.views.setdefault(root, []).extend(v for v in filed if v.kind in st.CLAIM_ANSWERS)
+        if others := [v for v in filed if v.kind not in st.CLAIM_ANSWERS]:
+            batch.views[ev.id] = others
     pos = ledger.next_pos
     ledger.next_pos += 1
     if root is not None:

@@ -215,7 +215,7 @@ CREATE INDEX fulfilments_request ON fulfilments (request);
 # (measured: 151 of 1,858 WAL pages per 1,000-event commit at 50k events). Claims of a
 # request are read through events (queries.list_claims) or at known positions (a re-fold).
 V5 = """
-DROP INDEX claims_request;
+DROP INDEX IF EXISTS claims_request;
 """
 
 MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5)

@@ -128,7 +128,12 @@ class Verifier:
         try:
             await self._start()
             async with asyncio.timeout(REPLY_TIMEOUT_S):  # an empty frame: ready to answer
-                await asyncio.gather(*(w.check([], 0) for w in self._procs))
+                done = await asyncio.gather(
+                    *(w.check([], 0) for w in self._procs), return_exceptions=True
+                )
+            for answer in done:
+                if isinstance(answer, BaseException):
+                    raise answer
         except _FAILURES as err:
             log.warning("signature checks move to threads: a worker process failed (%r)", err)
             self.failed = True

@@ -170,7 +170,7 @@ class Event(msgspec.Struct, gc=False, eq=False):
             )
 
     def without_body(self) -> Event:
-        return Event(self.header, self.payload, self.sig, None)
+        return Event(self.header, self.payload, self.sig, None, self.id)
 
     def to_wire(self) -> bytes:
         return encode_wire(self.payload, self.sig, self.body)

@@ -252,6 +252,20 @@ async def test_a_claim_answer_before_its_claim_in_one_batch(scene: Scene) -> Non
     await s.rebuild_equals_live()
 
 
+async def test_a_claim_naming_a_claim_does_not_join_its_request(scene: Scene) -> None:
+    """Only answers follow a claim to its request. A claim.make that names a claim (not a
+    request) and comes just before that claim in one batch stays apart, as in a rebuild."""
+    s = scene
+    req = s.need()
+    on_req = s.ben.write(k.ClaimMade(note="Oak can cook"), "network", [req.id])
+    on_claim = s.elm.author.write(k.ClaimMade(note="a claim on a claim"), "network", [on_req.id])
+    await s.feed(req, on_claim, on_req)
+    row = await request_row(s.ledger, req.id)
+    assert row and (row["status"], row["accepted_claim"], row["claims"]) == ("open", None, 1)
+    assert await claim_status(s.ledger, on_req.id) == "pending"
+    await s.rebuild_equals_live()
+
+
 async def test_offers_open_and_withdraw(scene: Scene) -> None:
     s = scene
     offer = s.ana.write(
