@@ -29,31 +29,30 @@ HEADLINE = (
 )
 
 # (label, result or "figure:field", the change that moved it) for --before: this round's
-# changes (session 3, 38058fc..b4f6237; docs/performance.md names each commit).
+# changes (session 4, 28f5256..; docs/performance.md names each commit).
 COMPARED = (
     ("ingest, 1 worker / raw", "ingest.ledger.workers1",
-     "fewer random page writes (diffed projections, follower-only root index, positioned "
-     "projection rows); verification in a worker process"),
+     "schema V5 (no claims-by-request index); Event and Candidate outside the cycle "
+     "collector; verify processes started before the clock"),
     ("ingest, 2 workers / raw", "ingest.ledger.workers2", "the same"),
     ("ingest CPU, 1 worker", "ingest.ledger.workers1.cpu",
-     "the same; GIL hand-offs gone (0.89 -> 0.10 context switches per event)"),
+     "the same; the workers' start no longer counted"),
     ("ingest CPU, 2 workers", "ingest.ledger.workers2.cpu", "the same"),
+    ("ingest CPU, signatures unchecked", "ingest.ledger.unchecked.cpu", "the same"),
     ("raw ingest CPU (control)", "ingest.raw.cpu", "none: code unchanged; the machine"),
     ("threads2 / threads1, raw verify (control)", "verify.raw.threads2.batch128",
      "none: code unchanged; the machine"),
-    ("sync: pull / B's ingest", "sync.pull",
-     "next page fetched and checked while the last one is stored (b4f6237)"),
-    ("sync: node A CPU per event served", "sync.pull.cpu.a", "none aimed at it"),
-    ("open_requests, 100k", "queries.open_requests.100k",
-     "none aimed at it; the session-start code measures the same today"),
-    ("match, 100k", "queries.match.100k", "bounded suggestions (after the last full run)"),
-    ("queries figure, peak RSS", "queries:peak_rss_mb", "the same"),
+    ("append, 8 submitters, direct", "append.ledger.concurrent8",
+     "group commit of queued appends (6ddd5be)"),
+    ("append, 8 submitters, HTTP", "append.http.concurrent8", "the same"),
+    ("append, 8 submitters, HTTP p50", "append.http.concurrent8.p50", "the same"),
+    ("append, one submitter, direct (control)", "append.ledger.serial",
+     "none: nothing queues, nothing to group"),
+    ("sync: pull / B's ingest", "sync.pull", "the ingest changes, on both sides of the ratio"),
+    ("open_requests, 100k", "queries.open_requests.100k", "none aimed at it"),
     ("propagation, line of 5, p50", "propagation.line5", "none aimed at it"),
-    ("propagation, line of 5, p99", "propagation.line5.p99", "p99 of 50 events: noisy"),
-    ("propagation, ring of 10, p50", "propagation.ring10", "none aimed at it"),
-    ("peak RSS, ingest of 100k", "ingest.rss.peak",
-     "now counts the verify workers (sampled with the process)"),
-    ("peak RSS, node B in a 100k sync", "scale.sync.rss.100k", "the same"),
+    ("peak RSS, ingest of 100k", "ingest.rss.peak", "none aimed at it"),
+    ("peak RSS, node B in a 100k sync", "scale.sync.rss.100k", "none aimed at it"),
 )  # fmt: skip
 
 COLUMNS = ("result", "median", "unit", "min", "max", "runs", "ratio", "baseline", "target", "ok")
