@@ -280,52 +280,62 @@ class Ledger:
 
         Each append was its own transaction and fsync, so 8 organizers submitting at once
         were no faster than one. Whichever queued append takes the writer first commits
-        the queue (up to ``limits.batch_size`` events), in arrival order; the others find
-        their results ready when the writer comes to them. An append cancelled before a
-        transaction took it is dropped from the queue; one cancelled after shares the
-        fate of its transaction, like any append cancelled during its commit."""
+        the queue from its front (see ``_commit_queued``); the others find their results
+        ready when the writer comes to them. An append cancelled before a transaction took
+        it is dropped from the queue; one cancelled after shares the fate of that
+        transaction, like any append cancelled during its commit."""
         mine = _Queued(prepared, asyncio.get_running_loop().create_future())
         self._appends.append(mine)
         try:
-            async with self._write:
-                if not mine.done.done():
-                    await self._commit_queued()
+            while not mine.done.done():  # a transaction may have taken others, not this one
+                async with self._write:
+                    if not mine.done.done():
+                        await self._commit_queued()
         except asyncio.CancelledError:
             if mine in self._appends:
                 self._appends.remove(mine)
-            elif mine.done.done() and not mine.done.cancelled():
+            if not mine.done.done():
+                mine.done.cancel()  # in a transaction still running: never put back
+            elif not mine.done.cancelled():
                 mine.done.exception()  # seen: asyncio would log it as never retrieved
             raise
-        except Exception:
-            if not mine.done.done():
-                raise
         return mine.done.result()
 
     async def _commit_queued(self) -> None:
-        """Commit queued appends from the front (the caller holds the writer)."""
+        """Commit queued appends from the front, as one transaction; the caller holds the
+        writer. Every append taken gets its results or the transaction's error.
+
+        A group holds up to ``limits.batch_size`` events and never two appends with an
+        event in common: a copy in one batch shares the fate of the first (ingest._final),
+        which would give the later append the earlier one's refusal, not its own."""
         group: list[_Queued] = []
+        ids: set[bytes] = set()
         size = 0
-        while self._appends and (
-            not group or size + len(self._appends[0].prepared.wires) <= self.limits.batch_size
-        ):
-            queued = self._appends.pop(0)
-            group.append(queued)
+        while self._appends:
+            queued = self._appends[0]
+            its = {c.event.id for c in queued.prepared.fresh}
             size += len(queued.prepared.wires)
-        merged = merge_prepared([q.prepared for q in group])
+            if group and (size > self.limits.batch_size or not ids.isdisjoint(its)):
+                break
+            group.append(self._appends.pop(0))
+            ids |= its
         try:
+            merged = merge_prepared([q.prepared for q in group])
             async with translated("append failed and was rolled back"):
                 results = await self._commit_locked(merged, "local", False)
-        except Exception as err:
+        except Exception as err:  # each append raises it from its own future
             for queued in group:
-                queued.done.set_exception(err)
-            raise
+                if not queued.done.done():
+                    queued.done.set_exception(err)
+            return
         except BaseException:  # cancelled: the others wait again, at the front
             self._appends[:0] = [q for q in group if not q.done.done()]
             raise
         start = 0
         for queued in group:
             end = start + len(queued.prepared.wires)
-            queued.done.set_result(results[start:end])
+            if not queued.done.done():  # not cancelled while this transaction ran
+                queued.done.set_result(results[start:end])
             start = end
 
     async def append(self, wires: Sequence[bytes]) -> list[IngestResult]:

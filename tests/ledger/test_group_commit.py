@@ -61,7 +61,6 @@ async def test_queued_appends_share_a_transaction_with_their_own_results(
         [first[0].to_wire()],
         [first[1].to_wire(), second[1].to_wire()],  # one feed, in order: both stored
         [first[2].to_wire(), first[2].to_wire()],  # a copy in the same submission
-        [first[0].to_wire()],  # a copy of what an earlier submission in the group stores
         [stray.to_wire()],  # a gap: appends are refused, never parked
         [forged],
         [second[3].to_wire()],  # needs first[3], which comes in a later submission
@@ -75,12 +74,12 @@ async def test_queued_appends_share_a_transaction_with_their_own_results(
     results = await asyncio.gather(*tasks)
     assert ledger.generation == generation + 1  # one transaction stored them all
     assert [statuses(r) for r in results] == [
-        ["stored"], ["stored", "stored"], ["stored", "duplicate"], ["duplicate"],
+        ["stored"], ["stored", "stored"], ["stored", "duplicate"],
         ["refused"], ["refused"], ["refused"], ["stored", "stored"],
     ]  # fmt: skip
-    assert reasons(results[4]) == ["pending"]
-    assert reasons(results[5]) == ["forged"]
-    assert reasons(results[6]) == ["pending"]
+    assert reasons(results[3]) == ["pending"]
+    assert reasons(results[4]) == ["forged"]
+    assert reasons(results[5]) == ["pending"]
     stored = await stored_ids(ledger)
     assert {e.id for e in (*first[:5], second[1])} <= stored
     assert not {stray.id, second[3].id, first[5].id} & stored
@@ -153,3 +152,90 @@ async def test_a_lone_append_is_committed_by_itself(make_ledger: OpenLedger, wor
     generation = ledger.generation
     assert statuses(await ledger.append(wires(genesis))) == ["stored"]
     assert ledger.generation == generation + 1 and ledger._appends == []
+
+
+async def test_appends_with_an_event_in_common_are_not_grouped(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    """In one batch a copy shares the fate of the first: B's e2 would take A's refusal.
+    Such appends go in separate transactions, each with the results it has on its own."""
+    ledger, (org,) = await pod_of(make_ledger, world, 1)
+    e1, e2 = need(org, "one"), need(org, "two")
+    generation = ledger.generation
+    a, b = await queued(ledger, [[e2.to_wire()], [e1.to_wire(), e2.to_wire()]])
+    assert (statuses(a), reasons(a)) == (["refused"], ["pending"])  # e1 was not there yet
+    assert statuses(b) == ["stored", "stored"]
+    assert ledger.generation == generation + 1  # A stored nothing; B alone committed
+
+
+def stall_next_transaction(ledger: Ledger) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the next transaction inside the writer (its group taken from the queue) until
+    ``go`` is set; ``inside`` is set once it is there. A timing seam, nothing is faked:
+    the transaction then runs as usual."""
+    go, inside = asyncio.Event(), asyncio.Event()
+    purge = ledger._purge_pending
+
+    async def stalled() -> None:
+        ledger._purge_pending = purge  # type: ignore[method-assign]
+        inside.set()
+        await go.wait()
+        await purge()
+
+    ledger._purge_pending = stalled  # type: ignore[method-assign]
+    return go, inside
+
+
+async def test_an_append_cancelled_in_a_rolled_back_group_is_dropped(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    """The follower is cancelled while its group's transaction runs, then the leader is
+    cancelled too (the transaction rolls back). Neither append is committed later by
+    someone else's append, and a later append gets its own results."""
+    ledger, orgs = await pod_of(make_ledger, world, 3)
+    lead_need, follower_need, later = (need(o, f"need {i}") for i, o in enumerate(orgs))
+    _, inside = stall_next_transaction(ledger)
+    async with ledger._write:
+        lead = asyncio.create_task(ledger.append([lead_need.to_wire()]))
+        follower = asyncio.create_task(ledger.append([follower_need.to_wire()]))
+        await asyncio.sleep(0.05)
+    await inside.wait()
+    assert ledger._appends == []  # both taken by the stalled transaction
+    follower.cancel()
+    await asyncio.sleep(0)
+    lead.cancel()
+    outcomes = await asyncio.gather(lead, follower, return_exceptions=True)
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+    assert ledger._appends == []
+    assert statuses(await ledger.append([later.to_wire()])) == ["stored"]
+    stored = await stored_ids(ledger)
+    assert later.id in stored and not {lead_need.id, follower_need.id} & stored
+
+
+async def test_an_append_cancelled_in_a_failed_group_leaves_no_unseen_error(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    """The follower is cancelled while its group's transaction runs, and then that
+    transaction fails: the leader gets the error, and the follower's copy of it is not
+    left for asyncio to report as never retrieved."""
+    ledger, orgs = await pod_of(make_ledger, world, 2)
+    lead_need, follower_need = (
+        o.write(kinds.RequestOpened(title="x", category="food", details="y" * 3000), "network")
+        for o in orgs
+    )
+    await ledger.db.execute(f"PRAGMA max_page_count = {await _pages(ledger)}")  # disk full
+    go, inside = stall_next_transaction(ledger)
+    async with ledger._write:
+        lead = asyncio.create_task(ledger.append([lead_need.to_wire()]))
+        follower = asyncio.create_task(ledger.append([follower_need.to_wire()]))
+        await asyncio.sleep(0.05)
+        _, follower_entry = ledger._appends
+    await inside.wait()
+    follower.cancel()
+    await asyncio.sleep(0)
+    go.set()
+    lead_outcome, follower_outcome = await asyncio.gather(lead, follower, return_exceptions=True)
+    assert isinstance(lead_outcome, StorageError)
+    assert isinstance(follower_outcome, asyncio.CancelledError)
+    # Its future was cancelled with it, so the failure was never set on it: an exception
+    # set there would have no reader, and asyncio would log "never retrieved".
+    assert follower_entry.done.cancelled()
