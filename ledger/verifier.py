@@ -25,7 +25,7 @@ import os
 import signal
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 
 import msgspec
 
@@ -102,6 +102,17 @@ class _Worker:
                 await self.proc.wait()
 
 
+async def _answers(calls: Iterable[Awaitable[list[Verdict]]]) -> list[list[Verdict]]:
+    """Every worker's answer, within the timeout. Each call is awaited to its end before
+    the first failure is raised, so none is left halfway through reading its pipe."""
+    async with asyncio.timeout(REPLY_TIMEOUT_S):
+        done = await asyncio.gather(*calls, return_exceptions=True)
+    for answer in done:
+        if isinstance(answer, BaseException):
+            raise answer
+    return done  # type: ignore[return-value]
+
+
 # What a worker that cannot start, dies, hangs or talks nonsense raises here.
 _FAILURES = (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, msgspec.DecodeError)
 
@@ -127,17 +138,9 @@ class Verifier:
             return False
         try:
             await self._start()
-            async with asyncio.timeout(REPLY_TIMEOUT_S):  # an empty frame: ready to answer
-                done = await asyncio.gather(
-                    *(w.check([], 0) for w in self._procs), return_exceptions=True
-                )
-            for answer in done:
-                if isinstance(answer, BaseException):
-                    raise answer
+            await _answers(w.check([], 0) for w in self._procs)  # an empty frame: ready
         except _FAILURES as err:
-            log.warning("signature checks move to threads: a worker process failed (%r)", err)
-            self.failed = True
-            await self.close()
+            await self._give_up(err)
         return not self.failed
 
     async def _start(self) -> None:
@@ -161,20 +164,18 @@ class Verifier:
                 return None
             size = -(-len(wires) // len(self._procs))
             parts = [wires[i : i + size] for i in range(0, len(wires), size)]
-            async with asyncio.timeout(REPLY_TIMEOUT_S):
-                done = await asyncio.gather(
-                    *(w.check(part, now) for w, part in zip(self._procs, parts, strict=False)),
-                    return_exceptions=True,  # every answer is awaited, even after one fails
-                )
-            for part in done:
-                if isinstance(part, BaseException):
-                    raise part
+            done = await _answers(
+                w.check(part, now) for w, part in zip(self._procs, parts, strict=False)
+            )
         except _FAILURES as err:
-            log.warning("signature checks move to threads: a worker process failed (%r)", err)
-            self.failed = True
-            await self.close()
+            await self._give_up(err)
             return None
-        return [verdict for part in done for verdict in part]  # type: ignore[union-attr]
+        return [verdict for part in done for verdict in part]
+
+    async def _give_up(self, err: BaseException) -> None:
+        log.warning("signature checks move to threads: a worker process failed (%r)", err)
+        self.failed = True
+        await self.close()
 
     async def close(self) -> None:
         procs, self._procs = self._procs, []
