@@ -290,6 +290,8 @@ class Ledger:
             while not mine.done.done():  # a transaction may have taken others, not this one
                 async with self._write:
                     if not mine.done.done():
+                        # Every transaction sets or puts back what it took: still here.
+                        assert mine in self._appends
                         await self._commit_queued()
         except asyncio.CancelledError:
             if mine in self._appends:
