@@ -45,13 +45,14 @@ def rss_mb(pid: int | None = None) -> float:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) a running process has used so far (/proc; else psutil)."""
+    """CPU seconds (user + system) another running process has used so far (/proc; else
+    psutil); NaN if it cannot be read (it ended), so that no figure is made of it."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except FileNotFoundError:
-        return 0.0
+    except (FileNotFoundError, IndexError, ValueError):
+        return float("nan")
     except OSError:
         import psutil
 

@@ -195,13 +195,12 @@ async def run(quick: bool) -> list[Result]:
                    f"{busy(t['raw'])}"),
             result("ingest.ledger.workers1", "ops/s", rates(t["w1"]), baseline=base,
                    target=">= 0.8",
-                   note=f"Ledger.ingest, 1 verify process (started ahead), batch 1000; "
+                   note="Ledger.ingest, 1 verify process (started ahead), batch 1000; "
                    f"{busy(t['w1'])}"),
             result("ingest.ledger.workers2", "ops/s", rates(t["w2"]), baseline=base,
                    target=">= 1.3",
                    note="Ledger.ingest, 2 verify processes (default, started ahead), "
-                   f"batch 1000; "
-                   f"{busy(t['w2'])}"),
+                   f"batch 1000; {busy(t['w2'])}"),
             result("ingest.ledger.unchecked", "ops/s", rates(t["nv"]), baseline=base,
                    note="diagnostic: the workers=2 ingest with signature checks switched off "
                    f"(bookkeeping alone, no event is verified); {busy(t['nv'])}"),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -35,7 +34,16 @@ from bench._nodes import (
     make_home,
     pull_into_fresh_node,
 )
-from bench._util import Stopwatch, Timed, cpu_seconds, cpu_us, rates, remove_db, rounds
+from bench._util import (
+    Stopwatch,
+    Timed,
+    cpu_seconds,
+    cpu_us,
+    process_cpu_seconds,
+    rates,
+    remove_db,
+    rounds,
+)
 from podlink.ledger.ledger import Ledger
 from podlink.node.api_types import page_decoder
 from podlink.protocol.envelope import encode_wire
@@ -43,23 +51,12 @@ from podlink.protocol.http_auth import sign_request
 from podlink.protocol.keys import Keypair, load_keypair
 
 AUTHORS = 50
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _sizes(quick: bool) -> dict[str, int]:
     if quick:
         return {"events": 3_000, "repeats": 2}
     return {"events": 50_000, "repeats": 3}
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of another process so far, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 async def signed_get(url: str, keypair: Keypair, path: str, **query: object) -> bytes:
@@ -117,13 +114,13 @@ async def run(quick: bool) -> list[Result]:
 
             async def sync() -> Timed:
                 proxy.up = proxy.down = 0
-                a_before = proc_cpu(a.proc.pid)
+                a_before = process_cpu_seconds(a.proc.pid)
                 pulled = await pull_into_fresh_node(
                     a, tmpdir / f"B{next(counter)}", expect, a_url=proxy.url, wait_s=timeout
                 )
                 try:
                     wire.append(proxy.total / expect)
-                    a_cpu.append((proc_cpu(a.proc.pid) - a_before) / expect * 1e6)
+                    a_cpu.append((process_cpu_seconds(a.proc.pid) - a_before) / expect * 1e6)
                     # One idle round: B's key asks A (through the proxy) for changes past
                     # A's head, on a fresh connection.
                     b_key = load_keypair(pulled["b_config"].node_key_path)
