@@ -20,7 +20,7 @@ import msgspec
 
 from podlink.ledger import projections
 from podlink.ledger import state as st
-from podlink.ledger.store import chunks, marks, rows
+from podlink.ledger.store import chunks, marks, rows, transaction
 from podlink.ledger.verifier import PROCESS_MIN, check_signed
 from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import Event, decode_event
@@ -300,21 +300,19 @@ async def commit(
     if not candidates and not refills:
         return _final(batch)
 
-    await db.execute("BEGIN IMMEDIATE")
     try:
-        batch.first_pos = ledger.next_pos
-        await _load_heads(batch, candidates)
-        for cand in refills:  # first: a refilled roster.add may authorise this batch
-            await _refill(batch, cand)
-        for cand in candidates:
-            await _offer(batch, cand)
-        await _park_waiting(batch)
-        await _flush(batch)
-        fresh = await _fresh_roots(batch)
-        await projections.refold(db, batch.roots, ledger.roster, fresh=fresh)
-        await db.commit()
+        async with transaction(db):
+            batch.first_pos = ledger.next_pos
+            await _load_heads(batch, candidates)
+            for cand in refills:  # first: a refilled roster.add may authorise this batch
+                await _refill(batch, cand)
+            for cand in candidates:
+                await _offer(batch, cand)
+            await _park_waiting(batch)
+            await _flush(batch)
+            fresh = await _fresh_roots(batch)
+            await projections.refold(db, batch.roots, ledger.roster, fresh=fresh)
     except BaseException:
-        await db.rollback()
         ledger.forget_caches()
         raise
     ledger.after_commit(batch)

@@ -26,7 +26,7 @@ from podlink.ledger import state as st
 from podlink.ledger.errors import LedgerError
 from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
 from podlink.ledger.schema import PROJECTIONS
-from podlink.ledger.store import connect, rows, scalar, translated
+from podlink.ledger.store import connect, rows, scalar, transaction, translated
 from podlink.ledger.verifier import Verifier
 from podlink.protocol import clock
 from podlink.protocol.boxes import MEMBER_KEY_LEN
@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("podlink.ledger")
 Progress = Callable[[int, int], None]  # (done, total)
+# Batches of one ingest checked (decoded, verified) ahead of the one committing. Two keep
+# the verify processes fed while a commit holds the event loop; each is one batch of
+# events in memory. (One ahead: the workers idled between batches, 1.56 cores busy of 2.)
+PREPARE_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -224,20 +228,22 @@ class Ledger:
         if not parts:
             return []
         results: list[IngestResult] = []
-        # Pipeline: the next batch's signatures are checked while this one commits.
+        # Pipeline: the next batches' signatures are checked while this one commits.
         probe = allow_pending  # peers send copies; local appends almost never do
-        upcoming = asyncio.ensure_future(prepare(self, parts[0], probe=probe))
+        upcoming: deque[asyncio.Future[Prepared]] = deque()
         try:
             for i in range(len(parts)):
-                prepared = await upcoming
-                if i + 1 < len(parts):
-                    upcoming = asyncio.ensure_future(prepare(self, parts[i + 1], probe=probe))
+                while len(upcoming) < PREPARE_AHEAD and i + len(upcoming) < len(parts):
+                    part = parts[i + len(upcoming)]
+                    upcoming.append(asyncio.ensure_future(prepare(self, part, probe=probe)))
+                prepared = await upcoming.popleft()
                 results += await self._commit(prepared, source, allow_pending)
         finally:
-            if not upcoming.done():
-                upcoming.cancel()
+            for pending in upcoming:
+                pending.cancel()
+            for pending in upcoming:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await upcoming
+                    await pending
         return results
 
     async def check(self, wires: Sequence[bytes]) -> Checked:
@@ -419,46 +425,47 @@ class Ledger:
     async def rebuild(self, progress: Progress | None = None) -> None:
         """Drop every projection and replay the log; the result equals the live state."""
         async with self._write, translated("rebuilding projections"):
-            db = self.db
-            await db.execute("BEGIN IMMEDIATE")
             try:
-                for table in PROJECTIONS:
-                    await db.execute(f"DELETE FROM {table}")
-                await _recompute_roots(db)
-                self.roster = st.Roster()
-                pods = [r[0] for r in await rows(
-                    db, "SELECT DISTINCT pod FROM events WHERE kind IN "
-                    "('roster.add', 'roster.remove')")]  # fmt: skip
-                for pod in pods:
-                    await projections.refold_roster(db, self.roster, pod)
-                # Pods fold under their key, found from their events (not feeds.pod: one
-                # key may write two pods' events in one feed). Every other aggregate that
-                # has rows has its anchor event (root = id) in the log: walk the log for
-                # anchors, in pages, so memory stays flat at any size. Progress counts
-                # positions walked.
-                pod_roots = [r[0] for r in await rows(
-                    db, "SELECT DISTINCT root FROM events WHERE kind IN "
-                    "('pod.genesis', 'pod.info', 'roster.add', 'roster.remove')")]  # fmt: skip
-                await projections.refold(db, pod_roots, self.roster, empty=True)
-                total = await scalar(db, "SELECT max(pos) FROM events") or 0
-                after = 0
-                while True:
-                    page = await rows(
-                        db, "SELECT pos, id FROM events WHERE pos > ? AND root = id "
-                        "ORDER BY pos LIMIT 2000", (after,))  # fmt: skip
-                    if not page:
-                        break
-                    await projections.refold(db, [r[1] for r in page], self.roster, empty=True)
-                    after = page[-1][0]
-                    if progress:
-                        progress(after, total)
-                if progress:
-                    progress(total, total)
-                await db.execute("DELETE FROM meta WHERE key = 'rebuild'")
-                await db.commit()
+                await self._rebuild(self.db, progress)
             except BaseException:
-                await db.rollback()
+                self.forget_caches()  # the roster in memory was half refolded
                 raise
+
+    async def _rebuild(self, db: aiosqlite.Connection, progress: Progress | None) -> None:
+        async with transaction(db):
+            for table in PROJECTIONS:
+                await db.execute(f"DELETE FROM {table}")
+            await _recompute_roots(db)
+            self.roster = st.Roster()
+            pods = [r[0] for r in await rows(
+                db, "SELECT DISTINCT pod FROM events WHERE kind IN "
+                "('roster.add', 'roster.remove')")]  # fmt: skip
+            for pod in pods:
+                await projections.refold_roster(db, self.roster, pod)
+            # Pods fold under their key, found from their events (not feeds.pod: one
+            # key may write two pods' events in one feed). Every other aggregate that
+            # has rows has its anchor event (root = id) in the log: walk the log for
+            # anchors, in pages, so memory stays flat at any size. Progress counts
+            # positions walked.
+            pod_roots = [r[0] for r in await rows(
+                db, "SELECT DISTINCT root FROM events WHERE kind IN "
+                "('pod.genesis', 'pod.info', 'roster.add', 'roster.remove')")]  # fmt: skip
+            await projections.refold(db, pod_roots, self.roster, empty=True)
+            total = await scalar(db, "SELECT max(pos) FROM events") or 0
+            after = 0
+            while True:
+                page = await rows(
+                    db, "SELECT pos, id FROM events WHERE pos > ? AND root = id "
+                    "ORDER BY pos LIMIT 2000", (after,))  # fmt: skip
+                if not page:
+                    break
+                await projections.refold(db, [r[1] for r in page], self.roster, empty=True)
+                after = page[-1][0]
+                if progress:
+                    progress(after, total)
+            if progress:
+                progress(total, total)
+            await db.execute("DELETE FROM meta WHERE key = 'rebuild'")
 
     async def verify(self, progress: Progress | None = None) -> VerifyReport:
         """Re-check every stored signature, body hash and feed chain."""

@@ -35,6 +35,24 @@ PRAGMAS = (
 MAX_PARAMS = 500  # ids per IN (...) query, well under SQLite's variable limit
 
 
+@contextlib.asynccontextmanager
+async def transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error or cancellation.
+
+    BEGIN is awaited inside the guarded block: aiosqlite's thread runs a statement to its
+    end even when the task awaiting it is cancelled, so a cancellation that lands while
+    BEGIN runs must still roll back, or the transaction stays open and every later BEGIN
+    fails ("cannot start a transaction within a transaction"). A rollback with no
+    transaction open does nothing."""
+    try:
+        await db.execute("BEGIN IMMEDIATE")
+        yield
+        await db.commit()
+    except BaseException:
+        await db.rollback()
+        raise
+
+
 def _create_private(path: Path) -> None:
     """Create an empty file readable only by its owner (it will hold personal data)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,14 +96,9 @@ async def migrate(db: aiosqlite.Connection) -> None:
             " upgrade podlink"
         )
     for target in range(version + 1, SCHEMA_VERSION + 1):
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with transaction(db):
             await _run_script(db, MIGRATIONS[target - 1])
             await db.execute(f"PRAGMA user_version={target}")
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
 
 
 async def _run_script(db: aiosqlite.Connection, script: str) -> None:

@@ -29,6 +29,11 @@ from collections.abc import Awaitable, Iterable, Sequence
 
 import msgspec
 
+try:
+    import fcntl
+except ImportError:  # not a Unix
+    fcntl = None  # type: ignore[assignment]
+
 from podlink.protocol.envelope import Event, check_time, decode_event
 from podlink.protocol.errors import REASONS, ProtocolError
 
@@ -61,32 +66,64 @@ def check_wires(wires: Sequence[bytes], now: int) -> list[Verdict]:
     return out
 
 
+# What a worker that cannot start, dies, hangs or talks nonsense raises here.
+_FAILURES = (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, msgspec.DecodeError)
+
+
 class _Worker:
+    """One worker process and the frames it has been sent but not yet answered.
+
+    Frames are pipelined: a batch checked ahead is written while the worker still works on
+    the one before, so the worker never waits for the event loop (busy with a commit) to
+    read an answer and send it more. One reader task takes the answers, in order, and
+    hands each to the caller that sent its frame."""
+
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
-        self.lock = asyncio.Lock()
         self.asked = 0  # frames sent, each numbered: the worker echoes the number
+        self.waiting: dict[int, asyncio.Future[list[Verdict]]] = {}
+        self.failure: BaseException | None = None  # why the reader stopped
+        self.reader = asyncio.ensure_future(self._read())
 
-    async def check(self, wires: Sequence[bytes], now: int) -> list[Verdict]:
-        """Send one frame and read its answer. A caller cancelled while waiting leaves its
-        answer in the pipe; the next caller skips answers to earlier numbers, so it never
-        takes another batch's verdicts for its own."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        async with self.lock:
-            self.asked += 1
-            number = self.asked
-            frame = msgspec.msgpack.encode((number, now, wires))
-            self.proc.stdin.write(_LEN.pack(len(frame)) + frame)
-            await self.proc.stdin.drain()
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        try:
             while True:
                 (size,) = _LEN.unpack(await self.proc.stdout.readexactly(_LEN.size))
-                answered, reply = _reply_decoder.decode(
-                    await self.proc.stdout.readexactly(size)
-                )
-                if answered == number:
-                    break
-                if answered > number:
-                    raise EOFError(f"answer to frame {answered} while waiting for {number}")
+                answered, reply = _reply_decoder.decode(await self.proc.stdout.readexactly(size))
+                waiter = self.waiting.pop(answered, None)
+                if waiter is not None and not waiter.done():  # else: its caller gave up
+                    waiter.set_result(reply)
+        except asyncio.CancelledError:
+            self.failure = EOFError("worker closed")
+        except Exception as err:  # dead, or talking nonsense: its checks go to threads
+            self.failure = err if isinstance(err, _FAILURES) else EOFError(repr(err))
+        for waiter in self.waiting.values():
+            if not waiter.done():
+                waiter.set_exception(self.failure)
+        self.waiting.clear()
+
+    async def check(self, wires: Sequence[bytes], now: int) -> list[Verdict]:
+        """Send one frame and wait for its answer. A caller cancelled while waiting leaves
+        its answer to be read and dropped: it is never taken for another frame's."""
+        assert self.proc.stdin is not None
+        if self.failure is not None:
+            raise EOFError(f"worker stopped: {self.failure!r}")
+        self.asked += 1
+        number = self.asked
+        answer = asyncio.get_running_loop().create_future()
+        self.waiting[number] = answer
+        try:
+            frame = msgspec.msgpack.encode((number, now, wires))
+            self.proc.stdin.write(_LEN.pack(len(frame)) + frame)  # whole: frames never mix
+            await self.proc.stdin.drain()
+            reply = await answer
+        finally:
+            self.waiting.pop(number, None)
+            if not answer.done():
+                answer.cancel()
+            elif not answer.cancelled():
+                answer.exception()  # seen, even if the write failed first: no asyncio log
         if len(reply) != len(wires) or any(v is not None and v[0] not in REASONS for v in reply):
             raise EOFError(f"unusable answer: {len(reply)} verdicts for {len(wires)} events")
         return [None if v is None else (v[0], v[1]) for v in reply]
@@ -100,6 +137,9 @@ class _Worker:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+        self.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader
 
 
 async def _answers(calls: Iterable[Awaitable[list[Verdict]]]) -> list[list[Verdict]]:
@@ -111,10 +151,6 @@ async def _answers(calls: Iterable[Awaitable[list[Verdict]]]) -> list[list[Verdi
         if isinstance(answer, BaseException):
             raise answer
     return done  # type: ignore[return-value]
-
-
-# What a worker that cannot start, dies, hangs or talks nonsense raises here.
-_FAILURES = (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, msgspec.DecodeError)
 
 
 class Verifier:
@@ -152,6 +188,8 @@ class Verifier:
                     sys.executable, "-m", "podlink.ledger.verifier",
                     stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 )  # fmt: skip
+                assert proc.stdin is not None
+                _widen(proc.stdin.transport)
                 self._procs.append(_Worker(proc))
 
     async def check(self, wires: Sequence[bytes], now: int) -> list[Verdict] | None:
@@ -182,6 +220,22 @@ class Verifier:
         for worker in procs:
             with contextlib.suppress(OSError, ProcessLookupError):
                 await worker.stop()
+
+
+PIPE_BYTES = 1 << 20  # room for a whole frame (1,000 events are ~500 kB) in the pipe
+_F_SETPIPE_SZ = 1031  # Linux fcntl
+
+
+def _widen(transport: asyncio.BaseTransport) -> None:
+    """Grow a worker's stdin pipe to PIPE_BYTES where the OS allows (Linux, up to
+    fs.pipe-max-size): a frame is then written in one go, and the worker reads it all
+    without waiting for the event loop, busy with a commit, to push the rest. Elsewhere,
+    or if refused, the pipe keeps its size (64 kB on Linux) and all still works."""
+    pipe = transport.get_extra_info("pipe")
+    if pipe is None or fcntl is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def main() -> None:

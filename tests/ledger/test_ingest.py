@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+from podlink.ledger.ledger import Limits
 from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import (
     MAX_BODY,
@@ -251,3 +255,36 @@ async def test_a_second_copy_in_a_batch_shares_the_fate_of_the_first(
     assert [r.status for r in results] == ["pending", "pending"]  # before her tenure
     results = await ledger.ingest(wires([*events, *events]))
     assert statuses(results) == ["duplicate"] * 2
+
+
+async def test_an_ingest_cancelled_with_batches_checked_ahead_stops_cleanly(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    """Cancelling a long ingest cancels the batches being checked ahead of the commit: no
+    task is left running, what was committed is a whole prefix of the feed, and the same
+    ingest again completes it."""
+    pod, genesis = world.pod()
+    events = [*genesis]
+    for i in range(1500):
+        world.tick()
+        events.append(pod.author.write(kinds.RequestOpened(title=f"need {i}", category="food"),
+                                       "network"))  # fmt: skip
+    sent = wires(events)
+    ledger = await make_ledger(pod=pod.id, limits=Limits(batch_size=300))
+    assert await ledger.verifier.start()  # its readers run as long as the ledger
+    before = asyncio.all_tasks()
+    committed = asyncio.Event()
+    ledger.stored_listeners.append(lambda _pos: committed.set())
+    ingest = asyncio.ensure_future(ledger.ingest(sent))
+    await committed.wait()  # the first batch is stored, the next ones are being checked
+    ingest.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ingest
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()
+    kept = await stored_ids(ledger)
+    assert 0 < len(kept) < len(events)
+    assert kept == {e.id for e in events[: len(kept)]}  # the feed's first events, no gap
+    results = await ledger.ingest(sent)
+    assert statuses(results).count("stored") == len(events) - len(kept)
+    assert await count(ledger, "events") == len(events)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
+from pathlib import Path
 
-from podlink.ledger.verifier import PROCESS_MIN
-from podlink.protocol import kinds
+import pytest
+
+from podlink.ledger.verifier import PIPE_BYTES, PROCESS_MIN, Verifier
+from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import Event, encode_wire
 from tests.ledger.conftest import OpenLedger
 from tests.ledger.helpers import Pod, World, count, reasons, statuses, wires
@@ -132,3 +136,70 @@ async def test_workers_started_ahead_answer_the_first_large_batch(
     assert ledger.verifier.pids == started  # the same processes did the work
     assert statuses(results) == ["stored"] * (len(events) - 1) + ["refused"]
     assert reasons(results[-1:]) == ["forged"]
+
+
+async def test_frames_in_flight_to_one_worker_each_get_their_own_verdicts(world: World) -> None:
+    """Batches checked ahead are written to a worker before it answered the one before
+    (pipelined frames); every caller must get exactly the verdicts of its own wires."""
+    pod, genesis = world.pod()
+    events = [*genesis, *needs(world, pod, 30)]
+    batches = [  # the same length each, so that a swapped answer would fit
+        [*wires(events[0:9]), forged(events[9])],
+        [forged(events[10]), *wires(events[11:20])],
+        wires(events[20:30]),
+    ]
+    verifier = Verifier(1)
+    try:
+        assert await verifier.start()
+        answers = await asyncio.gather(*(verifier.check(b, clock.now_ms()) for b in batches))
+        assert len(verifier.pids) == 1 and verifier._procs[0].asked == 4  # start + 3
+    finally:
+        await verifier.close()
+    refused = [[i for i, v in enumerate(a or []) if v is not None] for a in answers]
+    assert refused == [[9], [0], []]
+    assert answers[0][9][0] == "forged"  # type: ignore[index]
+
+
+async def test_a_worker_dying_with_frames_in_flight_fails_them_all(world: World) -> None:
+    """Every caller waiting on a worker that dies gets None (its events go to the verify
+    threads), none waits for the reply timeout, and the processes are gone."""
+    pod, genesis = world.pod()
+    batch = wires([*genesis, *needs(world, pod, 2000)])  # ~80 ms of checks per frame
+    verifier = Verifier(1)
+    try:
+        assert await verifier.start()
+        (pid,) = verifier.pids
+        calls = [asyncio.ensure_future(verifier.check(batch, clock.now_ms())) for _ in range(3)]
+        await asyncio.sleep(0.02)  # all three frames written; the first is being checked
+        os.kill(pid, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            answers = await asyncio.gather(*calls)
+    finally:
+        await verifier.close()
+    assert answers == [None, None, None]
+    assert verifier.failed and verifier.pids == []
+
+
+async def test_a_worker_pipe_holds_a_whole_frame(world: World) -> None:
+    """Where Linux allows it, a worker's stdin pipe is widened so that a 1,000-event frame
+    is written at once, without the event loop having to push the rest later."""
+    limit = _pipe_max_size()
+    if limit is None or not hasattr(fcntl, "F_GETPIPE_SZ"):
+        pytest.skip("pipe sizes are a Linux feature")
+    verifier = Verifier(1)
+    try:
+        assert await verifier.start()
+        stdin = verifier._procs[0].proc.stdin
+        assert stdin is not None
+        size = fcntl.fcntl(stdin.transport.get_extra_info("pipe").fileno(), fcntl.F_GETPIPE_SZ)
+    finally:
+        await verifier.close()
+    assert size >= min(PIPE_BYTES, limit)
+
+
+def _pipe_max_size() -> int | None:
+    """The largest pipe an unprivileged process may ask for (Linux), else None."""
+    try:
+        return int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except OSError:
+        return None
