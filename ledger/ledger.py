@@ -31,6 +31,7 @@ from podlink.ledger.verifier import Verifier
 from podlink.protocol import clock
 from podlink.protocol.boxes import MEMBER_KEY_LEN
 from podlink.protocol.envelope import decode_header, verify_signature_parts
+from podlink.protocol.text import b64e
 
 if TYPE_CHECKING:
     from podlink.ledger.ingest import Batch
@@ -185,17 +186,21 @@ class Ledger:
             await self.db.commit()
         self.pod = pod
 
-    async def write(self, sql: str, params: Sequence[object] = ()) -> None:
-        """One small local write (peers, invites) outside any ingest transaction."""
+    async def write(self, sql: str, params: Sequence[object] = ()) -> int:
+        """One small local write (peers, invites) outside any ingest transaction; returns
+        how many rows it changed."""
         async with self._write, translated("writing local state"):
-            await self.db.execute(sql, params)
+            cursor = await self.db.execute(sql, params)
             await self.db.commit()
+            return cursor.rowcount
 
     async def put_member_key(self, member: bytes, key: bytes) -> None:
         """Keep the SecretBox key of ``member`` (the id of its member.join event).
 
         Goes through the writer lock so that it never lands inside a batch's transaction.
-        Refused once the member is forgotten: a forgotten member's key stays destroyed."""
+        Refused once the member is forgotten: a forgotten member's key stays destroyed.
+        A key already kept is never replaced (the member's box was sealed with it: another
+        key, sent with a copy of the join, would only make their details unreadable)."""
         if len(member) != 32 or len(key) != MEMBER_KEY_LEN:
             raise ValueError("a member id is 32 bytes and a member key 32 bytes")
         async with self._write, translated("storing a member key"):
@@ -203,8 +208,13 @@ class Ledger:
                 self.db, "SELECT 1 FROM members WHERE id = ? AND status = 'forgotten'", (member,)
             ):
                 raise LedgerError("this member was forgotten; their key is not kept again")
-            await self.db.execute("INSERT OR REPLACE INTO member_keys VALUES (?, ?)", (member, key))
+            cursor = await self.db.execute(
+                "INSERT OR IGNORE INTO member_keys VALUES (?, ?)", (member, key)
+            )
             await self.db.commit()
+            if not cursor.rowcount:
+                log.warning("member %s already has a key; the other one sent is ignored",
+                            b64e(member)[:8])  # fmt: skip
 
     async def rotate_epoch(self) -> bytes:
         """Start a new store epoch after restoring a backup: peers notice and repair from

@@ -16,6 +16,10 @@ from podlink.protocol.envelope import MAX_EVENT
 B64 = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]*$", max_length=2 * MAX_EVENT)]
 Key = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{43}$")]
 Id = Key
+# Store positions (cursors, heads) anyone may send us: SQLite binds at most 2**63 - 1,
+# and a node would need 4.6e18 events to reach this.
+MAX_POSITION = 2**62
+Position = Annotated[int, msgspec.Meta(ge=0, le=MAX_POSITION)]
 
 
 class Error(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -131,8 +135,8 @@ class Redeem(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class Peer(msgspec.Struct, kw_only=True):
     pod: Key
-    name: str
-    url: str
+    name: Annotated[str, msgspec.Meta(max_length=200)]
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=500)]
 
 
 class SyncReport(msgspec.Struct, kw_only=True):
@@ -165,8 +169,8 @@ class Page(msgspec.Struct, kw_only=True, array_like=True):
     changes when the node's store was restored (then repair by heads)."""
 
     epoch: bytes
-    cursor: int
-    head: int
+    cursor: Position
+    head: Position
     events: list[msgspec.Raw]
 
 
@@ -180,7 +184,7 @@ class FeedHead(msgspec.Struct, array_like=True):
 class StreamHello(msgspec.Struct, kw_only=True, array_like=True):
     """msgpack: the first message a peer sends on the live stream."""
 
-    since: int
+    since: Position
     epoch: bytes | None = None
 
 

@@ -96,11 +96,15 @@ def make_auth_middleware(node: object) -> object:
         # the limiter's. Keys without a role share one bucket (redeeming an invite).
         if needed != "signed" and not roles:
             raise APIError("unauthorised", "this key is not an organizer or a peer of this pod")
+        # The nonce before the rate: a replay must not spend its victim's tokens (a dozen
+        # replays of one captured request would lock an organizer out), and a request
+        # refused for its rate is remembered too, so it cannot be replayed later. Only
+        # keys with a role get here: their nonces are what the bounded memory is for.
+        if roles:  # without a role: refused above, or an idempotent invite redemption
+            nonces.check_and_add(signed)
         if not limiter.allow(signed.key if roles else b""):
             node.metrics.inc("requests_refused_total", reason="rate-limited")
             raise APIError("rate-limited", "too many requests from this key; slow down")
-        if roles:  # without a role: refused above, or an idempotent invite redemption
-            nonces.check_and_add(signed)
         if needed != "signed" and needed not in roles:
             raise APIError("forbidden", f"this key may not use the {needed} API", 403)
         request[SIGNER] = signed.key

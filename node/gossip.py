@@ -302,7 +302,10 @@ class Gossip:
             name = link.record.name
             try:
                 received, stored = await asyncio.wait_for(link.pull(), seconds)
-            except (aiohttp.ClientError, PeerError, TimeoutError, OSError) as err:
+            except Exception as err:
+                if not isinstance(err, (aiohttp.ClientError, PeerError, TimeoutError, OSError)):
+                    # A bug: logged, and this peer's row says so; the others still sync.
+                    log.exception("peer %s: unexpected error in sync", link.source[:8])
                 link.status.last_error = f"{type(err).__name__}: {err}"[:300]
                 return PeerSync(pod=link.source, name=name, ok=False, received=0, stored=0,
                                 error=link.status.last_error)  # fmt: skip

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from podlink.node.runtime import Node
 
 PREFIX = "podlink1."
+MAX_ANSWER = 64 * 1024  # bytes of the inviting node's answer we read, at most
 
 
 class InviteCode(msgspec.Struct, array_like=True, frozen=True):
@@ -44,9 +45,16 @@ def decode(code: str) -> InviteCode:
     if not code.startswith(PREFIX):
         raise APIError("invalid", f"an invite code starts with {PREFIX!r}")
     try:
-        return _decoder.decode(b64d(code[len(PREFIX) :], what="invite"))
+        invite = _decoder.decode(b64d(code[len(PREFIX) :], what="invite"))
     except msgspec.MsgspecError:
         raise APIError("invalid", "this invite code is damaged; copy it again") from None
+    try:
+        url: yarl.URL | None = yarl.URL(invite.url)  # checks brackets, port range...
+    except ValueError:
+        url = None
+    if url is None or not url.host:
+        raise APIError("invalid", "this invite's address is not a usable URL; ask for a new one")
+    return invite
 
 
 async def store(node: Node, secret: str, expires: int) -> None:
@@ -68,15 +76,22 @@ async def redeem(node: Node, code: InviteCode) -> Peer:
     url = yarl.URL(code.url.rstrip("/") + "/v1/peer/redeem")
     headers = sign_request(node.keypair, "POST", url.raw_path_qs, body)
     headers["Content-Type"] = "application/json"
-    async with node.session.post(url, data=body, headers=headers) as resp:
-        data = await resp.read()
+    async with node.session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+        data = await resp.content.read(MAX_ANSWER + 1)  # an answer is well under 1 kB
+        if len(data) > MAX_ANSWER:
+            raise APIError("unavailable", f"the node at {code.url} sent an answer over "
+                           f"{MAX_ANSWER} bytes; is that a podlink node?", 424)  # fmt: skip
         if resp.status != 200:
             try:
-                message = msgspec.json.decode(data)["message"]
+                message = str(msgspec.json.decode(data)["message"])[:300]
             except (msgspec.MsgspecError, KeyError, TypeError):
                 message = f"HTTP {resp.status}"
             raise APIError("unauthorised", f"the other pod refused the invite: {message}", 400)
-    peer = _peer_decoder.decode(data)
+    try:
+        peer = _peer_decoder.decode(data)
+    except msgspec.MsgspecError:
+        raise APIError("unavailable", f"the node at {code.url} did not answer as a podlink "
+                       "node would", 424) from None  # fmt: skip
     if b64d(peer.pod, length=32, what="pod") != code.pod:
         raise APIError("forged", "the node at the invite's URL is not the pod that invited us")
     return peer

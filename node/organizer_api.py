@@ -18,6 +18,7 @@ from podlink.ledger import queries
 from podlink.ledger.store import rows
 from podlink.node import invites
 from podlink.node.api_types import (
+    MAX_POSITION,
     Head,
     Heads,
     Invite,
@@ -34,7 +35,7 @@ from podlink.node.api_types import (
 )
 from podlink.node.auth import SIGNER
 from podlink.node.errors import APIError
-from podlink.node.peer_api import NODE, version
+from podlink.node.peer_api import NODE, int_param, version
 from podlink.protocol import boxes, kinds
 from podlink.protocol.envelope import PROTOCOL_VERSION
 from podlink.protocol.errors import ProtocolError
@@ -226,13 +227,9 @@ async def list_forks(request: web.Request) -> web.Response:
 
 async def log(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    try:
-        since = int(request.query.get("since", "0"))
-        limit = min(int(request.query.get("limit", "100")), MAX_LIST)
-    except ValueError:
-        raise APIError("invalid", "since and limit must be integers") from None
-    if since < 0 or limit < 1:  # SQLite reads LIMIT -1 as "no limit"
-        raise APIError("invalid", "since must be 0 or more and limit 1 or more")
+    since = int_param(request, "since", 0, 0, MAX_POSITION)
+    # At least 1 (SQLite reads LIMIT -1 as "no limit"); more than MAX_LIST is cut to it.
+    limit = min(int_param(request, "limit", 100, 1, MAX_POSITION), MAX_LIST)
     newest = request.query.get("order") == "newest"
     return reply(await queries.log_page(node.ledger.reader, since, limit, newest_first=newest))
 

@@ -23,6 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from podlink.ledger import queries
 from podlink.node.api_types import (
+    MAX_POSITION,
     FeedHead,
     Info,
     Page,
@@ -69,14 +70,15 @@ async def info(request: web.Request) -> web.Response:
     return web.Response(body=json_encoder.encode(body), content_type="application/json")
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """A query parameter in plain ASCII digits (not int()'s "+5", "1_0" or other
+    scripts' digits), within [low, high]: SQLite binds at most 2**63 - 1."""
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise APIError("invalid", f"{name} must be an integer, got {raw[:20]!r}") from None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
+        raise APIError("invalid", f"{name} must be a whole number, got {raw[:20]!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise APIError("invalid", f"{name} must be between {low} and {high}")
     return value
@@ -101,8 +103,8 @@ async def page_since(node: Node, peer: bytes, since: int, limit: int) -> Page:
 
 async def changes(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    since = _int_param(request, "since", 0, 0, 2**62)
-    limit = _int_param(request, "limit", node.config.page_events, 1, node.config.page_events)
+    since = int_param(request, "since", 0, 0, MAX_POSITION)
+    limit = int_param(request, "limit", node.config.page_events, 1, node.config.page_events)
     page = await page_since(node, request[SIGNER], since, limit)
     return web.Response(body=msgpack_encoder.encode(page), content_type=MSGPACK)
 
@@ -194,8 +196,8 @@ async def feed(request: web.Request) -> web.Response:
     lane = request.query.get("lane", "")
     if lane not in LANES or lane == "pod":
         raise APIError("invalid", "lane must be peers or network")
-    start = _int_param(request, "from", 1, 1, 2**53)
-    end = _int_param(request, "to", 2**53, start, 2**53)
+    start = int_param(request, "from", 1, 1, 2**53)
+    end = int_param(request, "to", 2**53, start, 2**53)
     limit = node.config.page_events
     # A third pod's peers lane is one hop only: each event must be ours or the asker's.
     pods = (node.pod, request[SIGNER]) if lane == "peers" else None
@@ -234,12 +236,18 @@ async def redeem(request: web.Request) -> web.Response:
         raise APIError("unauthorised", "this invite was already used")
     if expires < time.time():
         raise APIError("unauthorised", "this invite has expired; ask for a new one")
-    await node.ledger.write(
-        "UPDATE invites SET used_by = ?, used_at = strftime('%s','now') WHERE secret_hash = ?",
-        (joiner, h),
+    # Claimed in one statement: the checks above read the invite before other requests
+    # presenting it (concurrently, with other keys) could claim it; only one pod gets in.
+    claimed = await node.ledger.write(
+        "UPDATE invites SET used_by = ?, used_at = strftime('%s','now') WHERE secret_hash = ? "
+        "AND (used_by IS NULL OR used_by = ?) AND expires >= ?",
+        (joiner, h, joiner, int(time.time())),
     )
+    if not claimed:
+        raise APIError("unauthorised", "this invite was already used")
     await node.add_peer(joiner, body.url, body.name)
-    me = Peer(pod=b64e(node.pod), name=node.config.name, url=node.config.public_url)
+    # (Peer names and URLs are read up to 200 and 500 characters, as in Redeem.)
+    me = Peer(pod=b64e(node.pod), name=node.config.name[:200], url=node.config.public_url)
     return web.Response(body=json_encoder.encode(me), content_type="application/json")
 
 
