@@ -449,10 +449,10 @@ async def _offer(batch: Batch, cand: Candidate) -> None:
                 await _refill(batch, cand)
             batch.result(cand, IngestResult("duplicate", ev.id_text))
         else:
-            _record_fork(batch, cand, kept_id)
+            await _record_fork(batch, cand, kept_id)
         return
     if h.seq == head_seq + 1 and h.prev != head_id:
-        _record_fork(batch, cand, head_id or b"")  # its history differs from ours before it
+        await _record_fork(batch, cand, head_id or b"")  # its history differs before it
         return
     if h.seq > head_seq + 1:
         _wait(batch, cand, "seq", f"waiting for seq {head_seq + 1} of this feed")
@@ -504,21 +504,39 @@ async def _id_at(batch: Batch, author: bytes, lane: str, seq: int) -> bytes:
     return kept[0][0] if kept else b""
 
 
-def _record_fork(batch: Batch, cand: Candidate, kept_id: bytes) -> None:
-    """Keep the newcomer's signed header as evidence next to the event we hold."""
+async def _record_fork(batch: Batch, cand: Candidate, kept_id: bytes) -> None:
+    """Refuse the newcomer; keep its signed header as evidence next to the event we hold,
+    if none is kept for that feed position yet.
+
+    One other header proves the equivocation. Keeping each one would let a key that signs
+    thousands of events at one position (one peer served 600 in a review) fill the disk
+    and the log; the evidence is bounded by the positions of the feed, as its events are."""
     h = cand.event.header
-    batch.forks.append((
-        h.author, h.lane, h.seq, kept_id, cand.event.id, cand.event.payload, cand.event.sig,
-        batch.source, batch.now,
-    ))  # fmt: skip
-    log.warning(
-        "fork: %s signed two events at %s seq %d (kept %s, refused %s, from %s)",
-        b64e(h.author)[:8], h.lane, h.seq, b64e(kept_id)[:8], cand.event.id_text[:8],
-        batch.source,
-    )  # fmt: skip
+    if not await _fork_known(batch, h.author, h.lane, h.seq):
+        batch.forks.append((
+            h.author, h.lane, h.seq, kept_id, cand.event.id, cand.event.payload,
+            cand.event.sig, batch.source, batch.now,
+        ))  # fmt: skip
+        log.warning(
+            "fork: %s signed two events at %s seq %d (kept %s, refused %s, from %s)",
+            b64e(h.author)[:8], h.lane, h.seq, b64e(kept_id)[:8], cand.event.id_text[:8],
+            batch.source,
+        )  # fmt: skip
     batch.result(cand, _refused(ProtocolError(
         "fork", f"another event is already stored at {h.lane} seq {h.seq} of this author"),
         cand.event.id))  # fmt: skip
+
+
+async def _fork_known(batch: Batch, author: bytes, lane: str, seq: int) -> bool:
+    """Whether evidence of a fork at this feed position is kept (or about to be)."""
+    if any(f[0] == author and f[1] == lane and f[2] == seq for f in batch.forks):
+        return True
+    found = await rows(
+        batch.ledger.db,
+        "SELECT 1 FROM forks WHERE author = ? AND lane = ? AND seq = ? LIMIT 1",
+        (author, lane, seq),
+    )
+    return bool(found)
 
 
 async def _resolve_root(batch: Batch, ev: Event, root: bytes) -> bytes:

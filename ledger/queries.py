@@ -353,8 +353,9 @@ async def feed_range(
     *,
     pods: tuple[bytes, ...] | None = None,
 ) -> list[tuple[int, bytes, bytes, bytes | None]]:
-    """Events of one feed with start <= seq <= end, in seq order; with ``pods``, only
-    events written for one of those pods (each event is checked, not the feed)."""
+    """(seq, payload, sig, body) of one feed's events with start <= seq <= end, in seq
+    order; with ``pods``, only events written for one of those pods (each event is
+    checked, not the feed)."""
     where, params = "", []
     if pods is not None:
         where = f" AND pod IN ({marks(len(pods))})"
@@ -362,7 +363,7 @@ async def feed_range(
     return list(
         await rows(
             db,
-            "SELECT pos, payload, sig, body FROM events WHERE author = ? AND lane = ? "
+            "SELECT seq, payload, sig, body FROM events WHERE author = ? AND lane = ? "
             f"AND seq BETWEEN ? AND ?{where} ORDER BY seq LIMIT ?",
             (author, lane, start, end, *params, limit),
         )
