@@ -224,3 +224,46 @@ async def test_a_released_roster_waiter_chains_on_its_stored_predecessor(
     assert e2.id in await stored_ids(ledger)
     assert await count(ledger, "pending") == 0
     assert await count(ledger, "requests") == 2
+
+
+def early_writer(world: World, pod) -> tuple[Author, list, object]:  # type: ignore[no-untyped-def]
+    """An organizer's first event, then the roster.add naming them, stamped after it: the
+    event stays unauthorised when the add is stored (released, it must wait again)."""
+    key = Keypair.generate()
+    org = Author(key, pod.id, world.clock)
+    early = org.write(kinds.RequestOpened(title="Soup", category="food"), "network")
+    world.tick(1000)
+    add = pod.author.write(kinds.OrganizerAdded(key=key.public, name="Late"), "network")
+    return org, [early], add
+
+
+async def test_a_released_waiter_that_waits_again_stays_on_its_senders_allowance(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    """Parked events count against the peer that sent them. One released by another
+    peer's event and parked again must not move to that peer's allowance (a peer could
+    fill an honest peer's allowance with events the honest one releases)."""
+    pod, genesis = world.pod()
+    _, (early,), add = early_writer(world, pod)
+    ledger = await make_ledger(pod=pod.id)
+    assert statuses(await ledger.ingest(wires(genesis), source="peer-b")) == ["stored"]
+    assert statuses(await ledger.ingest([early.to_wire()], source="peer-a")) == ["pending"]
+    assert statuses(await ledger.ingest([add.to_wire()], source="peer-b")) == ["stored"]
+    assert await query(ledger, "SELECT id, source FROM pending") == [(early.id, "peer-a")]
+    assert (ledger.pending_count("peer-a"), ledger.pending_count("peer-b")) == (1, 0)
+
+
+async def test_a_local_append_never_drops_a_waiter_it_releases(
+    make_ledger: OpenLedger, world: World
+) -> None:
+    """A roster.add appended here releases its organizer's parked events; one that must
+    wait again is parked again (a local append refuses gaps in what it was sent, but
+    what a peer parked is not the append's to drop)."""
+    pod, genesis = world.pod()
+    _, (early,), add = early_writer(world, pod)
+    ledger = await make_ledger(pod=pod.id)
+    assert statuses(await ledger.append(wires(genesis))) == ["stored"]
+    assert statuses(await ledger.ingest([early.to_wire()], source="peer-a")) == ["pending"]
+    assert statuses(await ledger.append([add.to_wire()])) == ["stored"]
+    assert await query(ledger, "SELECT id, source FROM pending") == [(early.id, "peer-a")]
+    assert ledger.pending_count("peer-a") == 1
