@@ -577,6 +577,10 @@ async def _store(batch: Batch, cand: Candidate) -> None:
         batch.views.setdefault(root, []).extend(v for v in filed if v.kind in st.CLAIM_ANSWERS)
         if others := [v for v in filed if v.kind not in st.CLAIM_ANSWERS]:
             batch.views[ev.id] = others
+        if ev.id in batch.reload:
+            # An answer filed under this claim had its body refilled in this batch: its
+            # view in memory is the bodiless one, so the request folds from the table.
+            batch.reload.add(root)
     pos = ledger.next_pos
     ledger.next_pos += 1
     if root is not None:

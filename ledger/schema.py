@@ -218,5 +218,18 @@ V5 = """
 DROP INDEX IF EXISTS claims_request;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5)
+# V6: a roster tenure is keyed by the roster.add that opened it. Keyed by its start time,
+# an organizer added, removed and added again within one timestamp (three events, same
+# ts, any order of ids) made two tenures with one key, and the batch holding them failed
+# on the constraint, in every order: honest events that could never be stored.
+V6 = """
+DROP TABLE roster;
+CREATE TABLE roster (
+    pod BLOB NOT NULL, key BLOB NOT NULL, name TEXT NOT NULL,
+    from_ts INTEGER NOT NULL, until_ts INTEGER, add_id BLOB NOT NULL, remove_id BLOB,
+    PRIMARY KEY (pod, key, add_id)
+) STRICT, WITHOUT ROWID;
+INSERT OR REPLACE INTO meta SELECT 'rebuild', x'01' WHERE EXISTS (SELECT 1 FROM events);
+"""
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6)
 SCHEMA_VERSION = len(MIGRATIONS)
