@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -64,7 +63,6 @@ class Candidate(msgspec.Struct, gc=False):
     wire: bytes
     body_dropped: bool = False
     origin: bytes | None = None  # the peer that delivered it, if a peer did
-    parked_by: str | None = None  # released from pending: the source that sent it
 
 
 @dataclass
@@ -464,32 +462,23 @@ async def _offer(batch: Batch, cand: Candidate) -> None:
             "invalid", "timestamp is not after the previous event of its feed"), ev.id))
         return
 
-    # Authorisation: the pod's key, or an organizer on its roster at this timestamp.
-    if not ledger.roster.authorised(h.pod, h.author, h.ts):
-        if ledger.roster.ever_added(h.pod, h.author, h.ts):
-            batch.result(cand, _refused(ProtocolError(
-                "unauthorised", "author was removed from its pod's roster before this event"),
-                ev.id))  # fmt: skip
-            if _may_park(batch, cand):
-                # Kept aside all the same: a roster event still to come can undo that removal
-                # (its remover turns out removed before it), and then this event counts.
-                batch.waiting_roster.append(cand)
-        else:
-            _wait(batch, cand, "roster", "author not (yet) on its pod's roster")
+    # Authorisation: the pod's key, or a key named by a roster.add of the pod (stored
+    # even when no tenure covers its time: the folds soft-fail it; see state.Roster).
+    # A key never named waits: its roster.add may be on its way.
+    if not ledger.roster.is_named(h.pod, h.author):
+        _wait(batch, cand, "roster", "author not (yet) on its pod's roster")
         return
 
     await _store(batch, cand)
 
 
-def _may_park(batch: Batch, cand: Candidate) -> bool:
-    """Whether ``cand`` may wait in pending: what a peer sent may, and so may an event
-    released from pending, whoever's batch released it (a local append refuses gaps in
-    what it was given, but what was parked is not its to drop)."""
-    return batch.allow_pending or cand.parked_by is not None
-
-
 def _wait(batch: Batch, cand: Candidate, why: str, message: str) -> None:
-    if not _may_park(batch, cand):
+    """Park ``cand`` (or refuse it as ``pending`` where nothing may wait: a local append).
+
+    An event released from pending never waits again: released by its predecessor, it
+    continues a stored feed, so its author is named; released by its author's naming, it
+    was next in its feed when parked, and nothing of that feed could be stored since."""
+    if not batch.allow_pending:
         batch.result(cand, _refused(ProtocolError("pending", message), cand.event.id))
         return
     h = cand.event.header
@@ -661,8 +650,7 @@ async def _take_pending(batch: Batch, where: str, params: Sequence) -> list[Cand
         ev = decode_event(wire)  # verified before it was parked
         if ev.body is not None and not ev.body_matches():
             ev = ev.without_body()
-        out.append(Candidate(-1, ev, kinds.check_kind(ev), wire, origin=_origin(source),
-                             parked_by=source))  # fmt: skip
+        out.append(Candidate(-1, ev, kinds.check_kind(ev), wire, origin=_origin(source)))
     return out
 
 
@@ -689,32 +677,31 @@ async def _park_waiting(batch: Batch) -> None:
         "UPDATE pending SET wire = ? WHERE id = ?",
         [(by_id[i].wire, i) for i in parked if by_id[i].event.body is not None],
     )
-    # Each waits on the allowance of the source that sent it (a released event parked
-    # again stays its sender's, not the releasing batch's).
-    rows_: dict[str, list[tuple]] = defaultdict(list)
-    for cand in (c for i, c in by_id.items() if i not in parked):
-        source = cand.parked_by or batch.source
-        room = ledger.limits.pending_per_source - ledger.pending_count(source)
-        if len(rows_[source]) < room:
-            h = cand.event.header
-            why = "roster" if id(cand) in for_roster else "seq"
-            rows_[source].append((cand.event.id, source, h.author, h.lane, h.seq, cand.wire,
-                                  why, batch.now))  # fmt: skip
-            continue
+    waiting = [c for i, c in by_id.items() if i not in parked]
+    room = ledger.limits.pending_per_source - ledger.pending_count(batch.source)
+    keep, over = waiting[: max(room, 0)], waiting[max(room, 0) :]
+    for cand in over:
         if cand.index >= 0 and (batch.results[cand.index] or _PENDING).status != "pending":
             continue  # already refused for its own reason
         batch.result(cand, _refused(ProtocolError(
             "rate-limited",
-            f"too many events waiting from {source} "
+            f"too many events waiting from {batch.source} "
             f"(limit {ledger.limits.pending_per_source}); send the missing ones first"),
             cand.event.id))  # fmt: skip
-    for source, kept in rows_.items():
-        await ledger.db.executemany(
-            "INSERT OR IGNORE INTO pending (id, source, author, lane, seq, wire, why, received) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            kept,
-        )
-        ledger.pending_count_changed(source, len(kept), [(r[2], r[3], r[6]) for r in kept])
+    rows_ = []
+    for cand in keep:
+        h = cand.event.header
+        why = "roster" if id(cand) in for_roster else "seq"
+        rows_.append((cand.event.id, batch.source, h.author, h.lane, h.seq, cand.wire, why,
+                      batch.now))  # fmt: skip
+    await ledger.db.executemany(
+        "INSERT OR IGNORE INTO pending (id, source, author, lane, seq, wire, why, received) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows_,
+    )
+    ledger.pending_count_changed(
+        batch.source, len(rows_), [(r[2], r[3], r[6]) for r in rows_]
+    )
 
 
 async def _flush(batch: Batch) -> None:

@@ -54,25 +54,33 @@ async def load_roots(db: aiosqlite.Connection, roots: Iterable[bytes]) -> dict[b
 
 
 async def load_roster(db: aiosqlite.Connection) -> st.Roster:
-    """The roster as last projected (the ledger keeps it in memory between batches)."""
+    """The roster as last projected, and the keys roster.adds name (the ledger keeps both
+    in memory between batches)."""
     by_pod: dict[bytes, list[st.Tenure]] = defaultdict(list)
     sql = "SELECT pod, key, name, from_ts, add_id, until_ts, remove_id FROM roster"
     for pod, key, name, from_ts, add_id, until_ts, remove_id in await rows(db, sql):
         by_pod[pod].append(st.Tenure(pod, key, name, from_ts, add_id, until_ts, remove_id))
-    return st.Roster(by_pod)
+    named: dict[bytes, set[bytes]] = defaultdict(set)
+    sql = "SELECT pod, body FROM events WHERE kind = 'roster.add' AND body IS NOT NULL"
+    for pod, body in await rows(db, sql):
+        named[pod].add(kinds.decode_body("roster.add", body).key)  # type: ignore[union-attr]
+    return st.Roster(by_pod, named)
 
 
 async def refold_roster(db: aiosqlite.Connection, roster: st.Roster, pod: bytes) -> set[bytes]:
     """Re-fold one pod's roster into ``roster`` and its table; return keys whose tenures
-    changed (their events may now be authorised, or soft-failed)."""
+    changed (their events may now be authorised, or soft-failed) or that are newly named
+    (their pending events may now be stored)."""
     sql = (
         f"SELECT {EVENT_COLUMNS} FROM events WHERE root = ? AND root != id "
         "AND kind IN ('roster.add', 'roster.remove')"
     )
     views = [view_from_row(r) for r in await rows(db, sql, (pod,))]
     before = {(t.key, t.from_ts, t.until_ts) for t in roster.tenures.get(pod, [])}
+    named_before = roster.named.get(pod, set())
     tenures = st.fold_roster(pod, views)
-    roster.set_pod(pod, tenures)
+    named = st.named_keys(pod, views)
+    roster.set_pod(pod, tenures, named)
     after = {(t.key, t.from_ts, t.until_ts) for t in tenures}
     await db.execute("DELETE FROM roster WHERE pod = ?", (pod,))
     await db.executemany(
@@ -80,7 +88,7 @@ async def refold_roster(db: aiosqlite.Connection, roster: st.Roster, pod: bytes)
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         [(t.pod, t.key, t.name, t.from_ts, t.until_ts, t.add_id, t.remove_id) for t in tenures],
     )
-    return {key for key, _, _ in before ^ after}
+    return {key for key, _, _ in before ^ after} | (named - named_before)
 
 
 class Writer:

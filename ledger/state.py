@@ -68,13 +68,26 @@ class Tenure:
 
 
 class Roster:
-    """Who may act for which pod, and when. A pod's own key always may."""
+    """Who may act for which pod, and when. A pod's own key always may.
 
-    def __init__(self, tenures: dict[bytes, list[Tenure]] | None = None) -> None:
+    Besides the tenures (what the roster fold counts), the keys **named** by any stored
+    roster.add of a pod, counted or not. Ingest stores an event whose author is named
+    even when no tenure covers its time (the folds soft-fail it), and holds events of
+    keys never named as pending. Naming only grows with the set of stored events, so what
+    is stored does not depend on the order events arrive in; a gate on tenures did (an
+    organizer's event stored before news of her removal, refused after it, and her later
+    events, authorised again after a re-add, blocked behind the refused one)."""
+
+    def __init__(
+        self,
+        tenures: dict[bytes, list[Tenure]] | None = None,
+        named: dict[bytes, set[bytes]] | None = None,
+    ) -> None:
         self.tenures: dict[bytes, list[Tenure]] = {}  # pod -> tenures
         self._by_key: dict[tuple[bytes, bytes], list[Tenure]] = {}  # (pod, key) -> tenures
-        for pod, ts in (tenures or {}).items():
-            self.set_pod(pod, ts)
+        self.named: dict[bytes, set[bytes]] = {}  # pod -> keys named by its roster.adds
+        for pod in {*(tenures or {}), *(named or {})}:
+            self.set_pod(pod, (tenures or {}).get(pod, []), (named or {}).get(pod, set()))
 
     def authorised(self, pod: bytes, author: bytes, ts: int) -> bool:
         if author == pod:
@@ -84,19 +97,25 @@ class Roster:
                 return True
         return False
 
-    def ever_added(self, pod: bytes, author: bytes, ts: int) -> bool:
-        """True if a tenure of ``author`` began at or before ``ts`` (perhaps ended since)."""
-        return any(t.from_ts <= ts for t in self._by_key.get((pod, author), ()))
+    def is_named(self, pod: bytes, author: bytes) -> bool:
+        """True for the pod's key and for keys some stored roster.add of the pod names."""
+        return author == pod or author in self.named.get(pod, ())
 
-    def set_pod(self, pod: bytes, tenures: list[Tenure]) -> None:
+    def set_pod(self, pod: bytes, tenures: list[Tenure], named: set[bytes]) -> None:
         for key in {t.key for t in self.tenures.get(pod, ())}:
             self._by_key.pop((pod, key), None)
         self.tenures[pod] = tenures
+        self.named[pod] = named
         for t in tenures:
             self._by_key.setdefault((pod, t.key), []).append(t)
 
     def active_keys(self, pod: bytes) -> set[bytes]:
         return {t.key for t in self.tenures.get(pod, ()) if t.until_ts is None}
+
+
+def named_keys(pod: bytes, events: list[EventView]) -> set[bytes]:
+    """Keys that ``pod``'s roster.add events name, whether the fold counts them or not."""
+    return {e.body.key for e in events if e.pod == pod and isinstance(e.body, k.OrganizerAdded)}
 
 
 def fold_roster(pod: bytes, events: list[EventView]) -> list[Tenure]:

@@ -832,8 +832,11 @@ class Store:
     * the roster is a fold over roster events in (ts, id) order that counts only events
       whose author is authorised at their ts and whose body is present; a tenure covers
       from_ts <= ts < until_ts (inclusive at roster.add, exclusive at roster.remove);
-      an author with no tenure begun by ts is `pending`, one whose tenure ended by ts
-      `unauthorised`;
+    * (revised spec) ingest stores an event whose author is the pod's key or is named by a
+      stored roster.add of the pod (counted or not, whatever its tenures): one outside
+      every tenure is stored soft-failed. An author no roster.add names is `pending`.
+      (It used to refuse an author whose tenure had ended as `unauthorised`, which made
+      what a node stores depend on the order events reached it.)
     * a duplicate carrying the body a stored copy lacks puts it back (unless dropped on
       purpose).
     """
@@ -873,6 +876,21 @@ class Store:
                         t[2] = h.ts
         return tenures
 
+    def named(self, pod: bytes) -> set[bytes]:
+        """Keys the pod's stored roster.add events name (with their body)."""
+        return {
+            ev.content["key"] for ev in self.events.values()
+            if ev.header.pod == pod and ev.header.kind == "roster.add" and ev.content is not None
+        }  # fmt: skip
+
+    def applies(self, ev: Event) -> bool:
+        """Whether a stored event counts for its pod's state (else it is soft-failed)."""
+        h = ev.header
+        return h.author == h.pod or any(
+            k == h.author and f <= h.ts and (u is None or h.ts < u)
+            for k, f, u in self.tenures(h.pod)
+        )
+
     def ingest(self, wire: bytes, now_ms: int) -> str:
         try:
             ev = check_event(wire, now_ms)
@@ -903,12 +921,8 @@ class Store:
                 raise Refused("fork", "prev is not the stored predecessor")
             if h.ts <= pred.header.ts:
                 raise Refused("invalid", "feed timestamp not after its predecessor's")
-        if h.author != h.pod:
-            mine = [t for t in self.tenures(h.pod) if t[0] == h.author]
-            if not any(f <= h.ts and (u is None or h.ts < u) for _, f, u in mine):
-                if any(f <= h.ts for _, f, _ in mine):
-                    raise Refused("unauthorised", "author's tenure ended by this ts")
-                raise Refused("pending", "author not on the pod's roster (yet) at this ts")
+        if h.author != h.pod and h.author not in self.named(h.pod):
+            raise Refused("pending", "no roster.add of the pod names this author (yet)")
         self.events[ev.id] = ev
         self.feeds[(h.author, h.lane, h.seq)] = ev.id
         self.heads[(h.author, h.lane)] = h.seq

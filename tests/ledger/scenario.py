@@ -130,8 +130,8 @@ class Scenario:
         rng = self.rng
         action = rng.choices(
             ["open", "claim", "answer", "close", "update", "offer", "withdraw", "resource",
-             "info", "add", "remove", "member", "tick"],
-            weights=[8, 8, 8, 4, 3, 3, 2, 1, 1, 1, 1, 3, 1],
+             "info", "add", "remove", "readd", "member", "tick"],
+            weights=[8, 8, 8, 4, 3, 3, 2, 1, 1, 1, 1, 1, 3, 1],
         )[0]  # fmt: skip
         if action == "open":
             pod, author = self.someone()
@@ -192,6 +192,16 @@ class Scenario:
                 self.emit(author, body, "network")
                 self.removed.add(target.keypair.public)
                 self.sound.discard(target.keypair.public)
+        elif action == "readd":
+            # A removed organizer back in office: its feed goes on from where it was,
+            # over whatever it wrote while out (stored, soft-failed, on every node).
+            pod = rng.randrange(len(self.pods))
+            gone = [o for o in self.pods[pod].organizers if o.keypair.public in self.removed]
+            if gone:
+                back = rng.choice(gone)
+                body = k.OrganizerAdded(key=back.keypair.public, name="Back again")
+                self.emit(self.pods[pod].author, body, "network")
+                self.removed.discard(back.keypair.public)
         elif action == "member":
             _, author = self.someone(0)
             if self.members and rng.random() < 0.6:
