@@ -29,29 +29,27 @@ HEADLINE = (
 )
 
 # (label, result or "figure:field", the change that moved it) for --before: this round's
-# changes (session 4, 28f5256..; docs/performance.md names each commit).
+# changes (session 5, 890b584..; docs/performance.md names each commit).
 COMPARED = (
     ("ingest, 1 worker / raw", "ingest.ledger.workers1",
-     "schema V5 (no claims-by-request index); Event and Candidate outside the cycle "
-     "collector; verify processes started before the clock"),
+     "frames pipelined to the verify process, two batches checked ahead (c2ec306)"),
     ("ingest, 2 workers / raw", "ingest.ledger.workers2", "the same"),
-    ("ingest CPU, 1 worker", "ingest.ledger.workers1.cpu",
-     "the same; the workers' start no longer counted"),
+    ("ingest, signatures unchecked / raw (ceiling)", "ingest.ledger.unchecked",
+     "none aimed at it: the bookkeeping alone"),
+    ("ingest CPU, 1 worker", "ingest.ledger.workers1.cpu", "the same"),
     ("ingest CPU, 2 workers", "ingest.ledger.workers2.cpu", "the same"),
-    ("ingest CPU, signatures unchecked", "ingest.ledger.unchecked.cpu", "the same"),
+    ("ingest CPU, signatures unchecked", "ingest.ledger.unchecked.cpu", "none aimed at it"),
     ("raw ingest CPU (control)", "ingest.raw.cpu", "none: code unchanged; the machine"),
     ("threads2 / threads1, raw verify (control)", "verify.raw.threads2.batch128",
      "none: code unchanged; the machine"),
-    ("append, 8 submitters, direct", "append.ledger.concurrent8",
-     "group commit of queued appends (6ddd5be)"),
-    ("append, 8 submitters, HTTP", "append.http.concurrent8", "the same"),
-    ("append, 8 submitters, HTTP p50", "append.http.concurrent8.p50", "the same"),
-    ("append, one submitter, direct (control)", "append.ledger.serial",
-     "none: nothing queues, nothing to group"),
-    ("sync: pull / B's ingest", "sync.pull", "the ingest changes, on both sides of the ratio"),
+    ("append, 8 submitters, direct", "append.ledger.concurrent8", "none aimed at it"),
+    ("append, 8 submitters, HTTP", "append.http.concurrent8", "none aimed at it"),
+    ("append, one submitter, direct (control)", "append.ledger.serial", "none aimed at it"),
+    ("sync: pull / B's ingest", "sync.pull",
+     "none aimed at it (pull checks one page at a time, not two batches ahead)"),
     ("open_requests, 100k", "queries.open_requests.100k", "none aimed at it"),
     ("propagation, line of 5, p50", "propagation.line5", "none aimed at it"),
-    ("peak RSS, ingest of 100k", "ingest.rss.peak", "none aimed at it"),
+    ("peak RSS, ingest of 100k", "ingest.rss.peak", "none aimed at it (a second batch ahead)"),
     ("peak RSS, node B in a 100k sync", "scale.sync.rss.100k", "none aimed at it"),
 )  # fmt: skip
 
