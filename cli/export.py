@@ -14,6 +14,7 @@ import click
 
 from podlink.cli.output import iso_ts, warn, working
 from podlink.cli.session import OrderedGroup, PodSession, Target, pod_options
+from podlink.ledger.store import private_file
 
 Row = dict[str, Any]
 
@@ -36,12 +37,12 @@ def _write(text: str, file: Path | None, what: str) -> None:
     if file is None:
         click.echo(text, nl=False)
         return
-    file.parent.mkdir(parents=True, exist_ok=True)
+    # Every export names people (members; needs for a member; offers by one): the file is
+    # the owner's only from its creation.
+    private_file(file)
     with working(f"Writing {file.name}", total=len(text)) as progress:
         file.write_text(text, encoding="utf-8")
         progress.update(progress.task_ids[0], completed=len(text))
-    if what in ("members", "sheet"):
-        file.chmod(0o600)
     click.echo(f"Wrote {what} to {file}.", err=True)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from podlink.cli.output import warn_if_personal
 from podlink.cli.session import PodSession, check_body
 from podlink.protocol import boxes, kinds
 from podlink.protocol.text import b64d
@@ -106,6 +107,7 @@ async def _open_request(session: PodSession, ref: str, verb: str) -> dict[str, A
 
 async def cancel_request(session: PodSession, ref: str, reason: str = "") -> Summary:
     req = await _open_request(session, ref, "cancel")
+    warn_if_personal("reason", req["lane"], reason)
     event = await session.write(kinds.RequestCancelled(reason=reason), req["lane"], (req["id"],))
     after = await session.check_applied(req["id"], event)
     return {"id": event, "kind": "request.cancel", "lane": req["lane"], "request": req["id"],
@@ -116,6 +118,7 @@ async def fulfil_request(
     session: PodSession, ref: str, note: str = "", hours: float | None = None
 ) -> Summary:
     req = await _open_request(session, ref, "mark fulfilled")
+    warn_if_personal("fulfilment note", req["lane"], note)
     body = kinds.RequestFulfilled(note=note, hours=hours)
     event = await session.write(body, req["lane"], (req["id"],))
     after = await session.check_applied(req["id"], event)
@@ -161,6 +164,7 @@ async def decide_claim(session: PodSession, ref: str, *, accept: bool, reason: s
     if not accept and claim["status"] not in ("pending", "accepted"):
         raise Refused(f"this claim is already {claim['status']}")
     body = kinds.ClaimAccepted() if accept else kinds.ClaimDeclined(reason=reason)
+    warn_if_personal("reason", req["lane"], reason)
     event = await session.write(body, req["lane"], (claim["id"],))
     after = await session.check_applied(req["id"], event)
     return {"id": event, "kind": body.KIND, "lane": req["lane"], "claim": claim["id"],

@@ -36,6 +36,7 @@ from podlink.cli.session import (
     pod_options,
     run_sync,
 )
+from podlink.ledger.store import private_file
 from podlink.node.config import ConfigError
 from podlink.protocol.keys import KeyFileError, load_keypair
 
@@ -426,12 +427,13 @@ def restore(pod: Target, file: Path) -> None:
     _check_backup(file, load_keypair(config.node_key_path).public)
     aside = live.with_name(f"{live.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
     if live.exists():
+        private_file(aside)  # a whole ledger, member keys included: 0600 from the start
         with sqlite3.connect(live) as old, sqlite3.connect(aside) as copy:
             old.backup(copy)  # includes what is still in the WAL
     for extra in ("", "-wal", "-shm"):
         live.with_name(live.name + extra).unlink(missing_ok=True)
-    shutil.copyfile(file, live)
-    live.chmod(0o600)
+    private_file(live)
+    shutil.copyfile(file, live)  # into the private file: it keeps its mode
     events = run_sync(_rotate_epoch(live))
     click.echo(f"Restored {events} events from {file}; the old database is in {aside.name}.")
     click.echo("The store epoch was rotated: peers will repair from it. Start the node with "

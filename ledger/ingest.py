@@ -311,10 +311,12 @@ async def commit(
             await _park_waiting(batch)
             await _flush(batch)
             fresh = await _fresh_roots(batch)
-            await projections.refold(db, batch.roots, ledger.roster, fresh=fresh)
+            forgot = await projections.refold(db, batch.roots, ledger.roster, fresh=fresh)
     except BaseException:
         ledger.forget_caches()
         raise
+    if forgot:
+        await ledger.shred_wal()
     ledger.after_commit(batch)
     return _final(batch)
 

@@ -360,6 +360,25 @@ class Ledger:
         """This pod's own events: same pipeline, but a gap is refused, never parked."""
         return await self.ingest(wires, source="local", allow_pending=False)
 
+    async def shred_wal(self) -> None:
+        """Empty the WAL after a member was forgotten (the caller holds the writer).
+
+        ``secure_delete`` zeroes what a forget frees in the database file, but the WAL
+        keeps the old page images (the member's key, their box) until they happen to be
+        overwritten, and the node never truncates it: a copy of the folder would give them
+        back. A TRUNCATE checkpoint copies the zeroed pages into the file and empties the
+        WAL; it waits (busy_timeout) for a reader's snapshot to end, and is tried again
+        if one keeps it busy."""
+        for _ in range(20):
+            async with translated("emptying the WAL after a forget"):
+                cursor = await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy = (await cursor.fetchone() or (1,))[0]
+            if not busy:
+                return
+            await asyncio.sleep(0.05)
+        log.warning("the WAL still holds a forgotten member's old pages; the next "
+                    "checkpoint that empties it will remove them")  # fmt: skip
+
     def forget_caches(self) -> None:
         """After a rollback: in-memory heads, positions and roster may be ahead of disk."""
         self.heads.clear()

@@ -60,10 +60,18 @@ async def load_roster(db: aiosqlite.Connection) -> st.Roster:
     sql = "SELECT pod, key, name, from_ts, add_id, until_ts, remove_id FROM roster"
     for pod, key, name, from_ts, add_id, until_ts, remove_id in await rows(db, sql):
         by_pod[pod].append(st.Tenure(pod, key, name, from_ts, add_id, until_ts, remove_id))
+    # Keys named by roster.adds, counted or not: read through the root index (a roster
+    # event's root is its pod), not a scan of the log. Every pod with a key named besides
+    # its own has a tenure in the table: the first key named in a pod is named by the
+    # pod's key, whose roster.add always counts unless it names a key already in office.
     named: dict[bytes, set[bytes]] = defaultdict(set)
-    sql = "SELECT pod, body FROM events WHERE kind = 'roster.add' AND body IS NOT NULL"
-    for pod, body in await rows(db, sql):
-        named[pod].add(kinds.decode_body("roster.add", body).key)  # type: ignore[union-attr]
+    for part in chunks(list(by_pod)):
+        sql = (
+            f"SELECT pod, body FROM events WHERE root IN ({marks(len(part))}) AND root != id "
+            "AND kind = 'roster.add' AND body IS NOT NULL"
+        )
+        for pod, body in await rows(db, sql, part):
+            named[pod].add(kinds.decode_body("roster.add", body).key)  # type: ignore[union-attr]
     return st.Roster(by_pod, named)
 
 
@@ -194,7 +202,8 @@ class Writer:
                 r.ts,
             ))  # fmt: skip
 
-    async def write(self, db: aiosqlite.Connection) -> None:
+    async def write(self, db: aiosqlite.Connection) -> bool:
+        """Write the rows; True if a member was forgotten (their key and bodies deleted)."""
         if self.fresh:
             for table, values in self.inserts.items():
                 if values:
@@ -207,6 +216,7 @@ class Writer:
                 )  # fmt: skip
         if self.forgotten:
             await forget_members(db, self.forgotten)
+        return bool(self.forgotten)
 
 
 #: Tables whose rows are stored at the position of the event that made them (rowid = that
@@ -305,17 +315,19 @@ async def refold(
     *,
     fresh: dict[bytes, list[st.EventView]] | None = None,
     empty: bool = False,
-) -> None:
-    """Re-fold the given aggregates from the log and replace their rows.
+) -> bool:
+    """Re-fold the given aggregates from the log and replace their rows; True if that
+    forgot a member.
 
     ``fresh`` maps roots whose every event is new (in this batch) to those events: they
     are folded from memory, with no read and no delete (the ingest fast path). ``empty``:
     the tables hold no rows of these roots (a rebuild), so rows are only inserted."""
+    forgot = False
     if fresh:
         writer = Writer(fresh=True)
         for root, events in fresh.items():
             writer.fold(root, events, roster)
-        await writer.write(db)
+        forgot = await writer.write(db)
     roots = [r for r in roots if not fresh or r not in fresh]
     for part in chunks(roots, 2000):
         grouped = await load_roots(db, part)
@@ -324,7 +336,8 @@ async def refold(
             events = grouped.get(root)
             if events:
                 writer.fold(root, events, roster)
-        await writer.write(db)
+        forgot = await writer.write(db) or forgot
+    return forgot
 
 
 async def canonical_dump(db: aiosqlite.Connection) -> dict[str, list[list]]:

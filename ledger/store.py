@@ -61,6 +61,18 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+def private_file(path: Path) -> None:
+    """Create ``path``, or empty it, readable only by its owner, before anything personal
+    is written to it (a chmod after writing leaves a moment in which others may open it
+    and keep it open). Writing to it afterwards keeps the mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    finally:
+        os.close(fd)
+
+
 @contextlib.asynccontextmanager
 async def translated(what: str) -> AsyncIterator[None]:
     """Turn SQLite's errors into the ledger's StorageError (the one place that does)."""
