@@ -300,6 +300,7 @@ async def commit(
     if not candidates and not refills:
         return _final(batch)
 
+    roster = ledger.roster.snapshot()  # a roster event folded here must not outlive a rollback
     try:
         async with transaction(db):
             batch.first_pos = ledger.next_pos
@@ -313,11 +314,12 @@ async def commit(
             fresh = await _fresh_roots(batch)
             forgot = await projections.refold(db, batch.roots, ledger.roster, fresh=fresh)
     except BaseException:
+        ledger.roster.restore(roster)
         ledger.forget_caches()
         raise
+    ledger.after_commit(batch)
     if forgot:
         await ledger.shred_wal()
-    ledger.after_commit(batch)
     return _final(batch)
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from podlink.ledger import state as st
 from podlink.ledger.errors import LedgerError
 from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
 from podlink.ledger.schema import PROJECTIONS
-from podlink.ledger.store import connect, rows, scalar, transaction, translated
+from podlink.ledger.store import connect, rows, run_to_end, scalar, transaction, translated
 from podlink.ledger.verifier import Verifier
 from podlink.protocol import clock
 from podlink.protocol.boxes import MEMBER_KEY_LEN
@@ -166,12 +167,21 @@ class Ledger:
                 self._note_pending(author, lane, why)
 
     async def close(self) -> None:
-        """Close the database (waiting for the batch in flight) and the verify threads."""
-        async with self._write:
-            await self.reader.close()
-            await self.db.close()
-        self.executor.shutdown(wait=True)
-        await self.verifier.close()
+        """Close the database (waiting for the batch in flight), the verify threads and
+        processes. A caller cancelled meanwhile does not stop it halfway: a half-closed
+        ledger kept its worker processes and aiosqlite's (non-daemon) thread alive."""
+        await run_to_end(self._close())
+
+    async def _close(self) -> None:
+        try:
+            async with self._write:
+                try:
+                    await self.reader.close()
+                finally:
+                    await self.db.close()
+        finally:
+            self.executor.shutdown(wait=True)
+            await self.verifier.close()
 
     async def __aenter__(self) -> Ledger:
         return self
@@ -337,6 +347,13 @@ class Ledger:
                 break
             group.append(self._appends.pop(0))
             ids |= its
+        # The group's transaction runs to its end even if this append is cancelled while
+        # it runs: a COMMIT under way finishes on aiosqlite's thread anyway, so stopping
+        # here would tell the others "rolled back" for events it stored (they were put
+        # back in the queue, and committed again as duplicates of themselves).
+        await run_to_end(self._commit_group(group))
+
+    async def _commit_group(self, group: list[_Queued]) -> None:
         try:
             merged = merge_prepared([q.prepared for q in group])
             async with translated("append failed and was rolled back"):
@@ -346,9 +363,6 @@ class Ledger:
                 if not queued.done.done():
                     queued.done.set_exception(err)
             return
-        except BaseException:  # cancelled: the others wait again, at the front
-            self._appends[:0] = [q for q in group if not q.done.done()]
-            raise
         start = 0
         for queued in group:
             end = start + len(queued.prepared.wires)
@@ -361,7 +375,8 @@ class Ledger:
         return await self.ingest(wires, source="local", allow_pending=False)
 
     async def shred_wal(self) -> None:
-        """Empty the WAL after a member was forgotten (the caller holds the writer).
+        """Empty the WAL after a member was forgotten (the caller holds the writer; best
+        effort, after the commit's caches are updated).
 
         ``secure_delete`` zeroes what a forget frees in the database file, but the WAL
         keeps the old page images (the member's key, their box) until they happen to be
@@ -370,9 +385,12 @@ class Ledger:
         WAL; it waits (busy_timeout) for a reader's snapshot to end, and is tried again
         if one keeps it busy."""
         for _ in range(20):
-            async with translated("emptying the WAL after a forget"):
+            try:
                 cursor = await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 busy = (await cursor.fetchone() or (1,))[0]
+            except sqlite3.Error as err:  # the forget is committed: never fail it now
+                log.warning("could not empty the WAL after a forget: %s", err)
+                return
             if not busy:
                 return
             await asyncio.sleep(0.05)
@@ -426,7 +444,9 @@ class Ledger:
         """Drop parked events older than ``limits.pending_ttl_s`` at ``now_ms`` (default:
         now); return how many. Ingest does this by itself at most once a minute."""
         async with self._write:
-            return await self._expire_pending(clock.now_ms() if now_ms is None else now_ms)
+            return await run_to_end(
+                self._expire_pending(clock.now_ms() if now_ms is None else now_ms)
+            )
 
     async def _purge_pending(self) -> None:
         """Drop parked events older than the TTL (checked at most once a minute)."""
@@ -434,7 +454,9 @@ class Ledger:
         if now - self._last_purge < 60:
             return
         self._last_purge = now
-        await self._expire_pending(clock.now_ms())
+        # To its end: the DELETE commits at once, and the counts of what waits per source
+        # must follow it (a purge cut short left a source "full" of events it no longer has).
+        await run_to_end(self._expire_pending(clock.now_ms()))
 
     async def _expire_pending(self, now_ms: int) -> int:
         cutoff = now_ms - self.limits.pending_ttl_s * 1000
@@ -457,7 +479,7 @@ class Ledger:
             try:
                 await self._rebuild(self.db, progress)
             except BaseException:
-                self.forget_caches()  # the roster in memory was half refolded
+                self.forget_caches()  # reloaded from the file before the next batch
                 raise
 
     async def _rebuild(self, db: aiosqlite.Connection, progress: Progress | None) -> None:
@@ -465,12 +487,12 @@ class Ledger:
             for table in PROJECTIONS:
                 await db.execute(f"DELETE FROM {table}")
             await _recompute_roots(db)
-            self.roster = st.Roster()
+            roster = st.Roster()  # the ledger's own only once committed
             pods = [r[0] for r in await rows(
                 db, "SELECT DISTINCT pod FROM events WHERE kind IN "
                 "('roster.add', 'roster.remove')")]  # fmt: skip
             for pod in pods:
-                await projections.refold_roster(db, self.roster, pod)
+                await projections.refold_roster(db, roster, pod)
             # Pods fold under their key, found from their events (not feeds.pod: one
             # key may write two pods' events in one feed). Every other aggregate that
             # has rows has its anchor event (root = id) in the log: walk the log for
@@ -479,7 +501,7 @@ class Ledger:
             pod_roots = [r[0] for r in await rows(
                 db, "SELECT DISTINCT root FROM events WHERE kind IN "
                 "('pod.genesis', 'pod.info', 'roster.add', 'roster.remove')")]  # fmt: skip
-            await projections.refold(db, pod_roots, self.roster, empty=True)
+            await projections.refold(db, pod_roots, roster, empty=True)
             total = await scalar(db, "SELECT max(pos) FROM events") or 0
             after = 0
             while True:
@@ -488,13 +510,14 @@ class Ledger:
                     "ORDER BY pos LIMIT 2000", (after,))  # fmt: skip
                 if not page:
                     break
-                await projections.refold(db, [r[1] for r in page], self.roster, empty=True)
+                await projections.refold(db, [r[1] for r in page], roster, empty=True)
                 after = page[-1][0]
                 if progress:
                     progress(after, total)
             if progress:
                 progress(total, total)
             await db.execute("DELETE FROM meta WHERE key = 'rebuild'")
+        self.roster = roster
 
     async def verify(self, progress: Progress | None = None) -> VerifyReport:
         """Re-check every stored signature, body hash and feed chain."""

@@ -97,6 +97,14 @@ class Roster:
                 return True
         return False
 
+    def snapshot(self) -> tuple[dict, dict, dict]:
+        """What ``restore`` needs to undo later ``set_pod`` calls (which replace a pod's
+        lists and sets, never change them in place)."""
+        return dict(self.tenures), dict(self._by_key), dict(self.named)
+
+    def restore(self, snapshot: tuple[dict, dict, dict]) -> None:
+        self.tenures, self._by_key, self.named = (dict(d) for d in snapshot)
+
     def is_named(self, pod: bytes, author: bytes) -> bool:
         """True for the pod's key and for keys some stored roster.add of the pod names."""
         return author == pod or author in self.named.get(pod, ())

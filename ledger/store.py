@@ -8,12 +8,13 @@ WAL at every commit, so once ``ingest`` returns its events survive a power cut o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -32,6 +33,7 @@ PRAGMAS = (
     "PRAGMA wal_autocheckpoint=10000",
     "PRAGMA busy_timeout=5000",
 )
+T = TypeVar("T")
 MAX_PARAMS = 500  # ids per IN (...) query, well under SQLite's variable limit
 
 
@@ -59,6 +61,30 @@ def _create_private(path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.fchmod(fd, 0o600)
     os.close(fd)
+
+
+async def run_to_end(aw: Awaitable[T]) -> T:
+    """Await ``aw`` to its end even if the caller is cancelled meanwhile, then pass the
+    cancellation on. For work that must not stop halfway for a caller that went away:
+    closing the ledger, or a transaction other callers' results depend on (aiosqlite's
+    thread finishes a statement anyway; stopping the Python around it midway is what
+    leaves caches and callers wrong)."""
+    task = asyncio.ensure_future(aw)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as err:
+            if task.cancelled():
+                raise
+            cancelled = err
+        except BaseException:
+            break  # the task failed: its error is raised below
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # seen: asyncio would log it as never retrieved
+        raise cancelled
+    return task.result()
 
 
 def private_file(path: Path) -> None:

@@ -161,6 +161,7 @@ class Verifier:
         self._procs: list[_Worker] = []
         self._starting = asyncio.Lock()  # two batches arriving at once start one set
         self.failed = False  # processes could not start or died: callers use threads
+        self.closed = False  # closed with its ledger: no process starts again
 
     @property
     def pids(self) -> list[int]:
@@ -170,18 +171,18 @@ class Verifier:
     async def start(self) -> bool:
         """Start the processes now rather than on the first large batch (a node about to
         take a large ingest, or a benchmark measuring the steady state); True if running."""
-        if self.failed:
+        if self.failed or self.closed:
             return False
         try:
             await self._start()
             await _answers(w.check([], 0) for w in self._procs)  # an empty frame: ready
         except _FAILURES as err:
             await self._give_up(err)
-        return not self.failed
+        return not self.failed and bool(self._procs)
 
     async def _start(self) -> None:
         async with self._starting:
-            if self.failed:  # another batch's check failed while this one waited
+            if self.failed or self.closed:  # another batch's check failed, or closed
                 return
             while len(self._procs) < self.workers:
                 proc = await asyncio.create_subprocess_exec(
@@ -194,11 +195,11 @@ class Verifier:
 
     async def check(self, wires: Sequence[bytes], now: int) -> list[Verdict] | None:
         """One verdict per wire, in order; None if the processes are unavailable."""
-        if self.failed:
+        if self.failed or self.closed:
             return None
         try:
             await self._start()
-            if self.failed:
+            if self.failed or not self._procs:
                 return None
             size = -(-len(wires) // len(self._procs))
             parts = [wires[i : i + size] for i in range(0, len(wires), size)]
@@ -216,7 +217,9 @@ class Verifier:
         await self.close()
 
     async def close(self) -> None:
-        procs, self._procs = self._procs, []
+        self.closed = True
+        async with self._starting:  # a start under way finishes first, then stops here
+            procs, self._procs = self._procs, []
         for worker in procs:
             with contextlib.suppress(OSError, ProcessLookupError):
                 await worker.stop()
