@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -324,10 +325,21 @@ def decline(pod: Target, claim_ref: str, reason: str, as_json: bool) -> None:
           f"{short(data['request'])} is {data['status']}.")  # fmt: skip
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Refuse 'nan', which FloatRange lets through (every comparison with it is false)."""
+    if value is not None and not math.isfinite(value):
+        error = click.ClickException(f"Invalid value for '{param.opts[0]}': {value} is not "
+                                     "a number")  # fmt: skip
+        error.exit_code = 2  # a usage error, in one line (click's own adds the usage text)
+        raise error
+    return value
+
+
 @click.command(context_settings=ID_ARGUMENTS)
 @click.argument("request_ref", metavar="REQUEST")
 @click.option("--note", default="", help="How it went.")
-@click.option("--hours", type=click.FloatRange(0, 1000), help="Time-bank hours, if you keep them.")
+@click.option("--hours", type=click.FloatRange(0, 1000), callback=_finite,
+              help="Time-bank hours, if you keep them.")  # fmt: skip
 @pod_options
 @json_option
 def fulfil(pod: Target, request_ref: str, note: str, hours: float | None, as_json: bool) -> None:

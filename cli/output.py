@@ -22,6 +22,7 @@ from rich.measure import Measurement
 from rich.padding import Padding
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from podlink.protocol.clock import wall_ms
 from podlink.protocol.text import SHORT_LEN
@@ -59,7 +60,7 @@ def print_json(data: Any) -> None:
 
 def say(text: str, indent: int = 3) -> None:
     """A paragraph, wrapped to the terminal with a hanging indent."""
-    emit(Padding(text, (0, 0, 0, indent), expand=False))
+    emit(Padding(Text(text), (0, 0, 0, indent), expand=False))
 
 
 def warn(message: str) -> None:
@@ -113,15 +114,23 @@ def iso_ts(ts: int | None) -> str:
 
 
 class Listing(Table):
-    """A table that knows which column to shorten first when rows are too wide."""
+    """A table that knows which column to shorten first when rows are too wide.
+
+    Its cells are shown as given: text is never read as rich markup. (A need titled
+    "Fix door [/b] please" made every later `request list`, on every pod it reached,
+    end in a MarkupError; "Ann [nights]" showed as "Ann".)"""
 
     flexible: int | None = None
+
+    def add_row(self, *cells: Any, **options: Any) -> None:
+        super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **options)
 
 
 def table(*columns: str, title: str | None = None) -> Listing:
     """A compact table; a column named with a leading '>' is right-aligned, one with a
     leading '~' is the one shortened (with an ellipsis) when rows are too wide."""
-    t = Listing(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False,
+    t = Listing(box=box.SIMPLE_HEAD, title=None if title is None else Text(title),
+                title_justify="left", pad_edge=False,
                 show_edge=False, padding=0)  # fmt: skip
     for i, name in enumerate(columns):
         if name.startswith("~"):
@@ -158,7 +167,7 @@ def fields(pairs: Iterable[tuple[str, Any]]) -> None:
     t.add_column(overflow="fold")
     for label, value in pairs:
         if value not in (None, "", []):
-            t.add_row(label, str(value))
+            t.add_row(label, Text(str(value)))  # shown as given, never read as markup
     emit(t)
 
 

@@ -9,6 +9,7 @@ import shutil
 import socket
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from podlink.cli.output import (
 )
 from podlink.cli.session import (
     ID_ARGUMENTS,
+    ID_TEXT,
     OrderedGroup,
     Target,
     default_home,
@@ -36,6 +38,8 @@ from podlink.cli.session import (
     pod_options,
     run_sync,
 )
+from podlink.ledger.errors import LedgerError
+from podlink.ledger.schema import SCHEMA_VERSION
 from podlink.ledger.store import private_file
 from podlink.node.config import ConfigError
 from podlink.protocol.keys import KeyFileError, load_keypair
@@ -260,8 +264,12 @@ def peer_remove(pod: Target, pod_key: str, as_json: bool) -> None:
     Example:
       podlink peer remove 3q2-7wAA
     """
+    prefix = pod_key.strip()
+    if not ID_TEXT.match(prefix):
+        raise click.ClickException(f"{prefix!r} is not a pod key; keys look like '3q2-7wAA' "
+                                   "(see `podlink peer list`)")  # fmt: skip
+
     async def go(s: Any) -> dict:
-        prefix = pod_key.strip()
         matches = [p["pod"] for p in await s.get("/v1/peers") if p["pod"].startswith(prefix)]
         if len(matches) != 1:
             raise click.ClickException(
@@ -424,17 +432,32 @@ def restore(pod: Target, file: Path) -> None:
     live = config.ledger_path
     if file.resolve() == live.resolve():
         raise click.ClickException(f"{file} is the pod's live database, not a backup")
-    _check_backup(file, load_keypair(config.node_key_path).public)
-    aside = live.with_name(f"{live.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
-    if live.exists():
-        private_file(aside)  # a whole ledger, member keys included: 0600 from the start
-        with sqlite3.connect(live) as old, sqlite3.connect(aside) as copy:
-            old.backup(copy)  # includes what is still in the WAL
-    for extra in ("", "-wal", "-shm"):
-        live.with_name(live.name + extra).unlink(missing_ok=True)
-    private_file(live)
-    shutil.copyfile(file, live)  # into the private file: it keeps its mode
-    events = run_sync(_rotate_epoch(live))
+    try:
+        node_key = load_keypair(config.node_key_path).public
+    except KeyFileError as e:
+        raise click.ClickException(one_line(str(e))) from None
+    _check_backup(file, node_key)
+    # Prepare the restored database beside the live one and swap it in last, so that a
+    # failure on the way leaves the live ledger as it was.
+    incoming = live.with_name(f"{live.name}.restoring")
+    try:
+        private_file(incoming)  # a whole ledger, member keys included: 0600 from the start
+        shutil.copyfile(file, incoming)  # into the private file: it keeps its mode
+        events = run_sync(_rotate_epoch(incoming))
+        aside = live.with_name(f"{live.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
+        if live.exists():
+            private_file(aside)
+            with closing(sqlite3.connect(live)) as old, closing(sqlite3.connect(aside)) as copy:
+                old.backup(copy)  # includes what is still in the WAL
+        for extra in ("-wal", "-shm"):
+            live.with_name(live.name + extra).unlink(missing_ok=True)
+        os.replace(incoming, live)
+    except (OSError, sqlite3.Error, LedgerError) as e:
+        raise click.ClickException(f"restore failed, the pod's database is unchanged: "
+                                   f"{one_line(str(e))}") from None  # fmt: skip
+    finally:
+        for extra in ("", "-wal", "-shm"):
+            incoming.with_name(incoming.name + extra).unlink(missing_ok=True)
     click.echo(f"Restored {events} events from {file}; the old database is in {aside.name}.")
     click.echo("The store epoch was rotated: peers will repair from it. Start the node with "
                "`podlink serve`.")  # fmt: skip
@@ -455,6 +478,12 @@ def _check_backup(file: Path, node_key: bytes) -> None:
         with sqlite3.connect(f"file:{file}?mode=ro", uri=True) as db:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise click.ClickException(f"{file} is damaged (sqlite quick_check failed)")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:  # before reading tables a newer podlink may change
+                raise click.ClickException(
+                    f"this backup was written by a newer podlink (schema {version}, this one "
+                    f"knows {SCHEMA_VERSION}); upgrade podlink to restore it"
+                )
             found = db.execute("SELECT value FROM meta WHERE key = 'pod'").fetchone()
     except sqlite3.Error as e:
         raise click.ClickException(f"{file} is not a podlink database: {e}") from None

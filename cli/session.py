@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 import platformdirs
+import yarl
 
 from podlink.node.client import ClientError, NodeClient
 from podlink.node.config import Config, ConfigError, load_config
@@ -56,6 +57,11 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         raise click.ClickException(one_line(e.message) + hint) from None
     except (ConfigError, KeyFileError, ProtocolError, OSError) as e:
         raise click.ClickException(one_line(str(e))) from None
+    except UnicodeError:
+        raise click.ClickException(NOT_UTF8) from None
+
+
+NOT_UTF8 = "some text is not valid UTF-8; check your terminal's character encoding"
 
 
 def default_home() -> Path:
@@ -78,6 +84,14 @@ class Target:
     def url(self, config: Config) -> str:
         """--node, else the node's listen address (a wildcard host means this machine)."""
         if self.node:
+            try:
+                node = yarl.URL(self.node)
+            except ValueError:
+                node = None
+            if node is None or node.scheme not in ("http", "https") or not node.host:
+                raise click.ClickException(
+                    f"--node must be a URL like http://HOST:PORT, not {self.node!r}"
+                )
             return self.node.rstrip("/")
         host = config.host.strip("[]")
         if host in ("", "0.0.0.0", "::"):
@@ -153,11 +167,17 @@ FIELD_WORDS = {"title": "the title", "name": "the name", "category": "the catego
 
 def plain(message: str) -> str:
     """A body's validation error in the words of the command's options."""
-    found = re.search(r"Expected `str` of length ([<>]=) (\d+) - at `\$\.(\w+)`", message)
+    found = re.search(
+        r"Expected `(str|array)` of length ([<>]=) (\d+) - at `\$\.(\w+)(\[\d+\])?`", message
+    )
     if found is None:
         return one_line(message.split(": ", 1)[-1])
-    op, limit, field = found.groups()
+    kind, op, limit, field, item = found.groups()
     what = FIELD_WORDS.get(field, f"--{field.replace('_', '-')}")
+    if kind == "array":  # a list option given too many times
+        return f"{what} may be given at most {limit} times"
+    if item:  # one value of a list option
+        what = f"each {what}"
     if op == ">=":
         return f"{what} must not be empty"
     return f"{what} is too long (at most {limit} characters)"
@@ -173,6 +193,8 @@ def check_body(body: msgspec.Struct, decode: Callable[[bytes], Any] | None = Non
             decode(kinds.encode_body(body))
     except ProtocolError as e:
         raise click.ClickException(plain(e.message)) from None
+    except UnicodeError:  # e.g. "José" from a Latin-1 terminal: lone surrogates
+        raise click.ClickException(NOT_UTF8) from None
 
 
 class PodSession:
@@ -243,7 +265,15 @@ class PodSession:
             return named[0]
         if not ID_TEXT.match(ref.strip()):
             raise click.ClickException(f"no member called {ref!r} (see `podlink member list`)")
-        full = await self.resolve("members", ref)
+        try:
+            full = await self.resolve("members", ref)
+        except click.ClickException as e:
+            if "no member" not in e.message:  # not just unknown: ambiguous, say
+                raise
+            raise click.ClickException(
+                f"no member called {ref!r}, nor one whose id starts with it "
+                "(see `podlink member list`)"
+            ) from None
         found = next((m for m in members if m["id"] == full), None)
         if found is None:
             raise click.ClickException(f"member {ref!r} was forgotten")

@@ -73,6 +73,12 @@ class NodeClient:
                 f"cannot reach the node at {self.url} ({type(err).__name__}); "
                 "is it running? start it with `podlink serve`",
             ) from None
+        except aiohttp.ClientError as err:  # e.g. the node stopped halfway through its answer
+            raise ClientError(
+                "unavailable",
+                f"the node at {self.url} broke off its answer ({type(err).__name__}); "
+                "try again once it is up",
+            ) from None
         try:
             decoded = msgspec.json.decode(data) if data else None
         except msgspec.DecodeError:

@@ -103,6 +103,10 @@ def load_config(home: Path, env: dict[str, str] | None = None) -> Config:
         ) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; fix or replace it") from None
+    except OSError as err:  # a folder in its place, unreadable...
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
     values: dict[str, Any] = {}
     known = {f.name: f for f in SETTABLE}
     extra = {k: v for k, v in data.items() if k not in known}

@@ -309,7 +309,10 @@ async def create_invite(request: web.Request) -> web.Response:
 async def join(request: web.Request) -> web.Response:
     """Redeem another pod's invite: they add us, then we add them."""
     node = request.app[NODE]
-    body = join_decoder.decode(await request.read())
+    try:
+        body = join_decoder.decode(await request.read())
+    except msgspec.ValidationError:  # the one field is the code: say so in those words
+        raise APIError("invalid", "this invite code is damaged; copy it again") from None
     code = invites.decode(body.invite)
     if code.expires < time.time():
         raise APIError("invalid", "this invite has expired; ask the other pod for a new one")

@@ -147,8 +147,8 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
                 if page.events or page.cursor != cursor:
                     await ws.send_bytes(msgpack_encoder.encode(page))
                     cursor = page.cursor
-                if len(page.events) < limit:
-                    await _wait_for_events_or_close(marker, reader)
+                if page.cursor >= page.head:  # all sent; a page cut at MAX_PAGE_BYTES is
+                    await _wait_for_events_or_close(marker, reader)  # not: send on at once
         finally:
             reader.cancel()
     except (ConnectionResetError, asyncio.CancelledError, TimeoutError):
