@@ -107,9 +107,10 @@ class PeerLink:
         async with self._lock:
             received = stored = 0
             self.status.state = "syncing"
-            if self.record.repair:  # our own store was restored from a backup
-                received = stored = await self.repair()
-                if received == 0:
+            if self.record.repair:  # a store was restored, or a repair left feeds behind
+                received, complete = await self.repair()
+                stored = received
+                if received == 0 and complete:
                     # Only a repair that finds nothing more ends it: our own events still
                     # in flight when we restarted reach the peer later, and pages never
                     # carry them back to us, so each pull repairs again until none come.
@@ -151,7 +152,9 @@ class PeerLink:
         if (rec.epoch is not None and page.epoch != rec.epoch) or page.head < rec.cursor:
             log.warning("peer %s: store restored (epoch or head moved back); repairing",
                         self.source[:8])  # fmt: skip
-            await self.repair()
+            _, complete = await self.repair()
+            if not complete:  # the cursor moves on: what a feed left behind, a repair fetches
+                await self.node.repaired(rec.pod, done=False)
             await self.node.save_cursor(rec.pod, page.head, page.epoch, int(time.time()))
             return 0, 0
         wires = [bytes(raw) for raw in page.events]
@@ -175,16 +178,22 @@ class PeerLink:
         self.status.last_success = now
         return len(wires), stored
 
-    async def repair(self) -> int:
-        """Compare feed heads with the peer and fetch every range we miss."""
+    async def repair(self) -> tuple[int, bool]:
+        """Compare feed heads with the peer and fetch every range we miss; returns (events
+        fetched, complete).
+
+        Progress is our own feed head, read again after each page: an event that waits
+        (say, ahead of the roster.add naming its author, which another feed brings) or is
+        refused for the pending bound does not move it, and the feed is left for the next
+        repair rather than counted as fetched. (Counting pages, a repair after a peer's
+        restore skipped such events, and the cursor then moved past them for good.)"""
         try:
             theirs = heads_decoder.decode(await self._get("/v1/peer/heads"))
         except UNREADABLE as err:
             raise PeerError(f"unreadable heads: {err}") from None
-        fetched = 0
+        fetched, complete = 0, True
         for head in theirs:
-            ours = await queries.feed_heads(self.node.ledger.reader, head.author)
-            have = ours.get(head.lane, (0, b"", 0))[0]
+            have = await self._our_seq(head.author, head.lane)
             while have < head.seq:
                 try:
                     page = page_decoder.decode(await self._get(
@@ -193,16 +202,22 @@ class PeerLink:
                 except UNREADABLE as err:
                     raise PeerError(f"unreadable page: {err}") from None
                 if not page.events:
+                    complete = False  # it has them, but not for us, or not now
                     break
-                results = await self.node.submit(
-                    [bytes(r) for r in page.events], source=self.source
-                )
-                if not any(r.status in ("stored", "pending") for r in results):
-                    break  # nothing usable (refused, or held already): do not ask again
+                await self.node.submit([bytes(r) for r in page.events], source=self.source)
                 fetched += len(page.events)
-                have += len(page.events)
-        log.info("peer %s: repair fetched %d events", self.source[:8], fetched)
-        return fetched
+                now = await self._our_seq(head.author, head.lane)
+                if now == have:  # nothing of it stored: the rest waits, or was refused
+                    complete = False
+                    break
+                have = now
+        log.info("peer %s: repair fetched %d events%s", self.source[:8], fetched,
+                 "" if complete else "; some feeds are left for the next one")  # fmt: skip
+        return fetched, complete
+
+    async def _our_seq(self, author: bytes, lane: str) -> int:
+        ours = await queries.feed_heads(self.node.ledger.reader, author)
+        return ours.get(lane, (0, b"", 0))[0]
 
     # ------------------------------------------------------------ live stream
 

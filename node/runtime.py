@@ -158,11 +158,13 @@ class Node:
             await self.gossip.stop_peer(pod)  # type: ignore[attr-defined]
         log.info("peer removed: %s", b64e(pod)[:8])
 
-    async def repaired(self, pod: bytes) -> None:
-        await self.ledger.write("UPDATE peers SET repair = 0 WHERE pod = ?", (pod,))
+    async def repaired(self, pod: bytes, done: bool = True) -> None:
+        """Mark the repair from ``pod`` done, or (``done=False``) still to do: the next
+        pull from it repairs again."""
+        await self.ledger.write("UPDATE peers SET repair = ? WHERE pod = ?", (int(not done), pod))
         record = self.peers.get(pod)
         if record is not None:
-            record.repair = False
+            record.repair = not done
 
     async def save_cursor(self, pod: bytes, cursor: int, epoch: bytes, now_s: int) -> None:
         await self.ledger.write(

@@ -1,22 +1,31 @@
 """Review of the sync contract: events that one node stores must reach every peer that
 may see them (by lane), with honest nodes and only network trouble.
 
-The first test failed because of a bug its docstring describes (fixed with it); the one
-marked "(passes: ...)" is a corner checked and found correct. Two more bugs the review
-found are left open (docs/security.md, "What podlink does NOT promise"): a peers-lane
-feed one key writes for two pods can leave a gap a direct peer never fills, and a repair
-after a peer's restore can save a cursor past events it refused as rate-limited.
+The first and last tests failed because of a bug their docstrings describe (fixed with
+them); the one marked "(passes: ...)" is a corner checked and found correct. The review
+found: a repair after a peer's restore that moved the cursor past events it had refused
+as rate-limited (fixed, the last test), and a peers-lane feed one key writes for two pods,
+which can leave a gap a direct peer never fills (left open: docs/security.md, "What
+podlink does NOT promise").
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
+import msgspec
 import pytest
+from aiohttp import web
 
+from podlink.ledger.authoring import Author
+from podlink.node.api_types import FeedHead, Page, msgpack_encoder
 from podlink.protocol import kinds
-from tests.node.helpers import PodNode, wait_for, wait_linked
+from podlink.protocol.envelope import Event
+from podlink.protocol.keys import Keypair
+from podlink.protocol.text import b64d
+from tests.node.helpers import FakePeer, PodNode, wait_for, wait_linked
 
 MiB = 1024 * 1024
 
@@ -89,3 +98,61 @@ async def test_network_three_hops_and_peers_one_hop_in_a_line_of_four(network: A
     for node in (b, c, d):
         await node.client.post("/v1/sync")
     assert not await _has(c, near.id_text) and not await _has(d, near.id_text)
+
+
+class RestoredPeer(FakePeer):
+    """A peer serving real feeds by range, whose heads list a new organizer's feed before
+    the pod key's feed that holds the roster.add naming that organizer (heads come in key
+    order, not store order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feeds: dict[tuple[bytes, str], list[Event]] = {}
+
+    def serve(self, *feeds: list[Event]) -> None:
+        for feed in feeds:
+            self.feeds[(feed[0].author, feed[0].lane)] = feed
+        self.raw_heads = msgpack_encoder.encode([
+            FeedHead(author=f[-1].author, lane=f[-1].lane, seq=f[-1].seq, id=f[-1].id)
+            for f in feeds
+        ])  # fmt: skip
+
+    async def _feed(self, request: web.Request) -> web.Response:
+        self._check(request)
+        author = b64d(request.query["author"], length=32)
+        start, end = int(request.query["from"]), int(request.query["to"])
+        feed = self.feeds.get((author, request.query["lane"]), [])
+        events = [msgspec.Raw(e.to_wire()) for e in feed if start <= e.seq <= end]
+        page = Page(epoch=self.epoch, cursor=0, head=0, events=events)
+        return web.Response(body=msgpack_encoder.encode(page), content_type="application/msgpack")
+
+
+async def test_a_repair_left_waiting_is_done_again_not_skipped(network: Any) -> None:
+    """After a peer's store is restored (a new epoch), a repair walks its feeds in key
+    order. Here an organizer's six events come before the roster.add that names her, and
+    the pending allowance (3) is smaller: three wait, three are refused `rate-limited`.
+    The repair counted the page as fetched and the cursor moved on: the three refused
+    were never asked for again. Now progress is our own feed head, a feed that did not
+    move is left for the next repair, and the next sync stores all six."""
+    [node] = await network(1, pending_per_source=3)
+    peer = RestoredPeer()
+    await peer.start()
+    try:
+        await node.client.post("/v1/peers", {"url": peer.url, "key": peer.key})
+        await node.client.post("/v1/sync", {})  # an empty first page: epoch and cursor saved
+        pod = Author(peer.keypair, peer.keypair.public)
+        genesis = pod.write(kinds.PodFounded(name="Restored"), "network")
+        organizer = Keypair.generate()
+        add = pod.write(kinds.OrganizerAdded(key=organizer.public, name="K2"), "network")
+        her = Author(organizer, peer.keypair.public)
+        hers = [her.write(kinds.RequestOpened(title=f"need {i}", category="food"), "network")
+                for i in range(6)]  # fmt: skip
+        peer.serve(hers, [genesis, add])  # her feed first
+        peer.epoch = os.urandom(16)  # restored from a backup
+        for _ in range(3):
+            await node.client.post("/v1/sync", {})
+        held = await node.event_ids()
+        assert {e.id_text for e in [genesis, add, *hers]} <= held
+        assert (await node.status())["pending"] == 0
+    finally:
+        await peer.stop()
