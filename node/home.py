@@ -39,6 +39,8 @@ async def init_pod(
     if not name.strip():
         raise ConfigError("a pod needs a name (--name)")
     _check_listen(listen)
+    if url and not re.fullmatch(r"https?://\S+", url):  # what peers are told to reach us at
+        raise ConfigError(f"--url must start with http:// or https://, got {url!r}")
     config = Config(home=home, name=name.strip(), zone=zone, listen=listen, url=url)
     node_key = Keypair.generate()
     organizer = Keypair.generate()

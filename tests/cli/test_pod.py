@@ -41,6 +41,13 @@ def test_init_makes_a_pod_and_refuses_a_second(tmp_path: Path) -> None:
     assert "already holds a pod" in one_error_line(again)
 
 
+def test_init_refuses_a_public_url_that_is_not_one(tmp_path: Path) -> None:
+    home = tmp_path / "p"
+    result = run("init", "--name", "X", "--url", "not a url", home=home, code=1)
+    assert "--url must start with http:// or https://" in result.stderr
+    assert not home.exists()  # nothing half-made is left to block the next init
+
+
 def test_init_refuses_a_bad_listen_address(tmp_path: Path) -> None:
     result = run("init", "--name", "X", "--listen", "nowhere", home=tmp_path / "p", code=1)
     assert "HOST:PORT" in one_error_line(result)
