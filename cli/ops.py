@@ -201,8 +201,13 @@ async def withdraw_offer(session: PodSession, ref: str, reason: str = "") -> Sum
     if offer["status"] != "open":
         raise Refused(f"this offer is already {offer['status']}")
     event = await session.write(kinds.OfferWithdrawn(reason=reason), offer["lane"], (offer["id"],))
+    after = await session.offer(offer["id"])  # as for requests: say what the fold made of it
+    if after["status"] != "withdrawn":
+        raise click.ClickException(
+            f"recorded, but it changed nothing: the offer is {after['status']}"
+        )
     return {"id": event, "kind": "offer.withdraw", "lane": offer["lane"], "offer": offer["id"],
-            "status": "withdrawn"}  # fmt: skip
+            "status": after["status"]}  # fmt: skip
 
 
 async def add_resource(
