@@ -90,6 +90,7 @@ class Batch:
     stored_ids: dict[bytes, bool] = field(default_factory=dict)  # id -> stored bodiless
     first_pos: int = 0
     stored: int = 0
+    released: int = 0  # of those, events released from pending (index -1)
 
     def result(self, cand: Candidate, res: IngestResult) -> None:
         if cand.index >= 0:
@@ -590,6 +591,8 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     batch.heads[feed] = (h.seq, ev.id, h.ts)
     batch.dirty_heads[feed] = h.pod
     batch.stored += 1
+    if cand.index < 0:
+        batch.released += 1
     batch.result(cand, IngestResult("stored", ev.id_text, body_dropped=cand.body_dropped))
     ledger.clock.observe(h.ts)
 

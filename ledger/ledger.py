@@ -117,6 +117,7 @@ class Ledger:
         self.generation = 0
         self.recent: deque[tuple[int, dict[bytes, bool]]] = deque(maxlen=8)
         self.stored_listeners: list[Callable[[int], None]] = []
+        self.released_stored = 0  # events stored after waiting in pending (no result of theirs)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -132,7 +133,14 @@ class Ledger:
         except BaseException:
             await db.close()
             raise
-        ledger = cls(db, reader, path, limits or Limits(), workers or min(2, os.cpu_count() or 1))
+        if workers is None:
+            workers = min(2, os.cpu_count() or 1)
+        try:
+            ledger = cls(db, reader, path, limits or Limits(), workers)
+        except BaseException:  # their threads would keep the process alive
+            await reader.close()
+            await db.close()
+            raise
         try:
             await ledger._load()
             if await scalar(db, "SELECT 1 FROM meta WHERE key = 'rebuild'"):
@@ -406,6 +414,7 @@ class Ledger:
 
     def after_commit(self, batch: Batch) -> None:
         self.heads.update(batch.heads)
+        self.released_stored += batch.released
         if batch.stored_ids:
             self.generation += 1
             self.recent.append((self.generation, batch.stored_ids))

@@ -7,6 +7,7 @@ Every key of :class:`Config` may be set in ``config.toml`` (top level) or by the
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -118,7 +119,32 @@ def load_config(home: Path, env: dict[str, str] | None = None) -> Config:
             values[name] = _coerce(f"PODLINK_{name.upper()}", f.type, env_value)
     config = Config(home=Path(home), extra=extra, **values)
     _check_listen(config.listen)
+    _check_ranges(config)
     return config
+
+
+# Settings that must be at least 1 (a count) or above 0 (a rate or a time in seconds).
+# (invite_ttl_s may be anything: 0 or less makes every new invite expire at once.)
+AT_LEAST_ONE = ("max_request_bytes", "page_events", "pending_per_source", "batch_size",
+                "verify_workers", "pending_ttl_s")  # fmt: skip
+POSITIVE = ("rate_per_s", "backoff_max_s", "peer_timeout_s")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _check_ranges(config: Config) -> None:
+    """Values of the right type but no use (``verify_workers = -1`` crashed the node after
+    it had opened its database, and it never exited) are refused at start."""
+    for name in AT_LEAST_ONE:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be 1 or more, got {getattr(config, name)!r}")
+    for name in POSITIVE:
+        value = getattr(config, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{name} must be a number above 0, got {value!r}")
+    config.log_level = config.log_level.upper()
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
+                          f"got {config.log_level!r}")  # fmt: skip
 
 
 def save_config(config: Config) -> None:

@@ -30,6 +30,10 @@ class Metrics:
     def set(self, name: str, value: float, **labels: str) -> None:
         self._values[name][tuple(sorted(labels.items()))] = value
 
+    def drop(self, name: str, **labels: str) -> None:
+        """Forget one series (a removed peer's: a gauge left at 0 would alert forever)."""
+        self._values[name].pop(tuple(sorted(labels.items())), None)
+
     def get(self, name: str, **labels: str) -> float:
         return self._values[name].get(tuple(sorted(labels.items())), 0)
 

@@ -48,6 +48,8 @@ class Node:
         self.gossip: object | None = None  # node.gossip.Gossip, set by its cleanup context
         self._changed = asyncio.Event()
         ledger.stored_listeners.append(self._on_stored)
+        self.metrics.set("ledger_events", ledger.next_pos - 1)  # not only after a store
+        self._released_seen = ledger.released_stored
 
     @property
     def pod(self) -> bytes:
@@ -108,6 +110,13 @@ class Node:
                 self.metrics.inc("events_refused_total", reason=r.reason or "invalid")
             elif r.status == "pending":
                 self.metrics.inc("events_pending_total")
+        # Events a peer parked earlier, stored now that this call brought what they waited
+        # for, have no result of their own: count them from the ledger.
+        released, self._released_seen = (
+            self.ledger.released_stored - self._released_seen, self.ledger.released_stored
+        )
+        if released:
+            self.metrics.inc("events_stored_total", released, source="peer")
         return results
 
     # ------------------------------------------------------------ peers
@@ -156,6 +165,8 @@ class Node:
         self.peers.pop(pod, None)
         if self.gossip is not None:
             await self.gossip.stop_peer(pod)  # type: ignore[attr-defined]
+        for name in ("peer_connected", "peer_lag_events", "peer_sync_seconds"):
+            self.metrics.drop(name, peer=b64e(pod)[:8])
         log.info("peer removed: %s", b64e(pod)[:8])
 
     async def repaired(self, pod: bytes, done: bool = True) -> None:
