@@ -389,6 +389,8 @@ def backup(pod: Target, file: Path) -> None:
     config = pod.config()
     if file.exists():
         raise click.ClickException(f"{file} exists; choose another name or remove it first")
+    if not config.ledger_path.exists():  # sqlite3 would create an empty one, and back it up
+        raise click.ClickException(f"no database at {config.ledger_path}; nothing to back up")
     file.parent.mkdir(parents=True, exist_ok=True)
     file.touch(mode=0o600)
     try:

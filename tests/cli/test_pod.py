@@ -48,6 +48,15 @@ def test_init_refuses_a_public_url_that_is_not_one(tmp_path: Path) -> None:
     assert not home.exists()  # nothing half-made is left to block the next init
 
 
+def test_backup_without_a_database_creates_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "p"
+    run("init", "--name", "X", home=home)
+    (home / "ledger.db").unlink()
+    result = run("backup", str(tmp_path / "copy.db"), home=home, code=1)
+    assert "nothing to back up" in result.stderr
+    assert not (home / "ledger.db").exists() and not (tmp_path / "copy.db").exists()
+
+
 def test_init_refuses_a_bad_listen_address(tmp_path: Path) -> None:
     result = run("init", "--name", "X", "--listen", "nowhere", home=tmp_path / "p", code=1)
     assert "HOST:PORT" in one_error_line(result)
