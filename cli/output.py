@@ -80,7 +80,7 @@ def ago_ms(ms: int | None, now_ms: int | None = None) -> str:
         return "never"
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     delta = (now_ms - ms) / 1000
-    ahead, delta = delta < -45, abs(delta)
+    ahead, delta = delta < 0, abs(delta)  # (under 45 s either way is "just now" below)
     if delta < 45:
         return "just now"
     if delta < 90 * 60:

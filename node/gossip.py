@@ -105,37 +105,46 @@ class PeerLink:
     async def pull(self) -> tuple[int, int]:
         """Fetch pages until caught up; returns (events received, events stored)."""
         async with self._lock:
-            received = stored = 0
-            self.status.state = "syncing"
-            if self.record.repair:  # a store was restored, or a repair left feeds behind
-                received, complete = await self.repair()
-                stored = received
-                if received == 0 and complete:
-                    # Only a repair that finds nothing more ends it: our own events still
-                    # in flight when we restarted reach the peer later, and pages never
-                    # carry them back to us, so each pull repairs again until none come.
-                    await self.node.repaired(self.record.pod)
-            # Pipelined: the next page is fetched and its signatures checked while this
-            # one is stored (a page's events chain onto the last page's, which the store
-            # step takes in order).
-            fetched = await self._fetch(self.record.cursor)
-            while True:
-                page, checked = fetched
-                last = page.cursor >= page.head or (not page.events and page.cursor == page.head)
-                ahead = None if last else asyncio.ensure_future(self._fetch(page.cursor))
-                try:
-                    r, s = await self._take(page, checked)
-                except BaseException:
-                    await _cancel(ahead)
-                    raise
-                received, stored = received + r, stored + s
-                if ahead is None:
-                    break
-                if self.record.cursor != page.cursor:  # a repair moved it: refetch from there
-                    await _cancel(ahead)
-                    ahead = asyncio.ensure_future(self._fetch(self.record.cursor))
-                fetched = await ahead
-            return received, stored
+            state, self.status.state = self.status.state, "syncing"
+            try:
+                return await self._pull()
+            finally:
+                # A pull on a live link (`podlink sync`) leaves it shown as live, not
+                # "syncing" until the connection happens to drop.
+                if self.status.state == "syncing":
+                    self.status.state = "live" if self.status.connected else state
+
+    async def _pull(self) -> tuple[int, int]:
+        received = stored = 0
+        if self.record.repair:  # a store was restored, or a repair left feeds behind
+            received, complete = await self.repair()
+            stored = received
+            if received == 0 and complete:
+                # Only a repair that finds nothing more ends it: our own events still
+                # in flight when we restarted reach the peer later, and pages never
+                # carry them back to us, so each pull repairs again until none come.
+                await self.node.repaired(self.record.pod)
+        # Pipelined: the next page is fetched and its signatures checked while this
+        # one is stored (a page's events chain onto the last page's, which the store
+        # step takes in order).
+        fetched = await self._fetch(self.record.cursor)
+        while True:
+            page, checked = fetched
+            last = page.cursor >= page.head or (not page.events and page.cursor == page.head)
+            ahead = None if last else asyncio.ensure_future(self._fetch(page.cursor))
+            try:
+                r, s = await self._take(page, checked)
+            except BaseException:
+                await _cancel(ahead)
+                raise
+            received, stored = received + r, stored + s
+            if ahead is None:
+                break
+            if self.record.cursor != page.cursor:  # a repair moved it: refetch from there
+                await _cancel(ahead)
+                ahead = asyncio.ensure_future(self._fetch(self.record.cursor))
+            fetched = await ahead
+        return received, stored
 
     async def _fetch(self, since: int) -> tuple[Page, Checked | None]:
         """One page of changes after ``since``, its events checked (not stored yet)."""
@@ -266,7 +275,7 @@ class PeerLink:
                 self.status.state = "stopped"
                 raise
             except (aiohttp.ClientError, PeerError, TimeoutError, OSError) as err:
-                self.status.last_error = f"{type(err).__name__}: {err}"[:300]
+                self.status.last_error = describe(err, self.node.config.peer_timeout_s)
                 log.info("peer %s: %s", self.source[:8], self.status.last_error)
             except Exception as err:  # a bug must not kill replication for good
                 self.status.last_error = f"internal: {type(err).__name__}"
@@ -321,12 +330,21 @@ class Gossip:
                 if not isinstance(err, (aiohttp.ClientError, PeerError, TimeoutError, OSError)):
                     # A bug: logged, and this peer's row says so; the others still sync.
                     log.exception("peer %s: unexpected error in sync", link.source[:8])
-                link.status.last_error = f"{type(err).__name__}: {err}"[:300]
+                link.status.last_error = describe(err, seconds)
                 return PeerSync(pod=link.source, name=name, ok=False, received=0, stored=0,
                                 error=link.status.last_error)  # fmt: skip
+            link.status.last_error = ""  # it answered: an older failure is no longer news
             return PeerSync(pod=link.source, name=name, ok=True, received=received, stored=stored)
 
         return list(await asyncio.gather(*(one(link) for link in self.links.values())))
+
+
+def describe(err: BaseException, seconds: float) -> str:
+    """A peer's failure in a line an organizer can act on ("TimeoutError: " said nothing)."""
+    if isinstance(err, TimeoutError) and not str(err):
+        return f"no answer within {seconds:g} s (is that node up?)"
+    text = str(err)
+    return (f"{type(err).__name__}: {text}" if text else type(err).__name__)[:300]
 
 
 async def _cancel(task: asyncio.Future | None) -> None:
