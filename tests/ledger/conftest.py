@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from podlink.ledger.ledger import Ledger, Limits
-from tests.ledger.helpers import World, open_ledger
+from tests.ledger.helpers import Scene, World, open_ledger
 
 OpenLedger = Callable[..., Awaitable[Ledger]]
 
@@ -33,3 +33,14 @@ async def make_ledger(tmp_path: Path) -> AsyncIterator[OpenLedger]:
     yield make
     for ledger in opened:
         await ledger.close()  # a no-op for ledgers a test closed itself
+
+
+@pytest.fixture
+async def scene(make_ledger: OpenLedger, world: World) -> Scene:
+    elm, setup = world.pod("Elm")
+    oak, oak_setup = world.pod("Oak")
+    ana, add_ana = world.organizer(elm, "Ana")
+    ben, add_ben = world.organizer(oak, "Ben")
+    s = Scene(world, await make_ledger(pod=elm.id), elm, oak, ana, ben)
+    await s.feed(*setup, *oak_setup, add_ana, add_ben)
+    return s

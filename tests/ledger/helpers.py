@@ -124,3 +124,27 @@ async def request_row(ledger: Ledger, request: bytes) -> dict[str, Any] | None:
 
 async def claim_status(ledger: Ledger, claim: bytes) -> str | None:
     return await one(ledger, "SELECT status FROM claims WHERE id = ?", (claim,))
+
+
+@dataclass
+class Scene:
+    """Two pods, Elm and Oak, one organizer each, and a ledger holding their setup."""
+
+    world: World
+    ledger: Ledger
+    elm: Pod
+    oak: Pod
+    ana: Author  # organizes Elm
+    ben: Author  # organizes Oak
+
+    async def feed(self, *events: Event) -> None:
+        results = await self.ledger.ingest(wires(events))
+        assert statuses(results) == ["stored"] * len(events), results
+
+    async def rebuild_equals_live(self) -> None:
+        live = await self.ledger.dump()
+        await self.ledger.rebuild()
+        assert await self.ledger.dump() == live
+
+    def need(self, by: Author | None = None, title: str = "Soup") -> Event:
+        return (by or self.ana).write(kinds.RequestOpened(title=title, category="food"), "network")

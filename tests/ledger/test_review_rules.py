@@ -3,52 +3,11 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-
-import pytest
 
 from podlink.ledger import queries
-from podlink.ledger.authoring import Author
-from podlink.ledger.ledger import Ledger
 from podlink.protocol import kinds as k
-from podlink.protocol.envelope import Event
 from tests.ledger.conftest import OpenLedger
-from tests.ledger.helpers import Pod, World, claim_status, request_row, statuses, wires
-
-
-@dataclass
-class Scene:
-    world: World
-    ledger: Ledger
-    elm: Pod
-    oak: Pod
-    ana: Author  # organizes Elm
-    ben: Author  # organizes Oak
-    setup: list[Event]
-
-    async def feed(self, *events: Event) -> None:
-        results = await self.ledger.ingest(wires(events))
-        assert statuses(results) == ["stored"] * len(events), results
-
-    async def rebuild_equals_live(self) -> None:
-        live = await self.ledger.dump()
-        await self.ledger.rebuild()
-        assert await self.ledger.dump() == live
-
-    def need(self, title: str = "Soup", lane: str = "network") -> Event:
-        return self.ana.write(k.RequestOpened(title=title, category="food"), lane)
-
-
-@pytest.fixture
-async def scene(make_ledger: OpenLedger, world: World) -> Scene:
-    elm, setup = world.pod("Elm")
-    oak, oak_setup = world.pod("Oak")
-    ana, add_ana = world.organizer(elm, "Ana")
-    ben, add_ben = world.organizer(oak, "Ben")
-    s = Scene(world, await make_ledger(pod=elm.id), elm, oak, ana, ben,
-              [*setup, *oak_setup, add_ana, add_ben])
-    await s.feed(*s.setup)
-    return s
+from tests.ledger.helpers import Scene, World, claim_status, request_row, wires
 
 
 async def test_checked_claim_lifecycle_and_queries_agree_with_fold(scene: Scene) -> None:

@@ -3,62 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-
-import pytest
 
 from podlink.ledger import queries
-from podlink.ledger.authoring import Author
-from podlink.ledger.ledger import Ledger
 from podlink.protocol import kinds as k
-from podlink.protocol.envelope import Event, encode_wire
+from podlink.protocol.envelope import encode_wire
 from tests.ledger.conftest import OpenLedger
 from tests.ledger.helpers import (
-    Pod,
-    World,
+    Scene,
     claim_status,
     count,
     one,
     query,
     request_row,
-    statuses,
-    wires,
 )
-
-
-@dataclass
-class Scene:
-    """Two pods, Elm and Oak, one organizer each, and a ledger holding their setup."""
-
-    world: World
-    ledger: Ledger
-    elm: Pod
-    oak: Pod
-    ana: Author  # organizes Elm
-    ben: Author  # organizes Oak
-
-    async def feed(self, *events: Event) -> None:
-        results = await self.ledger.ingest(wires(events))
-        assert statuses(results) == ["stored"] * len(events), results
-
-    async def rebuild_equals_live(self) -> None:
-        live = await self.ledger.dump()
-        await self.ledger.rebuild()
-        assert await self.ledger.dump() == live
-
-    def need(self, by: Author | None = None, title: str = "Soup") -> Event:
-        return (by or self.ana).write(k.RequestOpened(title=title, category="food"), "network")
-
-
-@pytest.fixture
-async def scene(make_ledger: OpenLedger, world: World) -> Scene:
-    elm, setup = world.pod("Elm")
-    oak, oak_setup = world.pod("Oak")
-    ana, add_ana = world.organizer(elm, "Ana")
-    ben, add_ben = world.organizer(oak, "Ben")
-    s = Scene(world, await make_ledger(pod=elm.id), elm, oak, ana, ben)
-    await s.feed(*setup, *oak_setup, add_ana, add_ben)
-    return s
 
 
 async def test_request_lifecycle_open_accepted_fulfilled(scene: Scene) -> None:
