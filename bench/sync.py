@@ -59,10 +59,13 @@ def _sizes(quick: bool) -> dict[str, int]:
     return {"events": 50_000, "repeats": 3}
 
 
-async def signed_get(url: str, keypair: Keypair, path: str, **query: object) -> bytes:
-    """One signed GET on a fresh connection, as a peer's gossip would send it."""
+async def signed_get(
+    url: str, pod: bytes, keypair: Keypair, path: str, **query: object
+) -> bytes:
+    """One signed GET to ``pod``'s node on a fresh connection, as a peer's gossip would
+    send it."""
     full = yarl.URL(url + path).with_query({k: str(v) for k, v in query.items()})
-    headers = sign_request(keypair, "GET", full.raw_path_qs)
+    headers = sign_request(keypair, "GET", full.raw_path_qs, pod=pod)
     async with aiohttp.ClientSession() as session, session.get(full, headers=headers) as resp:
         data = await resp.read()
         if resp.status != 200:
@@ -124,13 +127,15 @@ async def run(quick: bool) -> list[Result]:
                     # One idle round: B's key asks A (through the proxy) for changes past
                     # A's head, on a fresh connection.
                     b_key = load_keypair(pulled["b_config"].node_key_path)
-                    head = page_decoder.decode(
-                        await signed_get(proxy.url, b_key, "/v1/peer/changes", since=0, limit=1)
-                    ).head
+                    a_pod = load_keypair(a_config.node_key_path).public
+                    first = await signed_get(
+                        proxy.url, a_pod, b_key, "/v1/peer/changes", since=0, limit=1
+                    )
+                    head = page_decoder.decode(first).head
                     await asyncio.sleep(0.2)
                     before = proxy.total
                     page = page_decoder.decode(
-                        await signed_get(proxy.url, b_key, "/v1/peer/changes", since=head)
+                        await signed_get(proxy.url, a_pod, b_key, "/v1/peer/changes", since=head)
                     )
                     await asyncio.sleep(0.05)
                     if page.events:

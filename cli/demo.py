@@ -71,9 +71,9 @@ class DemoPod:
         runner = web.AppRunner(await create_app(config), access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         await web.SockSite(runner, sock, shutdown_timeout=0.5).start()
-        keypair = load_keypair(config.organizer_key_path)
-        return cls(name, home, config.public_url, runner,
-                   PodSession(NodeClient(config.public_url, keypair), home))  # fmt: skip
+        keypair, pod = load_keypair(config.organizer_key_path), load_keypair(config.node_key_path)
+        client = NodeClient(config.public_url, keypair, pod=pod.public)
+        return cls(name, home, config.public_url, runner, PodSession(client, home))
 
     async def status_of(self, request_id: str) -> dict[str, Any] | None:
         """The request as this pod sees it (None while it has not arrived)."""

@@ -102,9 +102,12 @@ class Target:
         config = self.config()
         try:
             keypair = load_keypair(config.organizer_key_path)
+            # Requests sign the pod they are for: the pod's key from its own folder, not
+            # from whatever answers at the URL.
+            pod = load_keypair(config.node_key_path).public
         except KeyFileError as e:
             raise click.ClickException(one_line(str(e))) from None
-        return PodSession(NodeClient(self.url(config), keypair), self.home)
+        return PodSession(NodeClient(self.url(config), keypair, pod=pod), self.home)
 
     def call(self, action: Callable[[PodSession], Awaitable[T]]) -> T:
         """Open a session with the node, run ``action`` on it, close, translate errors."""

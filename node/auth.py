@@ -88,7 +88,9 @@ def make_auth_middleware(node: object) -> object:
             # aiohttp would hash the decompressed body, not the bytes that were signed.
             raise APIError("invalid", "signed requests must not use a Content-Encoding")
         body = await request.read()
-        signed = verify_request(request.headers, request.method, request.raw_path, body)
+        signed = verify_request(
+            request.headers, request.method, request.raw_path, body, pod=node.pod
+        )
         roles = node.roles_of(signed.key)
         # A key with no role here is refused before it costs any memory: its nonces would
         # fill the replay memory (and, stamped minutes ahead, push its floor past the

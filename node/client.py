@@ -15,6 +15,7 @@ import yarl
 from podlink.ledger.authoring import Author
 from podlink.node.api_types import MemberKey, SubmitEvents, json_encoder
 from podlink.protocol.envelope import Event
+from podlink.protocol.errors import ProtocolError
 from podlink.protocol.http_auth import sign_request
 from podlink.protocol.keys import Keypair
 from podlink.protocol.text import b64d, b64e
@@ -31,9 +32,16 @@ class ClientError(Exception):
 class NodeClient:
     """Signed requests to one node's API, over one ClientSession."""
 
-    def __init__(self, url: str, keypair: Keypair, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, keypair: Keypair, *, pod: bytes | None = None, timeout: float = 30.0
+    ) -> None:
+        """``pod``: the key of the pod whose node this is, which every request signs (so
+        it cannot be replayed at another node). Give it where it is known for sure (the
+        CLI reads it from the pod's folder); else it is read from the node's public
+        ``/v1/info`` before the first signed request."""
         self.url = url.rstrip("/")
         self.keypair = keypair
+        self.pod = pod
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -59,9 +67,23 @@ class NodeClient:
         if query:
             url = url.with_query({k: str(v) for k, v in query.items() if v is not None})
         body = b"" if json is None else json_encoder.encode(json)
-        headers = sign_request(self.keypair, method, url.raw_path_qs, body)
+        if self.pod is None:
+            info = await self._send("GET", yarl.URL(self.url + "/v1/info"), b"", {})
+            try:
+                self.pod = b64d(info["pod"], length=32, what="pod")
+            except (TypeError, KeyError, ProtocolError):
+                raise ClientError(
+                    "invalid",
+                    f"the node at {self.url} did not say which pod "
+                    "it is (GET /v1/info); is that a podlink node?",
+                ) from None
+        headers = sign_request(self.keypair, method, url.raw_path_qs, body, pod=self.pod)
         if json is not None:
             headers["Content-Type"] = "application/json"
+        return await self._send(method, url, body, headers)
+
+    async def _send(self, method: str, url: yarl.URL, body: bytes, headers: dict[str, str]) -> Any:
+        assert self._session is not None
         try:
             async with self._session.request(method, url, data=body or None,
                                              headers=headers) as resp:  # fmt: skip

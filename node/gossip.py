@@ -78,7 +78,7 @@ class PeerLink:
         return url.with_query({k: str(v) for k, v in query.items()}) if query else url
 
     def _headers(self, method: str, url: yarl.URL, body: bytes = b"") -> dict[str, str]:
-        return sign_request(self.node.keypair, method, url.raw_path_qs, body)
+        return sign_request(self.node.keypair, method, url.raw_path_qs, body, pod=self.record.pod)
 
     async def _get(self, path: str, **query: object) -> bytes:
         session = self.node.session

@@ -74,7 +74,7 @@ async def redeem(node: Node, code: InviteCode) -> Peer:
         Redeem(secret=code.secret, url=node.config.public_url, name=node.config.name)
     )
     url = yarl.URL(code.url.rstrip("/") + "/v1/peer/redeem")
-    headers = sign_request(node.keypair, "POST", url.raw_path_qs, body)
+    headers = sign_request(node.keypair, "POST", url.raw_path_qs, body, pod=code.pod)
     headers["Content-Type"] = "application/json"
     async with node.session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
         data = await resp.content.read(MAX_ANSWER + 1)  # an answer is well under 1 kB

@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 from podlink.node import api_types as t
+from podlink.protocol.http_auth import HEADERS
 
 ANY_ROWS = {"type": "array", "items": {"type": "object"}}
 ANY_OBJECT = {"type": "object"}
@@ -92,7 +93,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              body=t.Redeem, response=t.Peer),
 )  # fmt: skip
 
-SIGNED_HEADERS = ("Podlink-Key", "Podlink-Time", "Podlink-Nonce", "Podlink-Signature")
+SIGNED_HEADERS = HEADERS  # Podlink-Key, -Time, -Nonce, -Pod, -Signature
 
 
 def build() -> dict[str, Any]:

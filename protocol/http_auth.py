@@ -7,11 +7,17 @@ The sender signs ``SIGN_PREFIX`` followed by these lines joined with ``\\n``::
     hex SHA-256 of the body (of b"" when there is none)
     unix time in seconds (decimal)
     nonce (base64url of 16 random bytes)
+    the receiving pod's key (base64url)
 
-and sends ``Podlink-Key``, ``Podlink-Time``, ``Podlink-Nonce``, ``Podlink-Signature``
-(base64url); header names are matched case-insensitively, and each must appear once. The
-receiver refuses a time outside :data:`WINDOW_S` of its own clock (``stale``) and a nonce it
-has seen within the window (``replayed``, see NonceCache).
+and sends ``Podlink-Key``, ``Podlink-Time``, ``Podlink-Nonce``, ``Podlink-Pod``,
+``Podlink-Signature`` (base64url); header names are matched case-insensitively, and each
+must appear once. The receiver refuses a request for another pod (``unauthorised``), a
+time outside :data:`WINDOW_S` of its own clock (``stale``) and a nonce it has seen within
+the window (``replayed``, see NonceCache).
+
+The last line is version 2 (``podlink/http/v2``): version 1 signed no receiver, so a
+request captured on its way to one node could be replayed once at every other node where
+its signer had a role (each node's replay memory is its own).
 """
 
 from __future__ import annotations
@@ -27,20 +33,23 @@ from podlink.protocol.errors import ProtocolError
 from podlink.protocol.keys import KEY_LEN, SIG_LEN, Keypair, verify_signature
 from podlink.protocol.text import b64d, b64e
 
-SIGN_PREFIX = b"podlink/http/v1\x00"
+SIGN_PREFIX = b"podlink/http/v2\x00"
 WINDOW_S = 300  # a signed request is good for five minutes either side of our clock
-H_KEY, H_TIME, H_NONCE, H_SIG = (
-    "Podlink-Key", "Podlink-Time", "Podlink-Nonce", "Podlink-Signature",
+H_KEY, H_TIME, H_NONCE, H_POD, H_SIG = (
+    "Podlink-Key", "Podlink-Time", "Podlink-Nonce", "Podlink-Pod", "Podlink-Signature",
 )  # fmt: skip
-HEADERS = (H_KEY, H_TIME, H_NONCE, H_SIG)
+HEADERS = (H_KEY, H_TIME, H_NONCE, H_POD, H_SIG)
 # Podlink-Time: unix seconds as 1 to 12 ASCII digits; no sign, space, "_" or other digits
 # (Python's int() takes "+1", " 1", "1_000" and "١"; a receiver must not).
 TIME_PATTERN = re.compile(r"[0-9]{1,12}")
 NONCE_MIN, NONCE_MAX = 16, 64  # characters (Unicode code points)
 
 
-def signing_input(method: str, path_qs: str, body: bytes, when: int, nonce: str) -> bytes:
-    lines = [method.upper(), path_qs, hashlib.sha256(body).hexdigest(), str(when), nonce]
+def signing_input(
+    method: str, path_qs: str, body: bytes, when: int, nonce: str, pod: bytes
+) -> bytes:
+    """The bytes a request's signature covers; ``pod`` is the receiving pod's key."""
+    lines = [method.upper(), path_qs, hashlib.sha256(body).hexdigest(), str(when), nonce, b64e(pod)]
     return SIGN_PREFIX + "\n".join(lines).encode("utf-8")
 
 
@@ -50,14 +59,18 @@ def sign_request(
     path_qs: str,
     body: bytes = b"",
     *,
+    pod: bytes,
     when: int | None = None,
     nonce: str | None = None,
 ) -> dict[str, str]:
-    """The four headers that authenticate one request by ``keypair``."""
+    """The five headers that authenticate one request by ``keypair`` to ``pod``'s node."""
     when = int(time.time()) if when is None else when
     nonce = b64e(os.urandom(16)) if nonce is None else nonce
-    sig = keypair.sign(signing_input(method, path_qs, body, when, nonce))
-    return {H_KEY: keypair.public_text, H_TIME: str(when), H_NONCE: nonce, H_SIG: b64e(sig)}
+    sig = keypair.sign(signing_input(method, path_qs, body, when, nonce, pod))
+    return {
+        H_KEY: keypair.public_text, H_TIME: str(when), H_NONCE: nonce, H_POD: b64e(pod),
+        H_SIG: b64e(sig),
+    }  # fmt: skip
 
 
 class SignedRequest:
@@ -75,18 +88,32 @@ def verify_request(
     path_qs: str,
     body: bytes,
     *,
+    pod: bytes,
     now: float | None = None,
 ) -> SignedRequest:
-    """Check a request's signature headers. Raises ``unauthorised``, ``invalid``, ``stale``
-    or ``forged``. Replays are the caller's to refuse, with a :class:`NonceCache`.
+    """Check a request's signature headers, at the node of ``pod``. Raises
+    ``unauthorised`` (unsigned, or signed for another pod), ``invalid``, ``stale`` or
+    ``forged``. Replays are the caller's to refuse, with a :class:`NonceCache`.
 
     ``headers`` may be any mapping (aiohttp's multi-dict yields a repeated header twice)."""
     values = _signature_headers(headers)
     missing = [h for h in HEADERS if h not in values]
+    if missing == [H_POD]:
+        raise ProtocolError(
+            "unauthorised", f"missing {H_POD}: sign requests as podlink/http/v2, which names "
+            "the receiving pod (an older podlink signed version 1)",
+        )  # fmt: skip
     if missing:
         raise ProtocolError("unauthorised", f"unsigned request: missing {', '.join(missing)}")
     key = b64d(values[H_KEY], length=KEY_LEN, what=H_KEY)
     sig = b64d(values[H_SIG], length=SIG_LEN, what=H_SIG)
+    addressed = b64d(values[H_POD], length=KEY_LEN, what=H_POD)
+    if addressed != pod:
+        raise ProtocolError(
+            "unauthorised",
+            f"this request is signed for the pod {values[H_POD]}; this node is the pod "
+            f"{b64e(pod)} (check the node's URL)",
+        )
     nonce = values[H_NONCE]
     if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
         raise ProtocolError("invalid", f"{H_NONCE} must be {NONCE_MIN} to {NONCE_MAX} characters")
@@ -101,7 +128,7 @@ def verify_request(
             f"(limit {WINDOW_S} s); check the clock of the sending machine",
         )
     try:
-        message = signing_input(method, path_qs, body, when, nonce)
+        message = signing_input(method, path_qs, body, when, nonce, pod)
     except UnicodeEncodeError:  # undecodable bytes in the path or nonce (surrogate escapes)
         raise ProtocolError("invalid", "request path or nonce is not valid UTF-8") from None
     if not verify_signature(key, message, sig):
@@ -110,7 +137,7 @@ def verify_request(
 
 
 def _signature_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The four Podlink-* headers by canonical name, matched case-insensitively; a repeated
+    """The five Podlink-* headers by canonical name, matched case-insensitively; a repeated
     one is ``invalid`` (readers would disagree on which copy counts)."""
     wanted = {name.lower(): name for name in HEADERS}
     found: dict[str, str] = {}

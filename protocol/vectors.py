@@ -476,7 +476,8 @@ def _invalid_vectors(request: Event, request_body: bytes) -> list[dict[str, Any]
 
 
 def request_vectors() -> list[dict[str, Any]]:
-    """Signed HTTP requests (http_auth), each checked by the receiver at its ``now``.
+    """Signed HTTP requests (http_auth), each checked by the receiver, pod A's node
+    (``pod``), at its ``now``; ``signed_for`` is the pod the sender signed for.
 
     Every vector is signed by ORGANIZER with the same nonce, so each is checked with a
     fresh replay cache, given first the vectors named in ``after`` (if any)."""
@@ -493,6 +494,12 @@ def request_vectors() -> list[dict[str, Any]]:
     def lower_case(h: dict[str, str]) -> dict[str, str]:
         return {k.lower(): v for k, v in h.items()}
 
+    def drop_pod(h: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in h.items() if k != http_auth.H_POD}
+
+    def readdress(h: dict[str, str]) -> dict[str, str]:
+        return {**h, http_auth.H_POD: POD_A.public_text}
+
     out = []
     for spec in [
         dict(name="get", why="A GET without a body.", method="GET", path="/api/status"),
@@ -503,13 +510,25 @@ def request_vectors() -> list[dict[str, Any]]:
              why="Signed for one path, received on another: the signature does not verify."),
         dict(name="missing-signature-header", method="GET", path="/api/status",
              edit=drop_signature, error="unauthorised",
-             why="No Podlink-Signature header: a request without all four is unsigned."),
+             why="No Podlink-Signature header: a request without all five is unsigned."),
+        dict(name="missing-pod-header", method="GET", path="/api/status", edit=drop_pod,
+             error="unauthorised",
+             why="No Podlink-Pod header (as a version 1 sender would send): unauthorised, "
+             "before the signature is checked."),
+        dict(name="other-pod", method="GET", path="/api/status", pod=POD_B.public,
+             error="unauthorised",
+             why="Signed for pod B and sent to pod A's node (a request captured on its way "
+             "to B and replayed at A): Podlink-Pod names another pod."),
+        dict(name="pod-header-changed", method="GET", path="/api/status", pod=POD_B.public,
+             edit=readdress, error="forged",
+             why="Signed for pod B, its Podlink-Pod header rewritten to pod A: the signature "
+             "over pod A's key does not verify."),
         dict(name="time-with-plus-sign", method="GET", path="/api/status", edit=plus_sign,
              error="invalid",
              why="Podlink-Time '+1750000600': the time is 1 to 12 ASCII digits, nothing else "
              "(the signature itself is over the canonical 1750000600)."),
         dict(name="lowercase-header-names", method="GET", path="/api/status", edit=lower_case,
-             why="The same four headers with lower-case names: header names are "
+             why="The same five headers with lower-case names: header names are "
              "case-insensitive, as everywhere in HTTP."),
         dict(name="window-edge", method="GET", path="/api/status", when=now - WINDOW_S,
              why=f"Signed {WINDOW_S} seconds before the receiver's clock: still in the window."),
@@ -524,8 +543,9 @@ def request_vectors() -> list[dict[str, Any]]:
     ]:  # fmt: skip
         when = spec.get("when", now)
         sent_body = spec.get("body", b"")
+        pod = spec.get("pod", POD_A.public)  # the pod signed for; the receiver is pod A
         headers = http_auth.sign_request(ORGANIZER, spec["method"], spec["path"], sent_body,
-                                         when=when, nonce=nonce)  # fmt: skip
+                                         pod=pod, when=when, nonce=nonce)  # fmt: skip
         if "edit" in spec:
             headers = spec["edit"](headers)
         error = spec.get("error")
@@ -533,9 +553,9 @@ def request_vectors() -> list[dict[str, Any]]:
             "name": spec["name"], "valid": error is None, **({"error": error} if error else {}),
             "why": spec["why"], "seed": ORGANIZER.seed.hex(), "method": spec["method"],
             "path": spec.get("received", spec["path"]), "body": sent_body.hex(), "time": when,
-            "now": now, "nonce": nonce,
+            "now": now, "nonce": nonce, "pod": POD_A.public_text, "signed_for": b64e(pod),
             "signing_input": http_auth.signing_input(spec["method"], spec["path"], sent_body,
-                                                     when, nonce).hex(),
+                                                     when, nonce, pod).hex(),
             "headers": headers, **({"after": spec["after"]} if "after" in spec else {}),
         })  # fmt: skip
     return out

@@ -35,7 +35,7 @@ import nacl.secret
 
 PROTOCOL_VERSION = 1
 SIGN_PREFIX = b"podlink/event/v1\x00"
-HTTP_PREFIX = b"podlink/http/v1\x00"
+HTTP_PREFIX = b"podlink/http/v2\x00"
 ID_LEN = 32
 KEY_LEN = 32
 SIG_LEN = 64
@@ -985,15 +985,17 @@ def seal_with(plaintext: bytes, recipient_ed25519: bytes, ephemeral_secret: byte
 
 # SPEC (resolved): 1 to 12 ASCII digits, nothing else (was a guess, `-?[0-9]+`).
 _TIME_RE = re.compile(r"[0-9]{1,12}")
-REQUEST_HEADERS = ("Podlink-Key", "Podlink-Time", "Podlink-Nonce", "Podlink-Signature")
+REQUEST_HEADERS = (
+    "Podlink-Key", "Podlink-Time", "Podlink-Nonce", "Podlink-Pod", "Podlink-Signature",
+)  # fmt: skip
 
 
 def http_signing_input(
-    method: str, target: str | bytes, body: bytes, time: int, nonce: str
+    method: str, target: str | bytes, body: bytes, time: int, nonce: str, pod: bytes
 ) -> bytes:
     if isinstance(target, bytes):
         target = target.decode("utf-8")
-    lines = [method, target, hashlib.sha256(body).hexdigest(), str(time), nonce]
+    lines = [method, target, hashlib.sha256(body).hexdigest(), str(time), nonce, b64u(pod)]
     return HTTP_PREFIX + "\n".join(lines).encode("utf-8")
 
 
@@ -1027,6 +1029,8 @@ def verify_request(
     now_s: int,
     replay: ReplayCache | None = None,
     authorised: Callable[[bytes], bool] | None = None,
+    *,
+    pod: bytes,
 ) -> bytes:
     """Steps 1-6 of the receiver; returns the sender's key or raises :class:`Refused`."""
     # SPEC (resolved): header names are case-insensitive (as guessed), and each of the
@@ -1039,14 +1043,18 @@ def verify_request(
     values = [lower.get(name.lower()) for name in REQUEST_HEADERS]
     if any(v is None for v in values):
         raise Refused("unauthorised", "missing Podlink-* signature headers")
-    key_text, time_text, nonce, sig_text = values
+    key_text, time_text, nonce, pod_text, sig_text = values
     try:
         key = b64u_decode(key_text)
         sig = b64u_decode(sig_text)
+        addressed = b64u_decode(pod_text)
     except ValueError as exc:
-        raise _invalid("Podlink-Key / Podlink-Signature is not base64url") from exc
-    if len(key) != KEY_LEN or len(sig) != SIG_LEN:
-        raise _invalid("Podlink-Key / Podlink-Signature has the wrong length")
+        raise _invalid("Podlink-Key / Podlink-Pod / Podlink-Signature is not base64url") from exc
+    if len(key) != KEY_LEN or len(sig) != SIG_LEN or len(addressed) != KEY_LEN:
+        raise _invalid("Podlink-Key / Podlink-Pod / Podlink-Signature has the wrong length")
+    # SPEC (v2): the request names the pod it is for; another pod's is not for us.
+    if addressed != pod:
+        raise Refused("unauthorised", "signed for another pod")
     if not 16 <= len(nonce) <= 64:
         raise _invalid("Podlink-Nonce must be 16-64 characters")
     if not _TIME_RE.fullmatch(time_text):
@@ -1059,7 +1067,7 @@ def verify_request(
     time = int(time_text)
     if abs(time - now_s) > WINDOW_S:
         raise Refused("stale", f"request time {time} is more than {WINDOW_S}s from now")
-    message = http_signing_input(method, target, body, time, nonce)
+    message = http_signing_input(method, target, body, time, nonce, pod)
     if not ed25519_verify(key, message, sig):
         raise Refused("forged", "the request signature does not verify")
     if replay is not None:

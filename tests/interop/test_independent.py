@@ -52,7 +52,7 @@ def test_vector_file_shape() -> None:
     assert DATA["version"] == 1
     assert isinstance(NOW_MS, int)
     assert len(VECTORS) == 32
-    assert len(REQUESTS) == 9
+    assert len(REQUESTS) == 12
     assert len(set(BY_NAME)) == len(VECTORS)
     for v in INVALID:
         assert v["error"] in KNOWN_REASONS, v["name"]
@@ -211,6 +211,7 @@ def _request_parts(req: dict[str, Any]) -> tuple[str, str, bytes, dict[str, str]
 
 
 REQUEST_BY_NAME = {r["name"]: r for r in REQUESTS}
+RECEIVER = ind.b64u_decode(REQUESTS[0]["pod"])  # every vector is received by pod A's node
 
 
 @pytest.mark.parametrize("req", REQUESTS, ids=_ids(REQUESTS))
@@ -223,18 +224,20 @@ def test_request_verdict(req: dict[str, Any]) -> None:
     cache = ind.ReplayCache()
     for name in req.get("after", []):
         earlier = REQUEST_BY_NAME[name]
-        ind.verify_request(*_request_parts(earlier), earlier["now"], cache)
+        ind.verify_request(*_request_parts(earlier), earlier["now"], cache, pod=RECEIVER)
     if req["valid"]:
-        key = ind.verify_request(method, path, body, headers, now, cache)
+        key = ind.verify_request(method, path, body, headers, now, cache, pod=RECEIVER)
         assert key == _pk(req["seed"])
-        rebuilt = ind.http_signing_input(method, path, body, req["time"], req["nonce"])
+        rebuilt = ind.http_signing_input(
+            method, path, body, req["time"], req["nonce"], ind.b64u_decode(req["signed_for"])
+        )
         assert rebuilt.hex() == req["signing_input"]
         with pytest.raises(ind.Refused) as again:
-            ind.verify_request(method, path, body, headers, now, cache)
+            ind.verify_request(method, path, body, headers, now, cache, pod=RECEIVER)
         assert again.value.reason == "replayed"
     else:
         with pytest.raises(ind.Refused) as info:
-            ind.verify_request(method, path, body, headers, now, cache)
+            ind.verify_request(method, path, body, headers, now, cache, pod=RECEIVER)
         assert info.value.reason == req["error"]
     # The sender signed `signing_input` with `seed`; the headers carry it (names in any
     # case; one vector lacks the signature, one has a malformed time).
@@ -261,7 +264,7 @@ def test_request_rules_beyond_vectors() -> None:
             if value is not None:
                 h[name.replace("_", "-")] = value
         try:
-            ind.verify_request(method, path, body, h, now, ind.ReplayCache())
+            ind.verify_request(method, path, body, h, now, ind.ReplayCache(), pod=RECEIVER)
         except ind.Refused as exc:
             return exc.reason
         return "ok"
@@ -278,13 +281,22 @@ def test_request_rules_beyond_vectors() -> None:
         assert reason(Podlink_Time=bad) == "invalid", bad
     twice = {**headers, "podlink-nonce": headers["Podlink-Nonce"]}
     with pytest.raises(ind.Refused) as info:
-        ind.verify_request(method, path, body, twice, t)
+        ind.verify_request(method, path, body, twice, t, pod=RECEIVER)
     assert info.value.reason == "invalid"
     lowered = {k.lower(): v for k, v in headers.items()}
-    assert ind.verify_request(method, path, body, lowered, t) == _pk(req["seed"])
+    assert ind.verify_request(method, path, body, lowered, t, pod=RECEIVER) == _pk(req["seed"])
     with pytest.raises(ind.Refused) as info:
-        ind.verify_request(method, path, body, headers, t, authorised=lambda key: False)
+        ind.verify_request(
+            method, path, body, headers, t, authorised=lambda key: False, pod=RECEIVER
+        )
     assert info.value.reason == "unauthorised"
+    # SPEC (v2): a request signed (and addressed) for another pod is not for this node.
+    other = bytes(32)
+    with pytest.raises(ind.Refused) as info:
+        ind.verify_request(method, path, body, headers, t, pod=other)
+    assert info.value.reason == "unauthorised"
+    assert reason(Podlink_Pod=None) == "unauthorised"
+    assert reason(Podlink_Pod=headers["Podlink-Pod"][:-1]) == "invalid"
 
 
 # --------------------------------------------------------------------------------------
@@ -323,8 +335,8 @@ def test_http_example_matches_vector() -> None:
     for name, value in req["headers"].items():
         assert f"{name}: {value}" in text
     assert req["nonce"] in text and str(req["time"]) in text
-    block = re.search(r"```\npodlink/http/v1\\x00(.*?)```", text, re.S).group(1)
-    rebuilt = b"podlink/http/v1\x00" + block.rstrip("\n").encode()
+    block = re.search(r"```\npodlink/http/v2\\x00(.*?)```", text, re.S).group(1)
+    rebuilt = b"podlink/http/v2\x00" + block.rstrip("\n").encode()
     assert rebuilt.hex() == req["signing_input"]
 
 

@@ -37,7 +37,7 @@ from podlink.protocol.envelope import Event, Lane
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.http_auth import sign_request, verify_request
 from podlink.protocol.keys import Keypair, load_keypair
-from podlink.protocol.text import b64e
+from podlink.protocol.text import b64d, b64e
 
 #: Settings that keep a test network quick: short backoff and timeouts.
 FAST: dict[str, Any] = {"backoff_max_s": 0.4, "peer_timeout_s": 5.0, "log_level": "WARNING"}
@@ -89,12 +89,12 @@ class PodNode:
     @property
     def client(self) -> NodeClient:
         if self._client is None:
-            self._client = NodeClient(self.url, self.organizer, timeout=15)
+            self._client = NodeClient(self.url, self.organizer, pod=self.pod, timeout=15)
         return self._client
 
     def client_for(self, keypair: Keypair) -> NodeClient:
         """Another signed client of this node (close it yourself)."""
-        return NodeClient(self.url, keypair, timeout=15)
+        return NodeClient(self.url, keypair, pod=self.pod, timeout=15)
 
     def __repr__(self) -> str:
         return f"PodNode({self.name} {self.key[:8]} at {self.url})"
@@ -298,6 +298,13 @@ async def wait_event(node: PodNode, event_id: str, within: float = 10.0) -> None
 # ---------------------------------------------------------------- raw signed HTTP
 
 
+async def pod_at(session: aiohttp.ClientSession, url: str) -> bytes:
+    """The key of the pod whose node answers at ``url`` (its public GET /v1/info): what a
+    signed request to it must name."""
+    async with session.get(yarl.URL(url).origin() / "v1" / "info") as resp:
+        return b64d((await resp.json())["pod"], length=32)
+
+
 async def signed(
     session: aiohttp.ClientSession,
     keypair: Keypair | None,
@@ -308,14 +315,17 @@ async def signed(
     when: int | None = None,
     headers: dict[str, str] | None = None,
     send_body: bytes | None = None,
+    pod: bytes | None = None,
 ) -> tuple[int, bytes, dict[str, str]]:
-    """One request, signed by ``keypair`` (None: unsigned); ``send_body`` tampers the body.
+    """One request, signed by ``keypair`` (None: unsigned) for ``pod`` (default: the pod
+    the node at ``url`` says it is); ``send_body`` tampers the body.
 
     Returns (status, raw body, the headers sent), so a test can replay them."""
     target = yarl.URL(url)
     sent = dict(headers or {})
     if keypair is not None and headers is None:
-        sent = sign_request(keypair, method, target.raw_path_qs, body, when=when)
+        pod = await pod_at(session, url) if pod is None else pod
+        sent = sign_request(keypair, method, target.raw_path_qs, body, pod=pod, when=when)
     if body or send_body:
         sent.setdefault("Content-Type", "application/json")
     payload = body if send_body is None else send_body
@@ -386,7 +396,9 @@ class FakePeer:
 
     def _check(self, request: web.Request, body: bytes = b"") -> bytes | None:
         try:
-            who = verify_request(request.headers, request.method, request.raw_path, body).key
+            who = verify_request(
+                request.headers, request.method, request.raw_path, body, pod=self.keypair.public
+            ).key
         except ProtocolError:
             who = None
         self.calls.append((request.method, request.raw_path, who))

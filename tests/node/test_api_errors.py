@@ -83,6 +83,7 @@ async def send(
     **kw: Any,
 ) -> tuple[int, bytes, dict[str, str]]:
     target = node.url + (path or concrete(e.path))
+    kw.setdefault("pod", node.pod)
     return await signed(
         session, key, e.method, target, valid_body(e) if body is None else body, **kw
     )
@@ -166,7 +167,7 @@ async def test_replay_stale_and_tampered_are_401(
     assert (status, error_of(status, raw)) == (401, "forged"), ident(e)
     # The signature covers the path and query too: headers signed for one path, sent to another.
     path = concrete(e.path)
-    headers = sign_request(key, e.method, path, b"")
+    headers = sign_request(key, e.method, path, b"", pod=node.pod)
     status, raw, _ = await send(
         session, node, None, e, path=path + "?x=1", body=b"", headers=headers
     )

@@ -99,7 +99,7 @@ class Recorder(FakePeer):
         url = yarl.URL(node.url + path)
         if query:
             url = url.with_query({k: str(v) for k, v in query.items()})
-        headers = sign_request(self.keypair, "GET", url.raw_path_qs)
+        headers = sign_request(self.keypair, "GET", url.raw_path_qs, pod=node.pod)
         async with session.get(url, headers=headers) as resp:
             data = await resp.read()
         self.received.append(data)
@@ -149,7 +149,7 @@ class Recorder(FakePeer):
     async def listen(self, session: aiohttp.ClientSession, node: PodNode) -> None:
         """Hold the node's live stream open from position 0, keeping every frame."""
         url = yarl.URL(node.url + "/v1/peer/stream")
-        headers = sign_request(self.keypair, "GET", url.raw_path_qs)
+        headers = sign_request(self.keypair, "GET", url.raw_path_qs, pod=node.pod)
         async with session.ws_connect(url, headers=headers) as ws:
             await ws.send_bytes(msgpack_encoder.encode(StreamHello(since=0)))
             async for msg in ws:
@@ -268,7 +268,7 @@ async def test_peer_feed_of_another_pods_peers_lane_is_empty(network: Any) -> No
         url = yarl.URL(b.url + "/v1/peer/feed").with_query(
             {"author": b64e(event.author), "lane": "peers"}
         )
-        headers = sign_request(c.keypair, "GET", url.raw_path_qs)
+        headers = sign_request(c.keypair, "GET", url.raw_path_qs, pod=b.pod)
         async with session.get(url, headers=headers) as resp:
             assert resp.status == 200
             page = page_decoder.decode(await resp.read())

@@ -21,7 +21,7 @@ from tests.node.helpers import PodNode, join, peer_line, wait_converged, wait_fo
 async def peer_get(node: PodNode, key: Keypair, path: str) -> int:
     async with aiohttp.ClientSession() as session:
         url = yarl.URL(node.url + path)
-        headers = sign_request(key, "GET", url.raw_path_qs)
+        headers = sign_request(key, "GET", url.raw_path_qs, pod=node.pod)
         async with session.get(url, headers=headers) as resp:
             return resp.status
 
@@ -73,14 +73,16 @@ async def test_expired_invite_is_refused(network: Any) -> None:
 
 
 async def test_invite_for_another_node_is_refused(network: Any) -> None:
-    """The node at the invite's URL must be the pod the code names."""
+    """The node at the invite's URL must be the pod the code names: the redeem request is
+    signed for the pod the code names, which the node at the URL refuses as not its own."""
     a, b, c = await network(3)
     parsed = invites.decode((await a.client.post("/v1/invites"))["invite"])
     wrong = invites.encode(parsed.url, c.pod, parsed.secret, parsed.expires)
     with pytest.raises(ClientError) as err:
         await b.client.post("/v1/peers/join", {"invite": wrong})
-    assert err.value.reason == "forged"
-    assert c.key not in await b.peers()
+    assert err.value.reason == "unauthorised"
+    assert f"signed for the pod {c.key}" in err.value.message
+    assert c.key not in await b.peers() and a.key not in await b.peers()
 
 
 async def test_peer_by_url_and_key(network: Any) -> None:

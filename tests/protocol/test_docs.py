@@ -79,9 +79,9 @@ def test_constants() -> None:
     }  # fmt: skip
     for name, value in values.items():
         assert f"| `{name}` | {value} |" in TEXT, name
-    assert envelope.SIGN_PREFIX.hex() in TEXT and "podlink/http/v1\\x00" in TEXT
+    assert envelope.SIGN_PREFIX.hex() in TEXT and "podlink/http/v2\\x00" in TEXT
     assert "".join(envelope.LANES) == "podpeersnetwork"
-    for name in (http_auth.H_KEY, http_auth.H_TIME, http_auth.H_NONCE, http_auth.H_SIG):
+    for name in http_auth.HEADERS:
         assert f"| `{name}` |" in TEXT
 
 

@@ -185,12 +185,13 @@ def test_dropped_body_vector_still_describes_its_body() -> None:
 
 
 REQUESTS = {r["name"]: r for r in DATA["requests"]}
+OTHER_POD = {"other-pod", "pod-header-changed"}  # signed for pod B, received by pod A
 
 
 def check_request(vector: dict[str, Any], cache: http_auth.NonceCache) -> http_auth.SignedRequest:
     """Steps 1-5 of the receiver, at the vector's ``now``, with ``cache`` for replays."""
     args = (vector["headers"], vector["method"], vector["path"], bytes.fromhex(vector["body"]))
-    req = http_auth.verify_request(*args, now=vector["now"])
+    req = http_auth.verify_request(*args, pod=b64d(vector["pod"], length=32), now=vector["now"])
     cache.check_and_add(req, now=vector["now"])
     return req
 
@@ -201,12 +202,16 @@ def test_request_vector(vector: dict[str, Any]) -> None:
     headers = {name.lower(): value for name, value in vector["headers"].items()}
     # What the sender signed, and the headers it sent for it (one vector lacks one).
     signed = bytes.fromhex(vector["signing_input"])
-    method, path, digest, when, nonce = signed.removeprefix(http_auth.SIGN_PREFIX).split(b"\n")
-    assert (method.decode(), digest.decode(), int(when), nonce.decode()) == (
+    lines = signed.removeprefix(http_auth.SIGN_PREFIX).split(b"\n")
+    method, path, digest, when, nonce, pod = lines
+    assert (method.decode(), digest.decode(), int(when), nonce.decode(), pod.decode()) == (
         vector["method"], hashlib.sha256(bytes.fromhex(vector["body"])).hexdigest(),
-        vector["time"], vector["nonce"],
+        vector["time"], vector["nonce"], vector["signed_for"],
     )  # fmt: skip
-    assert (path.decode() == vector["path"]) == (vector.get("error") != "forged")
+    assert vector["pod"] == vectors.POD_A.public_text  # every vector is received by pod A
+    assert (vector["signed_for"] == vector["pod"]) == (vector["name"] not in OTHER_POD)
+    # Only "path-changed" was received on another path than it was signed for.
+    assert (path.decode() == vector["path"]) == (vector["name"] != "path-changed")
     assert headers["podlink-key"] == key.public_text
     assert headers["podlink-nonce"] == vector["nonce"]
     assert int(headers["podlink-time"]) == vector["time"]

@@ -83,6 +83,7 @@ NEGATABLE = sorted(
 @dataclass
 class Target:
     url: str
+    pod: bytes  # what signed requests to it name
     organizer: Keypair
     peer: Keypair
     session: requests.Session
@@ -100,7 +101,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(home)], stdout=log,
                             stderr=log, stdin=subprocess.DEVNULL, env=env)  # fmt: skip
     session = requests.Session()
-    t = Target(pod.url, pod.organizer, Keypair.generate(), session, Counter(), Counter())
+    t = Target(pod.url, pod.pod, pod.organizer, Keypair.generate(), session, Counter(), Counter())
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -133,7 +134,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 def ensure_peer(t: Target) -> None:
     """(Re)peer the fuzzing peer key: fuzzed DELETE /v1/peers/{key} may have removed it."""
     body = f'{{"url": "{DEAD_URL}", "key": "{t.peer.public_text}", "name": "fuzz"}}'
-    headers = sign_request(t.organizer, "POST", "/v1/peers", body.encode())
+    headers = sign_request(t.organizer, "POST", "/v1/peers", body.encode(), pod=t.pod)
     headers["Content-Type"] = "application/json"
     resp = t.session.post(t.url + "/v1/peers", data=body, headers=headers, timeout=TIMEOUT_S)
     assert resp.status_code == 201, resp.text
@@ -173,7 +174,7 @@ def send(t: Target, label: str, case: Any, key: Keypair | None, run: str) -> Non
         for name in [h for h in prepared.headers if h.lower().startswith("podlink-")]:
             del prepared.headers[name]
         prepared.headers.update(sign_request(key, prepared.method or "GET",
-                                             prepared.path_url, body))  # fmt: skip
+                                             prepared.path_url, body, pod=t.pod))  # fmt: skip
     try:
         response = t.session.send(prepared, timeout=TIMEOUT_S)
     except (requests.exceptions.InvalidHeader, UnicodeError, ValueError):

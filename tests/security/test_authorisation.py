@@ -29,7 +29,8 @@ from tests.node.helpers import PodNode, join, signed, wait_linked
 async def peer_get(node: PodNode, key: Keypair, path: str) -> int:
     async with aiohttp.ClientSession() as session:
         url = yarl.URL(node.url + path)
-        async with session.get(url, headers=sign_request(key, "GET", url.raw_path_qs)) as resp:
+        headers = sign_request(key, "GET", url.raw_path_qs, pod=node.pod)
+        async with session.get(url, headers=headers) as resp:
             return resp.status
 
 
@@ -131,3 +132,29 @@ async def test_a_removed_organizer_can_only_backdate_into_its_tenure(tmp_path: A
         assert (await ledger.verify()).ok
     finally:
         await ledger.close()
+
+
+async def test_a_request_signed_for_one_pod_is_refused_at_another(
+    network: Any, session: aiohttp.ClientSession
+) -> None:
+    """Alder peers with Birch and with Cedar, so Alder's key has a role at both. A request
+    Alder signed for Birch, captured on the way, is refused at Cedar (version 1 of the
+    signed request named no receiver: it could be replayed once at Cedar), and still
+    works, once, at Birch."""
+    a, b, c = await network(3)
+    await join(a, b)
+    await join(a, c)
+    url_b = yarl.URL(b.url + "/v1/peer/changes").with_query({"since": "0", "limit": "1"})
+    captured = sign_request(a.keypair, "GET", url_b.raw_path_qs, pod=b.pod)
+    url_c = yarl.URL(c.url + "/v1/peer/changes").with_query({"since": "0", "limit": "1"})
+    async with session.get(url_c, headers=captured) as resp:
+        status, body = resp.status, await resp.json()
+    assert (status, body["error"]) == (401, "unauthorised")
+    assert "signed for the pod" in body["message"] and b.key in body["message"]
+    # Re-addressed to Cedar without Alder's key: the signature no longer verifies.
+    async with session.get(url_c, headers={**captured, "Podlink-Pod": c.key}) as resp:
+        assert (resp.status, (await resp.json())["error"]) == (401, "forged")
+    async with session.get(url_b, headers=captured) as resp:
+        assert resp.status == 200
+    async with session.get(url_b, headers=captured) as resp:
+        assert (resp.status, (await resp.json())["error"]) == (401, "replayed")

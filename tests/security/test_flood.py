@@ -79,12 +79,14 @@ def flood_events(key: Keypair, stored: int, gapped: int) -> tuple[list[bytes], l
     return good, waiting
 
 
-async def hammer(url: str, key: Keypair, stop: float, counts: dict[str, int]) -> None:
+async def hammer(
+    url: str, pod: bytes, key: Keypair, stop: float, counts: dict[str, int]
+) -> None:
     """One client of many: page after page of the peer API, as fast as answers come."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
         while time.monotonic() < stop:
             target = yarl.URL(url + "/v1/peer/changes").with_query({"since": 0, "limit": 500})
-            headers = sign_request(key, "GET", target.raw_path_qs)
+            headers = sign_request(key, "GET", target.raw_path_qs, pod=pod)
             try:
                 async with session.get(target, headers=headers) as resp:
                     await resp.read()
@@ -93,13 +95,15 @@ async def hammer(url: str, key: Keypair, stop: float, counts: dict[str, int]) ->
                 counts["error"] = counts.get("error", 0) + 1
 
 
-async def idle_stream(url: str, key: Keypair, stop: float, counts: dict[str, int]) -> None:
+async def idle_stream(
+    url: str, pod: bytes, key: Keypair, stop: float, counts: dict[str, int]
+) -> None:
     """A live stream from position 0 that is never read."""
     target = yarl.URL(url + "/v1/peer/stream")
     async with aiohttp.ClientSession() as session:
         try:
             async with session.ws_connect(
-                target, headers=sign_request(key, "GET", target.raw_path_qs)
+                target, headers=sign_request(key, "GET", target.raw_path_qs, pod=pod)
             ) as ws:
                 await ws.send_bytes(msgpack_encoder.encode(StreamHello(since=0)))
                 counts["streams"] = counts.get("streams", 0) + 1
@@ -171,9 +175,9 @@ async def test_a_flooding_peer_is_throttled_and_contained(network: Any, tmp_path
         await wait_for(lambda: _holds(pod, 4000), within=FLOOD_S, what="the flood stored")
 
         stop = time.monotonic() + FLOOD_S
-        tasks += [asyncio.create_task(hammer(pod.url, flooder.keypair, stop, counts))
+        tasks += [asyncio.create_task(hammer(pod.url, pod.pod, flooder.keypair, stop, counts))
                   for _ in range(16)]  # fmt: skip
-        tasks += [asyncio.create_task(idle_stream(pod.url, accomplice, stop, counts))
+        tasks += [asyncio.create_task(idle_stream(pod.url, pod.pod, accomplice, stop, counts))
                   for _ in range(100)]  # fmt: skip
         tasks += [asyncio.create_task(slow_loris(pod.config.port, stop, counts))
                   for _ in range(300)]  # fmt: skip
@@ -244,7 +248,8 @@ async def test_a_peer_holds_one_live_stream_at_most(network: Any) -> None:
     async with aiohttp.ClientSession() as session:
         sockets = []
         for _ in range(10):
-            ws = await session.ws_connect(url, headers=sign_request(peer, "GET", url.raw_path_qs))
+            headers = sign_request(peer, "GET", url.raw_path_qs, pod=node.pod)
+            ws = await session.ws_connect(url, headers=headers)
             await ws.send_bytes(msgpack_encoder.encode(StreamHello(since=0)))
             sockets.append(ws)
 

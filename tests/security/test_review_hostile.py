@@ -88,7 +88,8 @@ async def test_stream_hello_cursor_beyond_sqlite_integers_is_refused_cleanly(
     [node] = await network(1)
     peer = await add_peer_key(node)
     url = yarl.URL(node.url + "/v1/peer/stream")
-    async with session.ws_connect(url, headers=sign_request(peer, "GET", url.raw_path_qs)) as ws:
+    headers = sign_request(peer, "GET", url.raw_path_qs, pod=node.pod)
+    async with session.ws_connect(url, headers=headers) as ws:
         await ws.send_bytes(msgspec.msgpack.encode([2**64 - 1, None]))
         msg = await ws.receive(timeout=3)
     assert msg.type == aiohttp.WSMsgType.CLOSE
@@ -329,7 +330,7 @@ async def test_checked_path_tricks_do_not_cross_roles(
     ]  # fmt: skip
     for path in tricks:
         url = yarl.URL(node.url + path, encoded=True)
-        headers = sign_request(peer, "GET", url.raw_path_qs)
+        headers = sign_request(peer, "GET", url.raw_path_qs, pod=node.pod)
         async with session.get(url, headers=headers) as resp:
             status, raw = resp.status, await resp.read()
         assert error_of(status, raw) in ("not-found", "forbidden"), (path, status, raw)
@@ -359,19 +360,19 @@ async def test_checked_auth_header_and_body_corners(
 
     start = "GET /v1/peer/changes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
     chunks = b"".join(b"3e8\r\n" + b"x" * 1000 + b"\r\n" for _ in range(10)) + b"0\r\n\r\n"
-    h = sign_request(peer, "GET", "/v1/peer/changes", b"x" * 10_000)
+    h = sign_request(peer, "GET", "/v1/peer/changes", b"x" * 10_000, pod=node.pod)
     status, raw = await raw_http(start + "Transfer-Encoding: chunked\r\n" + lines(h), chunks)
     assert (status, error_of(status, raw)) == (413, "too-large")
 
-    h = sign_request(peer, "GET", "/v1/peer/changes")
+    h = sign_request(peer, "GET", "/v1/peer/changes", pod=node.pod)
     status, raw = await raw_http(start + lines(h) + f"podlink-nonce: {h['Podlink-Nonce']}\r\n")
     assert (status, error_of(status, raw)) == (400, "invalid")
-    h = sign_request(peer, "GET", "/v1/peer/changes")
+    h = sign_request(peer, "GET", "/v1/peer/changes", pod=node.pod)
     status, raw = await raw_http(start + "Content-Encoding: gzip\r\n" + lines(h))
     assert (status, error_of(status, raw)) == (400, "invalid")
-    h = sign_request(peer, "GET", "/v1/peer/changes", when=int(time.time()) + 301)
+    h = sign_request(peer, "GET", "/v1/peer/changes", when=int(time.time()) + 301, pod=node.pod)
     status, raw = await raw_http(start + lines(h))
     assert (status, error_of(status, raw)) == (401, "stale")
-    h = sign_request(peer, "GET", "/v1/peer/changes")
+    h = sign_request(peer, "GET", "/v1/peer/changes", pod=node.pod)
     status, _ = await raw_http(start.replace("GET", "HEAD", 1) + lines(h))
     assert status == 401  # forged (a HEAD answer has no body to check)

@@ -247,7 +247,7 @@ async def test_a_peer_cannot_reach_member_keys_or_details_by_any_path(
     ]  # fmt: skip
     for path in paths:
         url = yarl.URL(pod.url + path, encoded=True)
-        headers = sign_request(peer.keypair, "GET", url.raw_path_qs)
+        headers = sign_request(peer.keypair, "GET", url.raw_path_qs, pod=pod.pod)
         async with session.get(url, headers=headers) as resp:
             data = await resp.read()
         assert resp.status in (403, 404), (path, resp.status, data[:200])
