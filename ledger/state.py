@@ -363,6 +363,23 @@ def fold_request(
         needed_by=body.needed_by, area=body.area, for_member=body.for_member,
         opened_ts=opening.ts, updated_ts=opening.ts,
     )  # fmt: skip
+    # An answer (accept, decline) is applied after the claim it answers even if stamped
+    # before it: a claim from a pod whose clock runs ahead (by less than the acceptance
+    # limit, more than what clocks follow) must still be acceptable by its owner, whose
+    # answer is stamped on a slower clock. Still a function of the set of events.
+    claims = {e.id for e in events if e.kind == "claim.make"}
+    answers: dict[bytes, list[tuple[EventView, Step]]] = {}
+
+    def apply(ev: EventView, step: Step) -> None:
+        try:
+            _apply(ev.body, req, ev)
+        except _Ignore as why:
+            step.outcome, step.why = "ignored", str(why)
+            return
+        req.updated_ts = max(req.updated_ts, ev.ts)
+        for answer, answer_step in answers.pop(ev.id, ()):  # answers that waited for it
+            apply(answer, answer_step)
+
     for ev in ordered:
         step = Step(ev.id, ev.kind, ev.pod, ev.author, ev.ts, "applied")
         if history:
@@ -378,12 +395,14 @@ def fold_request(
         if ev.kind != "claim.make" and ev.pod != req.pod:
             step.outcome, step.why = "ignored", "only the request's own pod may do this"
             continue
-        try:
-            _apply(ev.body, req, ev)
-        except _Ignore as why:
-            step.outcome, step.why = "ignored", str(why)
+        answered = ev.refs[0] if ev.kind in CLAIM_ANSWERS and ev.refs else None
+        if answered in claims and answered not in req.claims:  # its claim sorts later
+            answers.setdefault(answered, []).append((ev, step))
             continue
-        req.updated_ts = max(req.updated_ts, ev.ts)
+        apply(ev, step)
+    for waited in answers.values():  # their claims never counted (soft-failed, dropped)
+        for _, step in waited:
+            step.outcome, step.why = "ignored", "claim not known"
     return req
 
 

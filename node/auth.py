@@ -19,6 +19,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from podlink.node.errors import APIError, Handler
+from podlink.protocol.errors import ProtocolError
 from podlink.protocol.http_auth import NonceCache, verify_request
 
 Role = Literal["public", "signed", "organizer", "peer"]
@@ -77,13 +78,24 @@ def make_auth_middleware(node: object) -> object:
     # The replay memory starts empty at every start; refusing what was signed before the
     # start keeps a request captured before a restart from being replayed after it.
     nonces = NonceCache(floor=int(time.time()))
-    limiter = RateLimiter(node.config.rate_per_s, node.config.rate_per_s * 5)
+    # Bursts of 5 s worth, and never below one request (a rate under 0.2/s would
+    # otherwise refuse every request).
+    limiter = RateLimiter(node.config.rate_per_s, max(1.0, node.config.rate_per_s * 5))
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         needed = role_for(request.path)
         if needed == "public":
             return await handler(request)
+        try:
+            await admit(request, needed)
+        except (APIError, ProtocolError) as err:
+            node.metrics.inc("requests_refused_total", reason=err.reason)
+            raise
+        return await handler(request)
+
+    async def admit(request: web.Request, needed: Role) -> None:
+        """Check the signature, replay, rate and role; note the signer on the request."""
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
             # aiohttp would hash the decompressed body, not the bytes that were signed.
             raise APIError("invalid", "signed requests must not use a Content-Encoding")
@@ -105,12 +117,10 @@ def make_auth_middleware(node: object) -> object:
         if roles:  # without a role: refused above, or an idempotent invite redemption
             nonces.check_and_add(signed)
         if not limiter.allow(signed.key if roles else b""):
-            node.metrics.inc("requests_refused_total", reason="rate-limited")
             raise APIError("rate-limited", "too many requests from this key; slow down")
         if needed != "signed" and needed not in roles:
             raise APIError("forbidden", f"this key may not use the {needed} API", 403)
         request[SIGNER] = signed.key
         request[ROLES] = roles
-        return await handler(request)
 
     return auth_middleware

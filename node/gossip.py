@@ -37,6 +37,10 @@ from podlink.protocol.text import b64e
 
 log = logging.getLogger("podlink.gossip")
 HOSTILE = frozenset({"forged", "invalid", "too-large"})
+# Refusals that may turn into acceptance later: stamped ahead of our clock, or over the
+# pending bound. The cursor moves past them with its page, so a repair fetches them again.
+LATER = frozenset({"too-far-ahead", "rate-limited"})
+REPAIR_RETRY_S = 30.0  # a live link with feeds left behind repairs again this often
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # twice the largest page a node serves
 # What decoding a peer's bytes may raise: msgspec's errors, and RecursionError/ValueError
 # for hostile nesting. All of them make it the peer's fault, never a crash of the link.
@@ -114,16 +118,20 @@ class PeerLink:
                 if self.status.state == "syncing":
                     self.status.state = "live" if self.status.connected else state
 
+    async def _repair_again(self) -> int:
+        """Repair from this peer; end the repair once one finds nothing more."""
+        received, complete = await self.repair()
+        if received == 0 and complete:
+            # Only a repair that finds nothing more ends it: our own events still in
+            # flight when we restarted reach the peer later, and pages never carry them
+            # back to us, so each pull repairs again until none come.
+            await self.node.repaired(self.record.pod)
+        return received
+
     async def _pull(self) -> tuple[int, int]:
         received = stored = 0
-        if self.record.repair:  # a store was restored, or a repair left feeds behind
-            received, complete = await self.repair()
-            stored = received
-            if received == 0 and complete:
-                # Only a repair that finds nothing more ends it: our own events still
-                # in flight when we restarted reach the peer later, and pages never
-                # carry them back to us, so each pull repairs again until none come.
-                await self.node.repaired(self.record.pod)
+        if self.record.repair:  # a store was restored, a repair left feeds behind, or
+            received = stored = await self._repair_again()  # events were refused for now
         # Pipelined: the next page is fetched and its signatures checked while this
         # one is stored (a page's events chain onto the last page's, which the store
         # step takes in order).
@@ -173,6 +181,13 @@ class PeerLink:
             stored = sum(r.status == "stored" for r in results)
             refused = [r for r in results if r.status == "refused"]
             hostile = [r for r in refused if r.reason in HOSTILE]
+            later = [r for r in refused if r.reason in LATER]
+            if later and not rec.repair:
+                # The cursor moves past this page: without a repair, these events (and
+                # every later one of their feeds, chained on them) would never come again.
+                log.info("peer %s: %d events refused for now (%s); a repair will fetch "
+                         "them again", self.source[:8], len(later), later[0].message)  # fmt: skip
+                await self.node.repaired(rec.pod, done=False)
             self.status.refused += len(refused)
             self.status.hostile += len(hostile)
             if hostile:
@@ -243,7 +258,13 @@ class PeerLink:
             self.status.state, self.status.connected = "live", True
             self.node.metrics.set("peer_connected", 1, peer=self.source[:8])
             try:
-                async for msg in ws:
+                while True:
+                    try:  # while feeds are left behind, repair again now and then
+                        msg = await ws.receive(REPAIR_RETRY_S if self.record.repair else None)
+                    except TimeoutError:
+                        async with self._lock:
+                            await self._repair_again()
+                        continue
                     if msg.type != aiohttp.WSMsgType.BINARY:
                         break
                     try:

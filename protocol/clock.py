@@ -16,6 +16,10 @@ LOGICAL_BITS = 16
 LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
 MAX_TS = (1 << 63) - 1  # fits msgpack int64 (and SQLite INTEGER)
 FUTURE_LIMIT_MS = 15 * 60 * 1000  # events further ahead than this are refused
+# A clock moves past what it receives only up to a minute short of that limit. Else one
+# pod stamping 14:59 ahead (within the rules) pulls every clock that sees it to 14:59
+# ahead, and a pod whose clock is two seconds behind those refuses their honest events.
+OBSERVE_LIMIT_MS = FUTURE_LIMIT_MS - 60 * 1000
 
 
 def pack(wall_ms: int, logical: int = 0) -> int:
@@ -49,7 +53,16 @@ class HybridClock:
         self._last = candidate if candidate > self._last else self._last + 1
         return self._last
 
+    def advance(self, ts: int) -> None:
+        """Move past ``ts`` however far ahead it is: for this writer's own last event, which
+        its next one must follow (a node refuses a feed whose timestamps do not increase;
+        if the head was stamped too far ahead, the next event is refused as
+        ``too-far-ahead``, which names the cause, rather than as out of order)."""
+        if ts > self._last:
+            self._last = ts
+
     def observe(self, ts: int) -> None:
-        """Move past a timestamp seen on a received event (ignoring ones too far ahead)."""
-        if ts > self._last and wall_ms(ts) <= self._wall() + FUTURE_LIMIT_MS:
+        """Move past a timestamp seen on a received event (ignoring ones more than
+        OBSERVE_LIMIT_MS ahead of the wall clock)."""
+        if ts > self._last and wall_ms(ts) <= self._wall() + OBSERVE_LIMIT_MS:
             self._last = ts

@@ -262,7 +262,8 @@ def check_time(event: Event, now_ms: int | None = None) -> None:
     if ahead > clock.FUTURE_LIMIT_MS:
         raise ProtocolError(
             "too-far-ahead",
-            f"event {event.id_text[:8]} is stamped {ahead // 1000} s in the future; "
+            f"event {event.id_text[:8]} is stamped {-(-ahead // 1000)} s in the future "
+            f"(limit {clock.FUTURE_LIMIT_MS // 1000} s); "
             "check the author's clock",
         )
 

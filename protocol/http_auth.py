@@ -23,10 +23,11 @@ its signer had a role (each node's replay memory is its own).
 from __future__ import annotations
 
 import hashlib
+import heapq
+import math
 import os
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 
 from podlink.protocol.errors import ProtocolError
@@ -124,7 +125,7 @@ def verify_request(
     if abs(now - when) > WINDOW_S:
         raise ProtocolError(
             "stale",
-            f"request time is {int(now - when)} s away from this node's clock "
+            f"request time is {_seconds(now - when)} away from this node's clock "
             f"(limit {WINDOW_S} s); check the clock of the sending machine",
         )
     try:
@@ -134,6 +135,12 @@ def verify_request(
     if not verify_signature(key, message, sig):
         raise ProtocolError("forged", "request signature does not verify")
     return SignedRequest(key, when, nonce)
+
+
+def _seconds(delta: float) -> str:
+    """How far ``delta`` seconds is, never rounded down to the limit it broke."""
+    sign = "-" if delta < 0 else ""
+    return f"{sign}{math.ceil(abs(delta))} s"
 
 
 def _signature_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -156,36 +163,55 @@ class NonceCache:
 
     A request older than the window is refused as stale anyway, so remembering nonces
     for ``WINDOW_S`` seconds either side is enough to refuse every replay; when full, the
-    oldest entries go first and the cache refuses requests older than what it still holds.
+    entries signed earliest go first (not the first received: one signed minutes ahead
+    would lift the floor past the present) and the cache refuses requests signed no later
+    than what it let go.
+
+    ``floor``: requests signed before it can no longer be checked. A node passes its start
+    time, so a request captured before a restart cannot be replayed after it. That floor
+    follows the wall clock if it is stepped (NTP, a suspended laptop): it is the start
+    *instant*, read on today's clock, so a clock stepped back after the start does not
+    leave every request refused as signed before the start.
     """
 
     def __init__(
         self, capacity: int = 100_000, window_s: int = WINDOW_S, *, floor: float = 0.0
     ) -> None:
-        self._seen: OrderedDict[tuple[bytes, str], float] = OrderedDict()
+        self._seen: dict[tuple[bytes, str], int] = {}  # (key, nonce) -> signed time
+        self._order: list[tuple[int, tuple[bytes, str]]] = []  # a heap of (time, pair)
         self._capacity = capacity
         self._window = window_s
-        # Requests signed before this time can no longer be checked: a node passes its
-        # start time, so a request captured before a restart cannot be replayed after it.
-        self._floor = floor
+        self._start = (floor, time.monotonic())  # (wall, monotonic) at the start
+        self._dropped = 0.0  # the latest signed time let go when full
+
+    def floor(self) -> float:
+        """Requests signed before this (wall seconds) are refused as stale."""
+        wall, mono = self._start
+        started = wall if not wall else int(time.time() - (time.monotonic() - mono))
+        return max(min(wall, started), self._dropped)
+
+    def _drop_oldest(self) -> int:
+        when, ident = heapq.heappop(self._order)
+        del self._seen[ident]
+        return when
 
     def check_and_add(self, req: SignedRequest, now: float | None = None) -> None:
         """Raise ``replayed`` if this (key, nonce) was seen; remember it otherwise."""
         now = time.time() if now is None else now
-        while self._seen:
-            (_, oldest_at) = next(iter(self._seen.items()))
-            if oldest_at >= now - 2 * self._window:
-                break
-            self._seen.popitem(last=False)
+        while self._order and self._order[0][0] < now - 2 * self._window:
+            self._drop_oldest()  # outside the window on both sides: stale anyway
         ident = (req.key, req.nonce)
         if ident in self._seen:
             raise ProtocolError("replayed", "this request was already received (nonce reused)")
-        if req.when < self._floor:
+        if req.when < self.floor():
             raise ProtocolError(
                 "stale", "request signed before this node (re)started or beyond its replay "
                 "memory; sign it again"
             )
         if len(self._seen) >= self._capacity:
-            _, dropped_at = self._seen.popitem(last=False)
-            self._floor = max(self._floor, dropped_at + 1)  # times are whole seconds
-        self._seen[ident] = float(req.when)
+            self._dropped = max(self._dropped, self._drop_oldest() + 1)  # whole seconds
+            if req.when < self._dropped:  # it would be the first to go: refuse it now
+                raise ProtocolError("stale", "request older than this node's replay memory "
+                                    "can check; sign it again")  # fmt: skip
+        self._seen[ident] = req.when
+        heapq.heappush(self._order, (req.when, ident))

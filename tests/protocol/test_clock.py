@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from podlink.protocol import clock
-from podlink.protocol.clock import FUTURE_LIMIT_MS, HybridClock, pack, wall_ms
+from podlink.protocol.clock import FUTURE_LIMIT_MS, OBSERVE_LIMIT_MS, HybridClock, pack, wall_ms
 
 T0 = 1_750_000_000_000
 
@@ -72,13 +72,19 @@ def test_observe_moves_past_remote_timestamps() -> None:
 
 
 def test_observe_ignores_timestamps_too_far_ahead() -> None:
+    """A clock follows what it receives only up to a minute short of the acceptance limit:
+    what it then stamps stays acceptable to a receiver whose clock is a little behind."""
     wall = FakeWall(T0)
     hlc = HybridClock(wall)
     hlc.now()
-    hlc.observe(pack(T0 + FUTURE_LIMIT_MS + 1))
+    assert OBSERVE_LIMIT_MS == FUTURE_LIMIT_MS - 60_000
+    hlc.observe(pack(T0 + FUTURE_LIMIT_MS))  # accepted by ingest, but not followed
+    hlc.observe(pack(T0 + OBSERVE_LIMIT_MS + 1))
     assert hlc.now() == pack(T0, 1)
-    hlc.observe(pack(T0 + FUTURE_LIMIT_MS))  # exactly at the limit is accepted
-    assert wall_ms(hlc.now()) == T0 + FUTURE_LIMIT_MS
+    hlc.observe(pack(T0 + OBSERVE_LIMIT_MS))  # exactly at the observe limit: followed
+    assert wall_ms(hlc.now()) == T0 + OBSERVE_LIMIT_MS
+    hlc.advance(pack(T0 + FUTURE_LIMIT_MS + 5_000))  # our own feed head: followed anyway
+    assert wall_ms(hlc.now()) == T0 + FUTURE_LIMIT_MS + 5_000
 
 
 def test_default_wall_clock_is_real_time() -> None:

@@ -75,7 +75,8 @@ def test_constants() -> None:
         "KEY_LEN": keys.KEY_LEN, "SIG_LEN": keys.SIG_LEN, "MAX_HEADER": envelope.MAX_HEADER,
         "MAX_BODY": envelope.MAX_BODY, "MAX_REFS": envelope.MAX_REFS,
         "MAX_KIND_LEN": envelope.MAX_KIND_LEN, "MAX_EVENT": envelope.MAX_EVENT,
-        "FUTURE_LIMIT_MS": clock.FUTURE_LIMIT_MS, "WINDOW_S": http_auth.WINDOW_S,
+        "FUTURE_LIMIT_MS": clock.FUTURE_LIMIT_MS, "OBSERVE_LIMIT_MS": clock.OBSERVE_LIMIT_MS,
+        "WINDOW_S": http_auth.WINDOW_S,
     }  # fmt: skip
     for name, value in values.items():
         assert f"| `{name}` | {value} |" in TEXT, name
