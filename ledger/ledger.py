@@ -32,6 +32,7 @@ from podlink.ledger.verifier import Verifier
 from podlink.protocol import clock
 from podlink.protocol.boxes import MEMBER_KEY_LEN
 from podlink.protocol.envelope import decode_header, verify_signature_parts
+from podlink.protocol.errors import ProtocolError
 from podlink.protocol.text import b64e
 
 if TYPE_CHECKING:
@@ -529,36 +530,53 @@ class Ledger:
         self.roster = roster
 
     async def verify(self, progress: Progress | None = None) -> VerifyReport:
-        """Re-check every stored signature, body hash and feed chain."""
+        """Re-check every stored signature, body hash and feed chain, that each row's
+        indexed columns say what its signed header says (folds, lists and the lanes served
+        to peers read the columns), and that the feed heads table matches the log."""
         report = VerifyReport(problems=[])
         assert report.problems is not None
-        total = await scalar(self.db, "SELECT count(*) FROM events") or 0
+        # The reader's connection: committed rows only (the writer's would show a batch
+        # in flight, and a rollback then as damage), up to the head as of now.
+        end = await scalar(self.reader, "SELECT coalesce(max(pos), 0) FROM events") or 0
+        total = await scalar(self.reader, "SELECT count(*) FROM events WHERE pos <= ?", (end,))
         heads: dict[tuple[bytes, str], tuple[int, bytes]] = {}
         last = 0
         loop = asyncio.get_running_loop()
         while True:
             batch = await rows(
-                self.db,
-                "SELECT pos, id, author, lane, seq, payload, sig, body FROM events "
-                "WHERE pos > ? ORDER BY pos LIMIT 2000",
-                (last,),
+                self.reader,
+                "SELECT pos, id, author, lane, seq, payload, sig, body, pod, ts, kind "
+                "FROM events WHERE pos > ? AND pos <= ? ORDER BY pos LIMIT 2000",
+                (last, end),
             )
             if not batch:
                 break
             last = batch[-1][0]
             checked = await loop.run_in_executor(self.executor, _verify_rows, batch)
             report.problems += checked
-            for _, id_, author, lane, seq, payload, _, _ in batch:
+            for pos, id_, author, lane, seq, payload, _, _, pod, ts, kind in batch:
                 prev_seq, prev_id = heads.get((author, lane), (0, None))
-                prev = decode_header(payload).prev
-                if seq != prev_seq + 1 or prev != prev_id:
+                heads[(author, lane)] = (seq, id_)
+                try:
+                    header = decode_header(payload)
+                except ProtocolError:
+                    continue  # reported by _verify_rows: its id is not its header's hash
+                if header.seq != prev_seq + 1 or header.prev != prev_id:
                     report.problems.append(
                         f"chain broken at {lane} seq {seq} of {author.hex()[:12]}"
                     )
-                heads[(author, lane)] = (seq, id_)
+                columns = {"pod": pod, "author": author, "lane": lane, "seq": seq, "ts": ts,
+                           "kind": kind}  # fmt: skip
+                wrong = [name for name, value in columns.items() if getattr(header, name) != value]
+                if wrong:
+                    report.problems.append(
+                        f"event at position {pos}: its {', '.join(wrong)} column"
+                        f"{'s differ' if len(wrong) > 1 else ' differs'} from its signed header"
+                    )
             report.events += len(batch)
             if progress:
-                progress(report.events, total)
+                progress(report.events, total or 0)
+        report.problems += await _check_feed_heads(self.reader, heads, end)
         return report
 
     async def dump(self) -> dict[str, list[list]]:
@@ -566,9 +584,38 @@ class Ledger:
         return await projections.canonical_dump(self.db)
 
 
+async def _check_feed_heads(
+    db: aiosqlite.Connection, heads: dict[tuple[bytes, str], tuple[int, bytes]], end: int
+) -> list[str]:
+    """Problems where the feed heads table (what new events chain on, and what repairs
+    compare) disagrees with the last event of each feed in the log up to position
+    ``end``; a feed that moved on past ``end`` since is left alone."""
+    problems = []
+    table = {}
+    for author, lane, seq, id_, pos in await rows(
+        db, "SELECT f.author, f.lane, f.seq, f.id, e.pos FROM feeds AS f "
+        "LEFT JOIN events AS e ON e.id = f.id"):  # fmt: skip
+        if pos is not None and pos > end:  # stored after verify began
+            heads.pop((author, lane), None)
+            continue
+        table[(author, lane)] = (seq, id_)
+    for feed in sorted(set(table) | set(heads)):
+        said, found = table.get(feed), heads.get(feed)
+        if said != found:
+            author, lane = feed
+            table_seq = said[0] if said else "none"
+            log_seq = found[0] if found else "none"
+            problems.append(
+                f"feed head of {lane} {author.hex()[:12]}: the feeds table says seq "
+                f"{table_seq}, the log ends at seq {log_seq}"
+                + (" (another event)" if table_seq == log_seq else "")
+            )
+    return problems
+
+
 def _verify_rows(batch: list[tuple]) -> list[str]:
     problems = []
-    for pos, id_, author, _lane, _seq, payload, sig, body in batch:
+    for pos, id_, author, _lane, _seq, payload, sig, body, *_ in batch:
         problem = verify_signature_parts(id_, author, payload, sig, body)
         if problem:
             problems.append(f"event at position {pos}: {problem}")
