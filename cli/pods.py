@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import socket
 import sqlite3
 import time
@@ -26,6 +25,7 @@ from podlink.cli.output import (
     warn,
     working,
 )
+from podlink.cli.restore import carry_over, copy_backup, keep_aside, read_only
 from podlink.cli.session import (
     ID_ARGUMENTS,
     ID_TEXT,
@@ -101,7 +101,7 @@ def serve(pod: Target) -> None:
                f"{config.public_url}; Ctrl-C stops it.", err=True)  # fmt: skip
     try:
         run_node(config)
-    except (KeyFileError, ConfigError) as e:
+    except (KeyFileError, ConfigError, LedgerError) as e:  # a newer or damaged database too
         raise click.ClickException(one_line(str(e))) from None
     except OSError as e:
         why = os.strerror(e.errno).lower() if e.errno else one_line(str(e))
@@ -419,8 +419,10 @@ def backup(pod: Target, file: Path) -> None:
 def restore(pod: Target, file: Path) -> None:
     """Put a backup FILE back as the pod's database (stop the node first).
 
-    The current database is kept beside it as ledger.db.before-restore-TIME. The store's
-    epoch is rotated, so peers notice and repair: they re-send what the backup missed.
+    What the current database holds and the backup lacks is carried over, if it can still
+    be read: events (checked again), member keys, peers and invites. It is kept beside
+    as ledger.db.before-restore-TIME. The store's epoch is rotated, so peers notice and
+    repair: they re-send what the backup missed.
 
     \b
     Example:
@@ -442,15 +444,14 @@ def restore(pod: Target, file: Path) -> None:
     # Prepare the restored database beside the live one and swap it in last, so that a
     # failure on the way leaves the live ledger as it was.
     incoming = live.with_name(f"{live.name}.restoring")
+    aside = live.with_name(f"{live.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         private_file(incoming)  # a whole ledger, member keys included: 0600 from the start
-        shutil.copyfile(file, incoming)  # into the private file: it keeps its mode
+        copy_backup(file, incoming)  # with what the backup's -wal holds, if it has one
+        carried = carry_over(live, incoming, node_key)
         events = run_sync(_rotate_epoch(incoming))
-        aside = live.with_name(f"{live.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
         if live.exists():
-            private_file(aside)
-            with closing(sqlite3.connect(live)) as old, closing(sqlite3.connect(aside)) as copy:
-                old.backup(copy)  # includes what is still in the WAL
+            keep_aside(live, aside)
         for extra in ("-wal", "-shm"):
             live.with_name(live.name + extra).unlink(missing_ok=True)
         os.replace(incoming, live)
@@ -460,7 +461,17 @@ def restore(pod: Target, file: Path) -> None:
     finally:
         for extra in ("", "-wal", "-shm"):
             incoming.with_name(incoming.name + extra).unlink(missing_ok=True)
-    click.echo(f"Restored {events} events from {file}; the old database is in {aside.name}.")
+    click.echo(f"Restored {file}: the pod's database now holds {events} events.")
+    if not carried.unreadable or carried.events or carried.keys or carried.peers:
+        click.echo(f"Carried over from the database it replaces: {carried.events} events "
+                   f"the backup lacked, {carried.keys} member keys, "
+                   f"{carried.peers} peers.")  # fmt: skip
+    if carried.unreadable:
+        warn(f"nothing more could be carried over from the database it replaces "
+             f"({one_line(carried.unreadable)}): what never left the pod after the backup "
+             "(members, pod-only needs, peer removals) is lost.")  # fmt: skip
+    if aside.exists():
+        click.echo(f"The old database is in {aside.name}.")
     click.echo("The store epoch was rotated: peers will repair from it. Start the node with "
                "`podlink serve`.")  # fmt: skip
 
@@ -477,7 +488,7 @@ def _node_answers(pod: Target, config: Any) -> bool:
 
 def _check_backup(file: Path, node_key: bytes) -> None:
     try:
-        with sqlite3.connect(f"file:{file}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(read_only(file), uri=True)) as db:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise click.ClickException(f"{file} is damaged (sqlite quick_check failed)")
             version = db.execute("PRAGMA user_version").fetchone()[0]

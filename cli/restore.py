@@ -1,0 +1,157 @@
+"""Restoring a backup without losing what the database it replaces still holds.
+
+A backup misses whatever was written after it. Peers give back what this pod shared with
+them (the epoch rotation makes them repair), but pod-lane events never left the pod, and
+local decisions (a peer removed, an invite used) were never events at all. So when the
+database being replaced can still be read, restore carries over from it:
+
+* every event the backup lacks, through the ledger's own ingest (signatures, chains and
+  roster checked again, so a damaged row is refused, never copied) — a member forgotten
+  after the backup stays forgotten, since the forget is one of those events;
+* member keys the backup lacks (members who joined after it; a forgotten member's key is
+  gone from the replaced database too, and the carried forget destroys the backup's);
+* the peers and invites tables as they stand (removals, cursors, used invites).
+
+When it cannot be read (the reason to restore, often), nothing is carried and restore
+says what that loses.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+from podlink.cli.session import run_sync
+from podlink.ledger.ledger import Ledger
+from podlink.ledger.store import private_file
+from podlink.protocol.envelope import encode_wire
+
+PAGE = 2000  # events read from the replaced database and ingested at a time
+LOCAL_TABLES = ("peers", "invites")
+
+
+@dataclass
+class Carried:
+    """What restore took over from the database it replaced."""
+
+    events: int = 0  # stored: the backup lacked them
+    keys: int = 0
+    peers: int = 0
+    unreadable: str = ""  # why nothing could be carried over ("" if it could)
+
+
+def read_only(path: Path) -> str:
+    """A URI opening ``path`` read-only (quoted: '#', '?' and '%' are path characters)."""
+    return path.resolve().as_uri() + "?mode=ro"
+
+
+def copy_backup(source: Path, target: Path) -> None:
+    """``source`` into ``target`` through SQLite's backup API, so that what a copy's
+    ``-wal`` file still holds comes too; ``source`` is only read."""
+    with (
+        closing(sqlite3.connect(read_only(source), uri=True)) as src,
+        closing(sqlite3.connect(target)) as dst,
+    ):
+        src.backup(dst)
+
+
+def keep_aside(live: Path, aside: Path) -> None:
+    """A copy of the live database (with its WAL) at ``aside``, 0600; byte for byte if
+    SQLite cannot read it (a damaged database is what one restores over)."""
+    private_file(aside)
+    try:
+        with closing(sqlite3.connect(live)) as old, closing(sqlite3.connect(aside)) as copy:
+            old.backup(copy)
+    except sqlite3.DatabaseError:
+        shutil.copyfile(live, aside)  # into the private file: it keeps its mode
+        wal = live.with_name(live.name + "-wal")
+        if wal.exists():
+            aside_wal = aside.with_name(aside.name + "-wal")
+            private_file(aside_wal)
+            shutil.copyfile(wal, aside_wal)
+
+
+def carry_over(live: Path, incoming: Path, pod: bytes) -> Carried:
+    """Take into ``incoming`` (the backup, being restored) what ``live`` holds that it
+    lacks; see the module's docstring."""
+    if not live.exists():
+        return Carried(unreadable="there is no current database")
+    try:
+        src = sqlite3.connect(live)
+    except sqlite3.Error as e:
+        return Carried(unreadable=str(e))
+    with closing(src):
+        try:
+            found = src.execute("SELECT value FROM meta WHERE key = 'pod'").fetchone()
+            if found is None or bytes(found[0]) != pod:
+                return Carried(unreadable="it is not this pod's database")
+            keys = src.execute("SELECT member, key FROM member_keys").fetchall()
+            local = {t: _table(src, t) for t in LOCAL_TABLES}
+        except sqlite3.Error as e:
+            return Carried(unreadable=str(e))
+        return run_sync(_carry(src, incoming, keys, local))
+
+
+async def _carry(
+    src: sqlite3.Connection,
+    incoming: Path,
+    keys: list[tuple[bytes, bytes]],
+    local: dict[str, tuple[list[str], list[tuple]]],
+) -> Carried:
+    carried = Carried()
+    async with await Ledger.open(incoming) as ledger:
+        have = {m for (m,) in await ledger.reader.execute_fetchall(
+            "SELECT member FROM member_keys")}  # fmt: skip
+        for member, key in keys:
+            if member not in have:  # before the events: a carried forget deletes it
+                await ledger.write("INSERT OR IGNORE INTO member_keys VALUES (?, ?)",
+                                   (member, key))  # fmt: skip
+                carried.keys += 1
+        for table, (columns, rows) in local.items():
+            carried.peers += await _replace_table(ledger, table, columns, rows)
+        try:
+            carried.events = await _events(src, ledger)
+        except sqlite3.Error as e:  # damaged past some page: keep what came before it
+            carried.unreadable = f"it could be read only in part ({e})"
+    return carried
+
+
+def _table(db: sqlite3.Connection, table: str) -> tuple[list[str], list[tuple]]:
+    columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+    return columns, db.execute(f"SELECT * FROM {table}").fetchall()
+
+
+async def _replace_table(
+    ledger: Ledger, table: str, columns: list[str], rows: list[tuple]
+) -> int:
+    """Make ``table`` of the restored ledger hold ``rows`` (columns it lacks are left out:
+    the replaced database may be of an older schema). Returns the rows for peers, else 0."""
+    ours = [row[1] for row in await ledger.reader.execute_fetchall(f"PRAGMA table_info({table})")]
+    kept = [i for i, name in enumerate(columns) if name in ours]
+    names = ", ".join(f'"{columns[i]}"' for i in kept)
+    marks = ", ".join("?" for _ in kept)
+    await ledger.write(f"DELETE FROM {table}")
+    for row in rows:
+        await ledger.write(f"INSERT INTO {table} ({names}) VALUES ({marks})",
+                           [row[i] for i in kept])  # fmt: skip
+    return len(rows) if table == "peers" else 0
+
+
+async def _events(src: sqlite3.Connection, ledger: Ledger) -> int:
+    """Ingest every event of ``src`` in store order; the ones the backup holds are
+    duplicates, dropped at once. Returns how many were stored."""
+    stored, last = 0, 0
+    while True:
+        page = src.execute(
+            "SELECT pos, payload, sig, body FROM events WHERE pos > ? ORDER BY pos LIMIT ?",
+            (last, PAGE),
+        ).fetchall()
+        if not page:
+            return stored
+        last = page[-1][0]
+        wires = [encode_wire(payload, sig, body) for _, payload, sig, body in page]
+        results = await ledger.ingest(wires, source="restore")
+        stored += sum(r.status == "stored" for r in results)
