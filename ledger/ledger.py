@@ -110,6 +110,7 @@ class Ledger:
         self.pending_feeds: set[tuple[bytes, str]] = set()
         self.pending_roster: set[bytes] = set()
         self._write = asyncio.Lock()
+        self.closed = False  # set under the writer by close(): callers queued behind it stop
         self._appends: list[_Queued] = []  # local appends waiting for the writer, in order
         self._last_purge = 0.0
         self._stale_caches = False
@@ -181,9 +182,16 @@ class Ledger:
         ledger kept its worker processes and aiosqlite's (non-daemon) thread alive."""
         await run_to_end(self._close())
 
+    def _check_open(self) -> None:
+        """Raise for a call that reaches the ledger once it is closed (one queued behind
+        ``close``, or started after it), rather than failing inside aiosqlite."""
+        if self.closed:
+            raise LedgerError("the ledger is closed (the node is stopping)")
+
     async def _close(self) -> None:
         try:
             async with self._write:
+                self.closed = True
                 try:
                     await self.reader.close()
                 finally:
@@ -209,6 +217,7 @@ class Ledger:
         """One small local write (peers, invites) outside any ingest transaction; returns
         how many rows it changed."""
         async with self._write, translated("writing local state"):
+            self._check_open()
             cursor = await self.db.execute(sql, params)
             await self.db.commit()
             return cursor.rowcount
@@ -223,6 +232,7 @@ class Ledger:
         if len(member) != 32 or len(key) != MEMBER_KEY_LEN:
             raise ValueError("a member id is 32 bytes and a member key 32 bytes")
         async with self._write, translated("storing a member key"):
+            self._check_open()
             if await scalar(
                 self.db, "SELECT 1 FROM members WHERE id = ? AND status = 'forgotten'", (member,)
             ):
@@ -256,6 +266,7 @@ class Ledger:
         parts = [wires[i : i + size] for i in range(0, len(wires), size)]
         if not parts:
             return []
+        self._check_open()
         results: list[IngestResult] = []
         # Pipeline: the next batches' signatures are checked while this one commits.
         probe = allow_pending  # peers send copies; local appends almost never do
@@ -265,7 +276,11 @@ class Ledger:
                 while len(upcoming) < PREPARE_AHEAD and i + len(upcoming) < len(parts):
                     part = parts[i + len(upcoming)]
                     upcoming.append(asyncio.ensure_future(prepare(self, part, probe=probe)))
-                prepared = await upcoming.popleft()
+                try:
+                    prepared = await upcoming.popleft()
+                except (ValueError, RuntimeError):  # aiosqlite's or the executor's, if
+                    self._check_open()  # close() came while the batch was prepared
+                    raise
                 results += await self._commit(prepared, source, allow_pending)
         finally:
             for pending in upcoming:
@@ -298,6 +313,7 @@ class Ledger:
         if source == "local" and not allow_pending:
             return await self._commit_append(prepared)
         async with self._write, translated("ingest failed and was rolled back"):
+            self._check_open()
             return await self._commit_locked(prepared, source, allow_pending)
 
     async def _commit_locked(
@@ -327,6 +343,9 @@ class Ledger:
                     if not mine.done.done():
                         # Every transaction sets or puts back what it took: still here.
                         assert mine in self._appends
+                        if self.closed:
+                            self._appends.remove(mine)
+                            self._check_open()
                         await self._commit_queued()
         except asyncio.CancelledError:
             if mine in self._appends:

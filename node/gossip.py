@@ -272,6 +272,9 @@ class PeerLink:
                     except UNREADABLE as err:
                         raise PeerError(f"unreadable page: {err}") from None
                     async with self._lock:
+                        rec = self.record
+                        if page.epoch == rec.epoch and page.cursor <= rec.cursor:
+                            continue  # a pull (`podlink sync`) took it while this one waited
                         await self._take(page)
             finally:
                 self.status.connected = False

@@ -6,6 +6,7 @@ Ids in paths may be any unique prefix of the base64url id, like git's short hash
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -15,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from podlink.ledger import queries
+from podlink.ledger.errors import LedgerError
 from podlink.ledger.store import rows
 from podlink.node import invites
 from podlink.node.api_types import (
@@ -37,7 +39,7 @@ from podlink.node.auth import SIGNER
 from podlink.node.errors import APIError
 from podlink.node.peer_api import NODE, int_param, version
 from podlink.protocol import boxes, kinds
-from podlink.protocol.envelope import PROTOCOL_VERSION
+from podlink.protocol.envelope import PROTOCOL_VERSION, decode_event
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.text import b64d, b64e
 
@@ -82,11 +84,22 @@ async def submit_events(request: web.Request) -> web.Response:
         (b64d(mk.member, length=32, what="member"), b64d(mk.key, length=32, what="member key"))
         for mk in body.member_keys
     ]
+    # Keys first, then the joins: a join stored without its key (the request cut between
+    # the two, at shutdown) could never be read, and the CLI sends a key only once. A key
+    # whose join is refused protects nothing and is dropped below.
+    submitted = set(_event_ids(wires))
+    early = [(member, key) for member, key in member_keys if member in submitted]
+    for member, key in early:
+        with contextlib.suppress(LedgerError):  # forgotten: a key is never kept again
+            await node.ledger.put_member_key(member, key)
     results = await node.submit(wires, source="local", local=True)
     stored_ids = {b64d(r.id) for r in results if r.ok and r.id}
-    for member, key in member_keys:
-        if member in stored_ids:
-            await node.ledger.put_member_key(member, key)
+    for member, _ in early:
+        if member not in stored_ids:
+            await node.ledger.write(
+                "DELETE FROM member_keys WHERE member = ? "
+                "AND NOT EXISTS (SELECT 1 FROM events WHERE id = ?)", (member, member),
+            )  # fmt: skip
     out = [msgspec.convert(msgspec.to_builtins(r), Result) for r in results]
     refused = next((r for r in results if not r.ok and r.status != "pending"), None)
     if refused is None:
@@ -94,6 +107,15 @@ async def submit_events(request: web.Request) -> web.Response:
     if refused is not None:
         raise APIError(refused.reason or "invalid", refused.message, results=out)
     return reply(SubmitResults(results=out))
+
+
+def _event_ids(wires: list[bytes]) -> list[bytes]:
+    """The ids of the wires that decode (the others are refused by the submit)."""
+    ids = []
+    for wire in wires:
+        with contextlib.suppress(ProtocolError):
+            ids.append(decode_event(wire).id)
+    return ids
 
 
 async def heads(request: web.Request) -> web.Response:
