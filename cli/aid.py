@@ -98,7 +98,7 @@ def member_list(pod: Target, everyone: bool, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    t = table("ID", "NAME", "~CONTACT", "PREFERS", "CAN", "NEEDS", "ROLE")
+    t = table("ID", "~NAME", "~CONTACT", "PREFERS", "~CAN", "~NEEDS", "ROLE")
     for m in data:
         role = {"co-organizer": "co-org"}.get(m.get("role", ""), "")
         t.add_row(short(m["id"]), m["name"], m.get("contact", ""), m.get("prefers") or "",
@@ -188,7 +188,7 @@ def request_list(pod: Target, status: str | None, category: str | None, as_json:
     if as_json:
         print_json(data)
         return
-    t = table("ID", "~NEED", "CATEGORY", "URGENCY", "STATUS", "POD", "SHARE")
+    t = table("ID", "~NEED", "~CATEGORY", "URGENCY", "STATUS", "~POD", "SHARE")
     for r in sorted(data, key=lambda r: r["status"] not in ACTIVE):  # stable: keeps urgency
         t.add_row(short(r["id"]), r["title"], r["category"], r["urgency"], r["status"],
                   r["pod_name"] or short(r["pod"]), r["share"])  # fmt: skip
@@ -226,7 +226,7 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
     ])  # fmt: skip
     if r["claims"]:
         click.echo()
-        t = table("CLAIM", "FROM", "BY", "~NOTE", "STATUS", "WHEN", title="Claims")
+        t = table("CLAIM", "~FROM", "~BY", "~NOTE", "STATUS", "WHEN", title="Claims")
         for c in r["claims"]:
             by = names.get(c["by_member"], "a member") if c["by_member"] else ""
             t.add_row(short(c["id"]), c["pod_name"] or short(c["pod"]), by, c["note"],
@@ -236,7 +236,7 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
         hours = f" ({f['hours']:g} h)" if f["hours"] is not None else ""
         click.echo(f"Fulfilled {ago_ts(f['ts'])}{hours}: {f['note']}".rstrip(": "))
     click.echo()
-    t = table("WHEN", "WHAT", "POD", "~RESULT", title="History")
+    t = table("WHEN", "WHAT", "~POD", "~RESULT", title="History")
     for h in r["history"]:
         result = h["outcome"] + (f": {h['why']}" if h["why"] else "")
         t.add_row(ago_ts(h["ts"]), h["kind"], h["pod_name"] or short(h["pod"]), result)
@@ -367,7 +367,7 @@ def match(pod: Target, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    t = table("NEED", "~TITLE", "URGENCY", "SUGGESTION", "FROM")
+    t = table("NEED", "~TITLE", "URGENCY", "~SUGGESTION", "~FROM")
     for m in data:
         t.add_row(short(m["request"]), m["request_title"], m["urgency"],
                   f"{m['match_label']} ({m['via']})",
@@ -431,7 +431,7 @@ def offer_list(pod: Target, status: str, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    t = table("ID", "~OFFER", "CATEGORY", "BY", "POD", "SHARE", "STATUS")
+    t = table("ID", "~OFFER", "~CATEGORY", "~BY", "~POD", "SHARE", "STATUS")
     for o in data:
         by = names.get(o["by_member"], "a member") if o["by_member"] else ""
         t.add_row(short(o["id"]), o["title"], o["category"], by, o["pod_name"] or short(o["pod"]),
@@ -504,7 +504,7 @@ def resource_list(pod: Target, category: str | None, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    t = table("~NAME", "CATEGORY", "WHERE", "WHEN", "CONTACT", "POD")
+    t = table("~NAME", "~CATEGORY", "~WHERE", "~WHEN", "~CONTACT", "~POD")
     for r in data:
         t.add_row(r["name"], r["category"], r["where"], r["when"], r["contact"],
                   r["pod_name"] or short(r["pod"]))  # fmt: skip

@@ -120,7 +120,7 @@ class Listing(Table):
     "Fix door [/b] please" made every later `request list`, on every pod it reached,
     end in a MarkupError; "Ann [nights]" showed as "Ann".)"""
 
-    flexible: int | None = None
+    flexible: list[int]  # the columns that may be shortened, the first one first
 
     def add_row(self, *cells: Any, **options: Any) -> None:
         super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **options)
@@ -128,29 +128,53 @@ class Listing(Table):
 
 def table(*columns: str, title: str | None = None) -> Listing:
     """A compact table; a column named with a leading '>' is right-aligned, one with a
-    leading '~' is the one shortened (with an ellipsis) when rows are too wide."""
+    leading '~' may be shortened (with an ellipsis) when rows are too wide: the first such
+    column first, then the widest of the others. Ids, states and times are never marked."""
     t = Listing(box=box.SIMPLE_HEAD, title=None if title is None else Text(title),
                 title_justify="left", pad_edge=False,
                 show_edge=False, padding=0)  # fmt: skip
+    t.flexible = []
     for i, name in enumerate(columns):
         if name.startswith("~"):
-            t.flexible = i
+            t.flexible.append(i)
         t.add_column(name.lstrip(">~"), justify="right" if name.startswith(">") else "left",
                      no_wrap=True, overflow="ellipsis")  # fmt: skip
     return t
 
 
+FIRST_FLOOR, OTHER_FLOOR = 10, 6  # narrowest a shortened column gets, ellipsis included
+
+
 def _fit(t: Listing, console: Console) -> None:
-    """Shorten the flexible column first, so ids, states and times stay whole."""
-    if t.flexible is None:
+    """Shorten the flexible columns, so ids, states and times stay whole: the first one
+    down to FIRST_FLOOR, then the widest of the others, in turn, down to OTHER_FLOOR.
+    (Past that, rich squeezes every column: a terminal too narrow for any table.)"""
+    if not getattr(t, "flexible", None):
         return
     wide = console.options.update_width(10_000)
     excess = Measurement.get(console, wide, t).maximum - console.width
-    if excess > 0:
-        column = t.columns[t.flexible]
-        widest = max(Measurement.get(console, wide, c).maximum
-                     for c in [column.header, *column.cells])  # fmt: skip
-        column.max_width = max(10, widest - excess)
+    if excess <= 0:
+        return
+    width = {
+        i: max(Measurement.get(console, wide, c).maximum
+               for c in [t.columns[i].header, *t.columns[i].cells])
+        for i in t.flexible
+    }  # fmt: skip
+    first, *others = t.flexible
+    cut = min(excess, max(0, width[first] - FIRST_FLOOR))
+    width[first] -= cut
+    excess -= cut
+    while excess > 0:
+        room = [i for i in others if width[i] > OTHER_FLOOR]
+        if not room:
+            break
+        widest = max(room, key=lambda i: width[i])
+        runner_up = max((width[i] for i in room if i != widest), default=OTHER_FLOOR)
+        cut = min(excess, width[widest] - max(runner_up, OTHER_FLOOR) or 1)
+        width[widest] -= cut
+        excess -= cut
+    for i in t.flexible:
+        t.columns[i].max_width = width[i]
 
 
 def show(t: Table, empty: str | None = None) -> None:

@@ -242,7 +242,7 @@ def peer_list(pod: Target, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    t = table("POD", "NAME", "~URL", "STATUS", "LAST SYNC", ">BEHIND")
+    t = table("POD", "~NAME", "~URL", "STATUS", "LAST SYNC", ">BEHIND")
     for p in data:
         behind = "" if p["behind"] is None else str(p["behind"])
         t.add_row(short(p["pod"]), p["name"], p["url"], p["status"], ago_s(p["last_sync"]),
