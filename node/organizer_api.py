@@ -16,7 +16,6 @@ import msgspec
 from aiohttp import web
 
 from podlink.ledger import queries
-from podlink.ledger.errors import LedgerError
 from podlink.ledger.store import rows
 from podlink.node import invites
 from podlink.node.api_types import (
@@ -89,9 +88,8 @@ async def submit_events(request: web.Request) -> web.Response:
     # whose join is refused protects nothing and is dropped below.
     submitted = set(_event_ids(wires))
     early = [(member, key) for member, key in member_keys if member in submitted]
-    for member, key in early:
-        with contextlib.suppress(LedgerError):  # forgotten: a key is never kept again
-            await node.ledger.put_member_key(member, key)
+    for member, key in early:  # a forgotten member's is refused: never kept again
+        await node.ledger.put_member_key(member, key)
     results = await node.submit(wires, source="local", local=True)
     stored_ids = {b64d(r.id) for r in results if r.ok and r.id}
     for member, _ in early:
