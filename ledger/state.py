@@ -367,19 +367,8 @@ def fold_request(
     # before it: a claim from a pod whose clock runs ahead (by less than the acceptance
     # limit, more than what clocks follow) must still be acceptable by its owner, whose
     # answer is stamped on a slower clock. Still a function of the set of events.
-    claims = {e.id for e in events if e.kind == "claim.make"}
+    claims: set[bytes] | None = None  # ids of the claims among the events, when needed
     answers: dict[bytes, list[tuple[EventView, Step]]] = {}
-
-    def apply(ev: EventView, step: Step) -> None:
-        try:
-            _apply(ev.body, req, ev)
-        except _Ignore as why:
-            step.outcome, step.why = "ignored", str(why)
-            return
-        req.updated_ts = max(req.updated_ts, ev.ts)
-        for answer, answer_step in answers.pop(ev.id, ()):  # answers that waited for it
-            apply(answer, answer_step)
-
     for ev in ordered:
         step = Step(ev.id, ev.kind, ev.pod, ev.author, ev.ts, "applied")
         if history:
@@ -395,15 +384,30 @@ def fold_request(
         if ev.kind != "claim.make" and ev.pod != req.pod:
             step.outcome, step.why = "ignored", "only the request's own pod may do this"
             continue
-        answered = ev.refs[0] if ev.kind in CLAIM_ANSWERS and ev.refs else None
-        if answered in claims and answered not in req.claims:  # its claim sorts later
-            answers.setdefault(answered, []).append((ev, step))
-            continue
-        apply(ev, step)
+        if ev.kind in CLAIM_ANSWERS and ev.refs and ev.refs[0] not in req.claims:
+            if claims is None:
+                claims = {e.id for e in events if e.kind == "claim.make"}
+            if ev.refs[0] in claims:  # its claim sorts later: apply it after that
+                answers.setdefault(ev.refs[0], []).append((ev, step))
+                continue
+        if _step(req, ev, step) and ev.id in answers:
+            for answer, answer_step in answers.pop(ev.id):
+                _step(req, answer, answer_step)
     for waited in answers.values():  # their claims never counted (soft-failed, dropped)
         for _, step in waited:
             step.outcome, step.why = "ignored", "claim not known"
     return req
+
+
+def _step(req: RequestState, ev: EventView, step: Step) -> bool:
+    """Apply one event to a request; False (and why, on its step) if it is ignored."""
+    try:
+        _apply(ev.body, req, ev)
+    except _Ignore as why:
+        step.outcome, step.why = "ignored", str(why)
+        return False
+    req.updated_ts = max(req.updated_ts, ev.ts)
+    return True
 
 
 # -------------------------------------------------------------------------------- offers
