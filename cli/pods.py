@@ -391,8 +391,11 @@ def backup(pod: Target, file: Path) -> None:
         raise click.ClickException(f"{file} exists; choose another name or remove it first")
     if not config.ledger_path.exists():  # sqlite3 would create an empty one, and back it up
         raise click.ClickException(f"no database at {config.ledger_path}; nothing to back up")
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.touch(mode=0o600)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.touch(mode=0o600)
+    except OSError as e:  # a parent that is a file, a folder we may not write...
+        raise click.ClickException(f"cannot create {file}: {e.strerror or e}") from None
     try:
         source = sqlite3.connect(config.ledger_path)
         target = sqlite3.connect(file)

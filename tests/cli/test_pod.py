@@ -57,6 +57,14 @@ def test_backup_without_a_database_creates_nothing(tmp_path: Path) -> None:
     assert not (home / "ledger.db").exists() and not (tmp_path / "copy.db").exists()
 
 
+def test_backup_into_a_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "p"
+    run("init", "--name", "X", home=home)
+    (tmp_path / "backups").write_text("not a folder")
+    result = run("backup", str(tmp_path / "backups" / "x.db"), home=home, code=1)
+    assert "cannot create" in one_error_line(result) and "Traceback" not in result.stderr
+
+
 def test_init_refuses_a_bad_listen_address(tmp_path: Path) -> None:
     result = run("init", "--name", "X", "--listen", "nowhere", home=tmp_path / "p", code=1)
     assert "HOST:PORT" in one_error_line(result)
