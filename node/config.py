@@ -128,6 +128,8 @@ def load_config(home: Path, env: dict[str, str] | None = None) -> Config:
 AT_LEAST_ONE = ("max_request_bytes", "page_events", "pending_per_source", "batch_size",
                 "verify_workers", "pending_ttl_s")  # fmt: skip
 POSITIVE = ("rate_per_s", "backoff_max_s", "peer_timeout_s")
+# Times added to a clock in SQLite (expiries): beyond a century they overflow its 64 bits.
+TTLS, TTL_MAX_S = ("invite_ttl_s", "pending_ttl_s"), 100 * 365 * 24 * 3600
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -141,6 +143,10 @@ def _check_ranges(config: Config) -> None:
         value = getattr(config, name)
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{name} must be a number above 0, got {value!r}")
+    for name in TTLS:
+        if abs(getattr(config, name)) > TTL_MAX_S:
+            raise ConfigError(f"{name} must be at most {TTL_MAX_S} (a century), "
+                              f"got {getattr(config, name)!r}")  # fmt: skip
     config.log_level = config.log_level.upper()
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "

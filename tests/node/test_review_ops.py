@@ -94,6 +94,19 @@ def test_unknown_log_level_is_refused(tmp_path: Path) -> None:
         load_config(home, env={"PODLINK_LOG_LEVEL": "LOUD"})
 
 
+
+@pytest.mark.parametrize("name", ["PODLINK_INVITE_TTL_S", "PODLINK_PENDING_TTL_S"])
+def test_a_ttl_beyond_a_century_is_refused(tmp_path: Path, name: str) -> None:
+    """An expiry is a clock plus the TTL in SQLite: 2**62 seconds overflowed its 64 bits
+    (OverflowError on the first invite or parked event), not a refusal at start."""
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "config.toml").write_text('name = "x"\n')
+    with pytest.raises(ConfigError, match="at most"):
+        load_config(home, env={name: str(2**62)})
+    assert load_config(home, env={name: str(30 * 24 * 3600)}) is not None
+
+
 # ---------------------------------------------------------------- (c) metrics
 
 
