@@ -25,7 +25,7 @@ from podlink.cli.output import (
     warn,
     working,
 )
-from podlink.cli.restore import carry_over, copy_backup, keep_aside, read_only
+from podlink.cli.restore import carry_over, copy_backup, keep_aside, no_trace, read_only
 from podlink.cli.session import (
     ID_ARGUMENTS,
     ID_TEXT,
@@ -443,6 +443,11 @@ def restore(pod: Target, file: Path) -> None:
         node_key = load_keypair(config.node_key_path).public
     except KeyFileError as e:
         raise click.ClickException(one_line(str(e))) from None
+    with no_trace(file):  # SQLite leaves -shm and -wal beside a WAL database it reads
+        _restore(file, live, node_key)
+
+
+def _restore(file: Path, live: Path, node_key: bytes) -> None:
     _check_backup(file, node_key)
     # Prepare the restored database beside the live one and swap it in last, so that a
     # failure on the way leaves the live ledger as it was.

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,20 @@ class Carried:
 def read_only(path: Path) -> str:
     """A URI opening ``path`` read-only (quoted: '#', '?' and '%' are path characters)."""
     return path.resolve().as_uri() + "?mode=ro"
+
+
+@contextmanager
+def no_trace(file: Path) -> Iterator[None]:
+    """Remove the ``-shm`` and empty ``-wal`` files that reading ``file`` (a database in
+    WAL mode, read-only) leaves beside it, unless they were there before."""
+    sidecars = [file.with_name(file.name + extra) for extra in ("-shm", "-wal")]
+    before = {f for f in sidecars if f.exists()}
+    try:
+        yield
+    finally:
+        for f in sidecars:
+            if f not in before and f.exists() and (f.name.endswith("-shm") or not f.stat().st_size):
+                f.unlink(missing_ok=True)
 
 
 def copy_backup(source: Path, target: Path) -> None:

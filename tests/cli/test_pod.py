@@ -157,6 +157,8 @@ def test_backup_then_restore_rotates_the_epoch(tmp_path: Path) -> None:
     out = run("restore", str(backup), home=pod.home).stdout
     assert "epoch was rotated" in out and epoch() != before
     assert list(pod.home.glob("ledger.db.before-restore-*"))
+    # Reading the backup (a WAL database) left no -shm or -wal beside it.
+    assert sorted(p.name for p in backup.parent.iterdir()) == ["saved.db"]
 
     other = make_pod(tmp_path, "Other")
     line = one_error_line(run("restore", str(backup), home=other.home, code=1))
