@@ -158,14 +158,38 @@ def _signature_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
+class _KeyMemory:
+    """One key's remembered nonces: nonce -> signed time, a heap by signed time, and the
+    latest signed time let go to make room (its requests up to that are refused)."""
+
+    __slots__ = ("dropped", "order", "seen")
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.order: list[tuple[int, str]] = []
+        self.dropped = 0
+
+    def expire(self, before: float) -> None:
+        while self.order and self.order[0][0] < before:
+            self.drop_oldest()
+
+    def drop_oldest(self) -> int:
+        when, nonce = heapq.heappop(self.order)
+        del self.seen[nonce]
+        return when
+
+
 class NonceCache:
-    """Remembers (key, nonce) pairs for the signature window, bounded in size.
+    """Remembers (key, nonce) pairs for the signature window, at most ``capacity`` per key.
 
     A request older than the window is refused as stale anyway, so remembering nonces
-    for ``WINDOW_S`` seconds either side is enough to refuse every replay; when full, the
-    entries signed earliest go first (not the first received: one signed minutes ahead
-    would lift the floor past the present) and the cache refuses requests signed no later
-    than what it let go.
+    for ``WINDOW_S`` seconds either side is enough to refuse every replay. Each key has a
+    memory of its own: when it is full, that key's earliest-signed entries go first, and
+    that key's requests signed no later than what was let go are refused as stale. So a
+    key that floods (rate-limited or not, stamped minutes ahead or not) only ever locks
+    itself out; a shared memory let one peer's burst lift every organizer's floor past
+    the present. Only keys with a role here reach it (node/auth.py), so the number of
+    memories is bounded by the roster and the peers.
 
     ``floor``: requests signed before it can no longer be checked. A node passes its start
     time, so a request captured before a restart cannot be replayed after it. That floor
@@ -175,43 +199,54 @@ class NonceCache:
     """
 
     def __init__(
-        self, capacity: int = 100_000, window_s: int = WINDOW_S, *, floor: float = 0.0
+        self, capacity: int = 20_000, window_s: int = WINDOW_S, *, floor: float = 0.0
     ) -> None:
-        self._seen: dict[tuple[bytes, str], int] = {}  # (key, nonce) -> signed time
-        self._order: list[tuple[int, tuple[bytes, str]]] = []  # a heap of (time, pair)
-        self._capacity = capacity
+        self._keys: dict[bytes, _KeyMemory] = {}
+        self._capacity = capacity  # per key: 100 s of requests at the default rate limit
         self._window = window_s
         self._start = (floor, time.monotonic())  # (wall, monotonic) at the start
-        self._dropped = 0.0  # the latest signed time let go when full
+        self._swept = 0.0
 
     def floor(self) -> float:
-        """Requests signed before this (wall seconds) are refused as stale."""
+        """Requests signed before this (wall seconds) are refused as stale, by any key."""
         wall, mono = self._start
         started = wall if not wall else int(time.time() - (time.monotonic() - mono))
-        return max(min(wall, started), self._dropped)
+        return min(wall, started)
 
-    def _drop_oldest(self) -> int:
-        when, ident = heapq.heappop(self._order)
-        del self._seen[ident]
-        return when
+    def __len__(self) -> int:
+        return sum(len(m.seen) for m in self._keys.values())
+
+    def _sweep(self, now: float) -> None:
+        """Forget what is outside the window on both sides, for every key (a key that
+        stopped sending, say a removed peer, is forgotten with its entries)."""
+        before = now - 2 * self._window
+        for key in list(self._keys):
+            memory = self._keys[key]
+            memory.expire(before)
+            if not memory.seen and memory.dropped < before:
+                del self._keys[key]
+        self._swept = now
 
     def check_and_add(self, req: SignedRequest, now: float | None = None) -> None:
         """Raise ``replayed`` if this (key, nonce) was seen; remember it otherwise."""
         now = time.time() if now is None else now
-        while self._order and self._order[0][0] < now - 2 * self._window:
-            self._drop_oldest()  # outside the window on both sides: stale anyway
-        ident = (req.key, req.nonce)
-        if ident in self._seen:
+        if now - self._swept > self._window:
+            self._sweep(now)
+        memory = self._keys.get(req.key)
+        if memory is None:
+            memory = self._keys[req.key] = _KeyMemory()
+        memory.expire(now - 2 * self._window)  # outside the window on both sides: stale
+        if req.nonce in memory.seen:
             raise ProtocolError("replayed", "this request was already received (nonce reused)")
-        if req.when < self.floor():
+        if req.when < max(self.floor(), memory.dropped):
             raise ProtocolError(
                 "stale", "request signed before this node (re)started or beyond its replay "
                 "memory; sign it again"
             )
-        if len(self._seen) >= self._capacity:
-            self._dropped = max(self._dropped, self._drop_oldest() + 1)  # whole seconds
-            if req.when < self._dropped:  # it would be the first to go: refuse it now
+        if len(memory.seen) >= self._capacity:
+            memory.dropped = max(memory.dropped, memory.drop_oldest() + 1)  # whole seconds
+            if req.when < memory.dropped:  # it would be the first to go: refuse it now
                 raise ProtocolError("stale", "request older than this node's replay memory "
                                     "can check; sign it again")  # fmt: skip
-        self._seen[ident] = req.when
-        heapq.heappush(self._order, (req.when, ident))
+        memory.seen[req.nonce] = req.when
+        heapq.heappush(memory.order, (req.when, req.nonce))

@@ -237,3 +237,19 @@ def test_a_request_signed_for_another_pod_is_refused() -> None:
     with pytest.raises(ProtocolError, match="podlink/http/v2") as info:
         verify_request(for_other, "POST", "/api/requests?pod=x%20y", BODY, pod=HERE, now=T)
     assert info.value.reason == "unauthorised"
+
+
+def test_one_key_filling_its_memory_locks_out_only_itself() -> None:
+    """Each key has a memory of its own: a key that fills it with requests stamped minutes
+    ahead lifts its own floor, never another key's."""
+    cache = NonceCache(capacity=3)
+    for i in range(5):
+        ahead = SignedRequest(OTHER_POD.public, T + 290 + i, b64e(bytes([i]) * 16))
+        cache.check_and_add(ahead, now=T)
+    with pytest.raises(ProtocolError) as info:  # its own earlier-signed request: let go
+        cache.check_and_add(SignedRequest(OTHER_POD.public, T, NONCE), now=T)
+    assert info.value.reason == "stale"
+    cache.check_and_add(SignedRequest(ORGANIZER.public, T, NONCE), now=T)  # others: fine
+    assert len(cache) == 4
+    cache.check_and_add(SignedRequest(ORGANIZER.public, T + 2000, b64e(bytes(16))), now=T + 2000)
+    assert len(cache) == 1  # the rest left the window on both sides, and was swept
