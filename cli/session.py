@@ -103,8 +103,12 @@ class Target:
         try:
             keypair = load_keypair(config.organizer_key_path)
             # Requests sign the pod they are for: the pod's key from its own folder, not
-            # from whatever answers at the URL.
-            pod = load_keypair(config.node_key_path).public
+            # from whatever answers at the URL. A folder on an organizer's laptop (a
+            # config.toml and organizer.key, talking to the node with --node) has no
+            # node.key: the client then reads the key from the node's /v1/info.
+            pod = None
+            if config.node_key_path.exists():
+                pod = load_keypair(config.node_key_path).public
         except KeyFileError as e:
             raise click.ClickException(one_line(str(e))) from None
         return PodSession(NodeClient(self.url(config), keypair, pod=pod), self.home)

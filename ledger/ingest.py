@@ -594,7 +594,10 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     if cand.index < 0:
         batch.released += 1
     batch.result(cand, IngestResult("stored", ev.id_text, body_dropped=cand.body_dropped))
-    ledger.clock.observe(h.ts)
+    # Our own pod's events are followed up to the acceptance limit (what its organizers
+    # write next must come after them: a roster.add, say); other pods' a minute short.
+    limit = clock.FUTURE_LIMIT_MS if h.pod == ledger.pod else clock.OBSERVE_LIMIT_MS
+    ledger.clock.observe(h.ts, limit)
 
     if h.kind in st.ROSTER_KINDS:
         await _flush(batch)  # the roster fold reads this event from the table

@@ -14,6 +14,7 @@ import yarl
 
 from podlink.ledger.authoring import Author
 from podlink.node.api_types import MemberKey, SubmitEvents, json_encoder
+from podlink.protocol.clock import FUTURE_LIMIT_MS
 from podlink.protocol.envelope import Event
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.http_auth import sign_request
@@ -126,7 +127,7 @@ class NodeClient:
         author = Author(self.keypair, pod or b64d(heads["pod"], length=32))
         for lane, head in heads["heads"].items():
             author.set_head(lane, head["seq"], b64d(head["id"], length=32), head["ts"])
-        author.clock.observe(heads["clock"])
+        author.clock.observe(heads["clock"], FUTURE_LIMIT_MS)  # our node's clock: followed
         return author
 
     async def submit(
