@@ -10,7 +10,8 @@ database being replaced can still be read, restore carries over from it:
   after the backup stays forgotten, since the forget is one of those events;
 * member keys the backup lacks (members who joined after it; a forgotten member's key is
   gone from the replaced database too, and the carried forget destroys the backup's);
-* the peers and invites tables as they stand (removals, cursors, used invites).
+* the peers and invites tables as they stand (removals, cursors, used invites), and the
+  fork evidence and parked events it holds (a fork's other header is kept nowhere else).
 
 When it cannot be read (the reason to restore, often), nothing is carried and restore
 says what that loses.
@@ -31,7 +32,8 @@ from podlink.ledger.store import private_file
 from podlink.protocol.envelope import encode_wire
 
 PAGE = 2000  # events read from the replaced database and ingested at a time
-LOCAL_TABLES = ("peers", "invites")
+LOCAL_TABLES = ("peers", "invites")  # replaced: the replaced database's are the newer
+KEPT_TABLES = ("forks", "pending")  # merged: fork evidence only the forker could re-send
 
 
 @dataclass
@@ -104,7 +106,7 @@ def carry_over(live: Path, incoming: Path, pod: bytes) -> Carried:
             if found is None or bytes(found[0]) != pod:
                 return Carried(unreadable="it is not this pod's database")
             keys = src.execute("SELECT member, key FROM member_keys").fetchall()
-            local = {t: _table(src, t) for t in LOCAL_TABLES}
+            local = {t: _table(src, t) for t in (*LOCAL_TABLES, *KEPT_TABLES)}
         except sqlite3.Error as e:
             return Carried(unreadable=str(e))
         return run_sync(_carry(src, incoming, keys, local))
@@ -119,7 +121,8 @@ async def _carry(
     carried = Carried()
     async with await Ledger.open(incoming) as ledger:
         have = {m for (m,) in await ledger.reader.execute_fetchall(
-            "SELECT member FROM member_keys")}  # fmt: skip
+            "SELECT member FROM member_keys UNION SELECT id FROM members "
+            "WHERE status = 'forgotten'")}  # fmt: skip
         for member, key in keys:
             if member not in have:  # before the events: a carried forget deletes it
                 await ledger.write("INSERT OR IGNORE INTO member_keys VALUES (?, ?)",
@@ -131,6 +134,10 @@ async def _carry(
             carried.events = await _events(src, ledger)
         except sqlite3.Error as e:  # damaged past some page: keep what came before it
             carried.unreadable = f"it could be read only in part ({e})"
+        # A member forgotten in either database stays forgotten: no key of theirs is kept
+        # (the forget may be a duplicate here, so no fold would run to destroy it again).
+        await ledger.write("DELETE FROM member_keys WHERE member IN "
+                           "(SELECT id FROM members WHERE status = 'forgotten')")  # fmt: skip
     return carried
 
 
@@ -142,16 +149,19 @@ def _table(db: sqlite3.Connection, table: str) -> tuple[list[str], list[tuple]]:
 async def _replace_table(
     ledger: Ledger, table: str, columns: list[str], rows: list[tuple]
 ) -> int:
-    """Make ``table`` of the restored ledger hold ``rows`` (columns it lacks are left out:
-    the replaced database may be of an older schema). Returns the rows for peers, else 0."""
+    """Make ``table`` of the restored ledger hold ``rows``, or add those it lacks (the
+    KEPT_TABLES); columns it lacks are left out (the replaced database may be of an older
+    schema). Returns the rows for peers, else 0."""
     ours = [row[1] for row in await ledger.reader.execute_fetchall(f"PRAGMA table_info({table})")]
     kept = [i for i, name in enumerate(columns) if name in ours]
     names = ", ".join(f'"{columns[i]}"' for i in kept)
     marks = ", ".join("?" for _ in kept)
-    await ledger.write(f"DELETE FROM {table}")
+    merge = table in KEPT_TABLES
+    if not merge:
+        await ledger.write(f"DELETE FROM {table}")
     for row in rows:
-        await ledger.write(f"INSERT INTO {table} ({names}) VALUES ({marks})",
-                           [row[i] for i in kept])  # fmt: skip
+        await ledger.write(f"INSERT {'OR IGNORE ' if merge else ''}INTO {table} ({names}) "
+                           f"VALUES ({marks})", [row[i] for i in kept])  # fmt: skip
     return len(rows) if table == "peers" else 0
 
 

@@ -258,12 +258,18 @@ class PeerLink:
             self.status.state, self.status.connected = "live", True
             self.node.metrics.set("peer_connected", 1, peer=self.source[:8])
             try:
+                # While feeds are left behind (events refused for now), repair again every
+                # REPAIR_RETRY_S, whether pages keep coming (a busy peer) or not.
+                due = time.monotonic() + REPAIR_RETRY_S
                 while True:
-                    try:  # while feeds are left behind, repair again now and then
-                        msg = await ws.receive(REPAIR_RETRY_S if self.record.repair else None)
-                    except TimeoutError:
+                    if self.record.repair and time.monotonic() >= due:
                         async with self._lock:
                             await self._repair_again()
+                        due = time.monotonic() + REPAIR_RETRY_S
+                    wait = max(0.0, due - time.monotonic()) if self.record.repair else None
+                    try:
+                        msg = await ws.receive(wait)
+                    except TimeoutError:
                         continue
                     if msg.type != aiohttp.WSMsgType.BINARY:
                         break

@@ -1,8 +1,9 @@
 """Review: the store's life over time — schema migrations, backup, restore, rebuild, verify.
 
 Real SQLite files under tmp_path, real Ed25519 signatures; pods made by the real
-`podlink init`, the CLI run through click's runner. The tests that fail do so because of
-the bug their docstring describes; the last ones pin corners found correct.
+`podlink init`, the CLI run through click's runner. Each test's docstring tells the bug it
+found (fixed since: the test holds the fix); the ones marked as passing pin corners found
+correct.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ async def tamper(ledger: Ledger, statement: str) -> None:
 # ---------------------------------------------------------------- verify
 
 
-async def test_verify_raises_on_a_damaged_header_instead_of_reporting_it(
+async def test_verify_reports_a_damaged_header(
     make_ledger: OpenLedger, world: World
 ) -> None:
     """A header cut short (a damaged row, exactly what `podlink log --verify` is for) makes
@@ -136,7 +137,7 @@ async def test_verify_raises_on_a_damaged_header_instead_of_reporting_it(
     assert "event at position 4: id is not the hash of its header" in (report.problems or [])
 
 
-async def test_verify_passes_rows_whose_columns_contradict_their_signed_header(
+async def test_verify_reports_columns_that_contradict_their_signed_header(
     make_ledger: OpenLedger, world: World
 ) -> None:
     """Every read (lists, lanes served to peers, folds) trusts the indexed columns of an
@@ -152,7 +153,7 @@ async def test_verify_passes_rows_whose_columns_contradict_their_signed_header(
     assert len(report.problems or []) == 3, report
 
 
-async def test_verify_passes_a_feed_whose_newest_events_are_missing(
+async def test_verify_reports_a_feed_whose_newest_events_are_missing(
     make_ledger: OpenLedger, world: World
 ) -> None:
     """The newest event of a feed deleted from ``events`` (a damaged or hand-edited file):
@@ -169,7 +170,7 @@ async def test_verify_passes_a_feed_whose_newest_events_are_missing(
 # ---------------------------------------------------------------- restore
 
 
-def test_restore_of_a_copy_with_its_wal_drops_what_the_wal_holds(tmp_path: Path) -> None:
+def test_restore_of_a_copy_with_its_wal_keeps_what_the_wal_holds(tmp_path: Path) -> None:
     """docs/operations.md: 'or stop the node, then copy ledger.db (and ledger.db-wal if it
     exists)'. The WAL exists after a crash or a kill (the node checkpoints only every ~40
     MB). _check_backup opens the copy read-only, so SQLite reads its -wal and the check
@@ -198,7 +199,7 @@ def test_restore_of_a_copy_with_its_wal_drops_what_the_wal_holds(tmp_path: Path)
     assert sql(pod.home / "ledger.db", "SELECT count(*) FROM events") == [(7,)]
 
 
-def test_restore_cannot_replace_a_damaged_database(tmp_path: Path) -> None:
+def test_restore_replaces_a_damaged_database(tmp_path: Path) -> None:
     """docs/operations.md: '`podlink log --verify` reports problems | the database file was
     damaged: restore from a backup'. But restore first copies the live database aside
     with SQLite's backup API (cli/pods.py restore, ``old.backup(copy)``), which fails on
@@ -216,7 +217,7 @@ def test_restore_cannot_replace_a_damaged_database(tmp_path: Path) -> None:
     assert sql(live, "SELECT count(*) FROM events") == [(2,)]
 
 
-def test_restore_brings_back_a_member_who_was_forgotten_after_the_backup(
+def test_restore_keeps_a_member_forgotten_after_the_backup_forgotten(
     tmp_path: Path,
 ) -> None:
     """README: '`podlink member forget` destroys the key, so the details are gone for good'.
@@ -246,7 +247,7 @@ def test_restore_brings_back_a_member_who_was_forgotten_after_the_backup(
     assert sql(live, "SELECT status FROM members") == [("forgotten",)]
 
 
-def test_restore_misreads_backup_paths_with_uri_characters(tmp_path: Path) -> None:
+def test_restore_reads_backup_paths_with_uri_characters(tmp_path: Path) -> None:
     """_check_backup (cli/pods.py) opens ``f"file:{file}?mode=ro"`` as a URI without
     quoting the path: a '#' (or '?') cuts the file name there and drops ``mode=ro``, a
     '%41' is decoded. A sound backup at 'week#2/maple.db' is refused ('not a podlink
@@ -260,7 +261,7 @@ def test_restore_misreads_backup_paths_with_uri_characters(tmp_path: Path) -> No
     ok(result)
 
 
-def test_restore_without_a_live_database_names_a_copy_it_never_made(tmp_path: Path) -> None:
+def test_restore_without_a_live_database_names_no_aside_copy(tmp_path: Path) -> None:
     """ledger.db lost (deleted, disk trouble): restore works but ends with 'the old
     database is in ledger.db.before-restore-TIME', a file it did not write (cli/pods.py
     restore: ``aside`` is only written ``if live.exists()``, the message always names it).
@@ -277,7 +278,7 @@ def test_restore_without_a_live_database_names_a_copy_it_never_made(tmp_path: Pa
 # ---------------------------------------------------------------- serve on an old/new file
 
 
-def test_serve_on_a_database_from_a_newer_podlink_is_a_traceback(tmp_path: Path) -> None:
+def test_serve_on_a_database_from_a_newer_podlink_is_one_line(tmp_path: Path) -> None:
     """docs/operations.md: 'a database written by a newer podlink is refused by an older
     one rather than damaged' — refused it is, but `podlink serve` (cli/pods.py serve
     catches KeyFileError, ConfigError and OSError only) dies with a 30-line traceback
@@ -376,7 +377,7 @@ async def test_rebuild_keeps_a_forgotten_members_data_gone(
     ) == [(0,)]
 
 
-def test_restore_silently_relinks_a_peer_removed_after_the_backup(tmp_path: Path) -> None:
+def test_restore_keeps_a_peer_removed_after_the_backup_removed(tmp_path: Path) -> None:
     """`podlink peer remove` cuts a pod off (it stops pulling our peers-lane events).
     The removal lives only in the local ``peers`` table, so restoring a backup taken
     before it brings the peer back as live: the node pulls from it and serves it again,

@@ -1,7 +1,7 @@
 """Review of time: clocks, timestamps, windows and expiries.
 
-Each failing test is a bug its docstring describes; the tests marked "(passes: ...)" pin
-corners that were checked and found correct.
+Each test's docstring tells the bug it found (fixed since: the test holds the fix); the
+tests marked "(passes: ...)" pin corners that were checked and found correct.
 """
 
 from __future__ import annotations
