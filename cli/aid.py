@@ -18,6 +18,7 @@ from podlink.cli.output import (
     short,
     show,
     table,
+    warn,
     warn_if_personal,
 )
 from podlink.cli.params import CATEGORY, PREFERS, URGENCY, NeededBy, share_option
@@ -30,7 +31,7 @@ from podlink.cli.session import (
     pod_options,
 )
 
-ACTIVE = ("open", "accepted")
+LIST_PAGE = 5000  # the most rows GET /v1/requests answers at once
 
 
 async def _names(s: PodSession) -> dict[str, str]:
@@ -113,7 +114,8 @@ def member_list(pod: Target, everyone: bool, as_json: bool) -> None:
 @pod_options
 @json_option
 def member_forget(pod: Target, member_ref: str, yes: bool, as_json: bool) -> None:
-    """Forget a member (by name or id): their key and details are destroyed for good.
+    """Forget a member (by name or id): their key and details are destroyed for good, and
+    offers made in their name are withdrawn.
 
     \b
     Example:
@@ -123,8 +125,10 @@ def member_forget(pod: Target, member_ref: str, yes: bool, as_json: bool) -> Non
         click.confirm(f"Forget {member_ref} for good? Their details cannot be recovered",
                       abort=True)  # fmt: skip
     data = pod.call(lambda s: ops.forget_member(s, member_ref))
+    offers = len(data["withdrawn_offers"])
+    withdrawn = f" {offers} offer(s) in their name withdrawn." if offers else ""
     _done(as_json, data, f"Forgot {data['name'] or 'the member'} ({short(data['member'])}); "
-          "their details are destroyed.")  # fmt: skip
+          f"their details are destroyed.{withdrawn}")  # fmt: skip
 
 
 # ---------------------------------------------------------------- requests
@@ -185,11 +189,15 @@ def request_list(pod: Target, status: str | None, category: str | None, as_json:
       podlink request list --status open --category medicine --json
     """
     data = pod.call(lambda s: s.get("/v1/requests", status=status, category=category))
+    if len(data) >= LIST_PAGE:  # the node answers one page: say so, never cut silently
+        warn(f"showing the first {LIST_PAGE:,} needs (open and accepted first); narrow the "
+             "list with --status or --category, or see them all with `podlink export csv "
+             "requests`")  # fmt: skip
     if as_json:
         print_json(data)
         return
     t = table("ID", "~NEED", "~CATEGORY", "URGENCY", "STATUS", "~POD", "SHARE")
-    for r in sorted(data, key=lambda r: r["status"] not in ACTIVE):  # stable: keeps urgency
+    for r in data:  # the node's order: open and accepted first, most urgent, oldest
         t.add_row(short(r["id"]), r["title"], r["category"], r["urgency"], r["status"],
                   r["pod_name"] or short(r["pod"]), r["share"])  # fmt: skip
     show(t, "No needs to show.")

@@ -33,17 +33,39 @@ def export() -> None:
     """Export the pod's records: CSV for spreadsheets, a printable contact sheet."""
 
 
-def _write(text: str, file: Path | None, what: str) -> None:
+def _write(text: str, file: Path | None, what: str, home: Path) -> None:
     if file is None:
         click.echo(text, nl=False)
         return
-    # Every export names people (members; needs for a member; offers by one): the file is
-    # the owner's only from its creation.
-    private_file(file)
-    with working(f"Writing {file.name}", total=len(text)) as progress:
-        file.write_text(text, encoding="utf-8")
-        progress.update(progress.task_ids[0], completed=len(text))
+    # An export written over the pod's own files (say -o ledger.db, or a link to it)
+    # would destroy the pod.
+    own = {p.resolve() for p in home.glob("*") if p.is_file()}
+    if file.resolve() in own:
+        raise click.ClickException(f"{file} is one of the pod's own files; choose another name")
+    try:
+        # Every export names people (members; needs for a member; offers by one): the
+        # file is the owner's only from its creation.
+        private_file(file)
+        with working(f"Writing {file.name}", total=len(text)) as progress:
+            file.write_text(text, encoding="utf-8")
+            progress.update(progress.task_ids[0], completed=len(text))
+    except OSError as e:  # a folder that is a file, one we may not write, a full disk
+        raise click.ClickException(f"cannot write {file}: {e.strerror or e}") from None
     click.echo(f"Wrote {what} to {file}.", err=True)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as written. Text starting like a formula (other pods'
+    titles reach this pod's exports: hostile input, e.g. '=HYPERLINK(...)'; or an honest
+    '+44 ...' phone number) gets a leading apostrophe, so it is read as text."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 async def _rows(s: PodSession, what: str) -> list[Row]:
@@ -59,7 +81,7 @@ async def _rows(s: PodSession, what: str) -> list[Row]:
         return [
             {**r, "for_name": names.get(r["for_member"] or "", ""),
              "opened": iso_ts(r["opened_ts"]), "closed": iso_ts(r["closed_ts"])}
-            for r in await s.get("/v1/requests")
+            for r in await s.get_all("/v1/requests")  # every page: not only the first 5,000
         ]  # fmt: skip
     return [
         {**o, "by_name": names.get(o["by_member"] or "", ""), "opened": iso_ts(o["opened_ts"]),
@@ -85,10 +107,10 @@ def export_csv(pod: Target, what: str, file: Path | None) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, COLUMNS[what], extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in found)
+    writer.writerows({k: _cell(v) for k, v in r.items()} for r in found)
     if what == "members":
         warn("this export holds members' personal details; keep it as safe as the laptop")
-    _write(buffer.getvalue(), file, what)
+    _write(buffer.getvalue(), file, what, pod.home)
 
 
 @export.command("sheet")
@@ -109,13 +131,13 @@ def export_sheet(pod: Target, file: Path | None) -> None:
         me = await s.get("/v1/status")
         return {
             "pod": me, "members": await s.get("/v1/members"),
-            "requests": [r for r in await s.get("/v1/requests", status="open")
+            "requests": [r for r in await s.get_all("/v1/requests", status="open")
                          if r["pod"] == me["pod"]],
             "resources": await s.get("/v1/resources"),
         }  # fmt: skip
 
     warn("the sheet holds members' personal details; keep printouts safe, shred old ones")
-    _write(render_sheet(pod.call(go)), file, "sheet")
+    _write(render_sheet(pod.call(go)), file, "sheet", pod.home)
 
 
 def phone_tree(members: list[Row]) -> list[tuple[Row | None, list[Row]]]:

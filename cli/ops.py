@@ -8,6 +8,7 @@ both call these.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import click
@@ -51,7 +52,8 @@ async def add_member(
 ) -> Summary:
     """A new member: details locked with their own key, written in the pod lane."""
     details = kinds.MemberDetails(
-        name=name.strip(), contact=contact.strip(), prefers=prefers,  # type: ignore[arg-type]
+        name=unicodedata.normalize("NFC", name.strip()), contact=contact.strip(),
+        prefers=prefers,  # type: ignore[arg-type]
         can=list(can), needs=list(needs), languages=list(languages), notes=notes,
         role="co-organizer" if co_organizer else "participant",
     )  # fmt: skip
@@ -65,10 +67,19 @@ async def add_member(
 
 
 async def forget_member(session: PodSession, ref: str) -> Summary:
+    """Forget a member, and withdraw the offers made in their name (they could no longer
+    be taken up, and other pods would keep suggesting them). The withdrawals give no
+    reason: that the member was forgotten stays inside the pod."""
     member = await session.member(ref)
     event = await session.write(kinds.MemberForgotten(), "pod", (member["id"],))
+    pod = await session.pod()
+    theirs = [o for o in await session.get("/v1/offers")
+              if o["pod"] == pod and o["by_member"] == member["id"]]  # fmt: skip
+    for offer in theirs:
+        await session.write(kinds.OfferWithdrawn(), offer["lane"], (offer["id"],))
     return {"id": event, "kind": "member.forget", "lane": "pod", "member": member["id"],
-            "name": member.get("name", "")}  # fmt: skip
+            "name": member.get("name", ""),
+            "withdrawn_offers": [o["id"] for o in theirs]}  # fmt: skip
 
 
 # ---------------------------------------------------------------- requests
@@ -93,7 +104,7 @@ async def add_request(
     )  # fmt: skip
     request_id = await session.write(body, share)
     return {"id": request_id, "kind": "request.open", "lane": share, "share": share,
-            "status": "open", "title": title, "category": category, "urgency": urgency,
+            "status": "open", "title": body.title, "category": category, "urgency": urgency,
             "for_member": member, "needed_by": needed_by}  # fmt: skip
 
 
@@ -191,7 +202,7 @@ async def add_offer(
     )  # fmt: skip
     offer_id = await session.write(body, share)
     return {"id": offer_id, "kind": "offer.open", "lane": share, "share": share,
-            "status": "open", "title": title, "category": category,
+            "status": "open", "title": body.title, "category": category,
             "by_member": member}  # fmt: skip
 
 
@@ -225,4 +236,4 @@ async def add_resource(
                                 when=when, contact=contact)  # fmt: skip
     resource_id = await session.write(body, share)
     return {"id": resource_id, "kind": "resource.share", "lane": share, "share": share,
-            "name": name, "category": category}  # fmt: skip
+            "name": body.name, "category": category}  # fmt: skip

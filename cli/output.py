@@ -112,6 +112,18 @@ def iso_ts(ts: int | None) -> str:
 
 # ---------------------------------------------------------------- tables
 
+# Characters a terminal acts on rather than shows: C0 controls (ESC starts sequences that
+# hide text or write the clipboard; a newline forges a row), DEL, C1 controls, and the
+# bidi overrides that reorder what follows. Other pods' titles and names are shown here.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: str, *, lines: bool = False) -> str:
+    """``text`` with every control character shown as U+FFFD (``lines``: newlines kept,
+    for a multi-line value in its own column)."""
+    return (_CONTROLS_BUT_NEWLINE if lines else _CONTROLS).sub("\ufffd", text)
+
 
 class Listing(Table):
     """A table that knows which column to shorten first when rows are too wide.
@@ -123,7 +135,7 @@ class Listing(Table):
     flexible: list[int]  # the columns that may be shortened, the first one first
 
     def add_row(self, *cells: Any, **options: Any) -> None:
-        super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **options)
+        super().add_row(*(Text(safe(c)) if isinstance(c, str) else c for c in cells), **options)
 
 
 def table(*columns: str, title: str | None = None) -> Listing:
@@ -191,7 +203,7 @@ def fields(pairs: Iterable[tuple[str, Any]]) -> None:
     t.add_column(overflow="fold")
     for label, value in pairs:
         if value not in (None, "", []):
-            t.add_row(label, Text(str(value)))  # shown as given, never read as markup
+            t.add_row(label, Text(safe(str(value), lines=True)))  # never read as markup
     emit(t)
 
 

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import re
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,12 @@ LIST_COMMAND = {"request": "request list", "offer": "offer list", "member": "mem
 
 
 def one_line(message: str) -> str:
-    return " ".join(str(message).split())
+    """A message on one line, with no control character a terminal would act on (error
+    messages quote other pods' names and titles)."""
+    return " ".join(_CONTROLS.sub("\ufffd", str(message)).split())
+
+
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -52,7 +58,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     except ClientError as e:
         hint = ""
-        if e.reason == "unauthorised":
+        if e.reason == "unauthorised" and e.status == 401:
             hint = " (is --node the node of this pod, and organizer.key one of its organizers?)"
         raise click.ClickException(one_line(e.message) + hint) from None
     except (ConfigError, KeyFileError, ProtocolError, OSError) as e:
@@ -169,7 +175,18 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Print only JSON (with full ids).")(f)  # fmt: skip
 
 
-FIELD_WORDS = {"title": "the title", "name": "the name", "category": "the category"}
+FIELD_WORDS = {"title": "the title", "name": "the name", "category": "the category",
+               "languages": "--language"}  # fmt: skip
+
+
+def same_name(a: str, b: str) -> bool:
+    """Names compared as people read them: any case, and é typed as one character or as
+    e and an accent (macOS and pasted text send the second)."""
+    return fold_name(a) == fold_name(b)
+
+
+def fold_name(name: str) -> str:
+    return unicodedata.normalize("NFC", name.strip()).casefold()
 
 
 def plain(message: str) -> str:
@@ -221,6 +238,9 @@ class PodSession:
     async def get(self, path: str, **query: Any) -> Any:
         return await self.client.get(path, **query)
 
+    async def get_all(self, path: str, **query: Any) -> list[Any]:
+        return await self.client.get_all(path, **query)
+
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.client.post(path, body)
 
@@ -264,7 +284,7 @@ class PodSession:
     async def member(self, ref: str) -> dict[str, Any]:
         """A member of this pod by name (case-insensitive) or by id prefix."""
         members = await self.get("/v1/members")
-        named = [m for m in members if m.get("name", "").casefold() == ref.strip().casefold()]
+        named = [m for m in members if same_name(m.get("name", ""), ref)]
         if len(named) > 1:
             ids = ", ".join(m["id"][:8] for m in named)
             raise click.ClickException(f"{len(named)} members are called {ref!r}; use an id: {ids}")

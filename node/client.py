@@ -116,6 +116,16 @@ class NodeClient:
     async def get(self, path: str, **query: Any) -> Any:
         return await self.request("GET", path, query=query or None)
 
+    async def get_all(self, path: str, page: int = 5000, **query: Any) -> list[Any]:
+        """Every row of a list that answers at most ``limit`` rows from ``offset`` (GET
+        /v1/requests), page after page until one comes back short."""
+        found: list[Any] = []
+        while True:
+            rows = await self.get(path, **query, limit=page, offset=len(found))
+            found += rows
+            if len(rows) < page:
+                return found
+
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.request("POST", path, json=body if body is not None else {})
 

@@ -63,13 +63,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response("invalid", f"request body: {err}", 400)
     except msgspec.DecodeError as err:
         return error_response("invalid", f"request body is not valid JSON: {err}", 400)
+    except RecursionError:  # msgspec skipping a hostile, deeply nested unknown field
+        return error_response("invalid", "request body is nested too deeply", 400)
     except web.HTTPRequestEntityTooLarge as err:
         return error_response("too-large", err.text or "request body too large", 413)
     except web.HTTPException as err:
         if err.status < 400:
             raise
         reason = {404: "not-found", 405: "invalid", 413: "too-large"}.get(err.status, "invalid")
-        return error_response(reason, err.reason or "request refused", err.status)
+        response = error_response(reason, err.reason or "request refused", err.status)
+        if "Allow" in err.headers:  # a 405 names the methods the path takes (RFC 9110)
+            response.headers["Allow"] = err.headers["Allow"]
+        return response
     except StorageError:
         log.exception("storage failure on %s %s", request.method, request.path)
         return error_response("unavailable", "the node could not write to its database", 503)

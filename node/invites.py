@@ -46,7 +46,7 @@ def decode(code: str) -> InviteCode:
         raise APIError("invalid", f"an invite code starts with {PREFIX!r}")
     try:
         invite = _decoder.decode(b64d(code[len(PREFIX) :], what="invite"))
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):  # RecursionError: hostile nesting
         raise APIError("invalid", "this invite code is damaged; copy it again") from None
     try:
         url: yarl.URL | None = yarl.URL(invite.url)  # checks brackets, port range...
@@ -84,12 +84,13 @@ async def redeem(node: Node, code: InviteCode) -> Peer:
         if resp.status != 200:
             try:
                 message = str(msgspec.json.decode(data)["message"])[:300]
-            except (msgspec.MsgspecError, KeyError, TypeError):
+            except (msgspec.MsgspecError, RecursionError, KeyError, TypeError):
                 message = f"HTTP {resp.status}"
-            raise APIError("unauthorised", f"the other pod refused the invite: {message}", 400)
+            # The invite is what was refused, not this organizer: invalid (400).
+            raise APIError("invalid", f"the other pod refused the invite: {message}")
     try:
         peer = _peer_decoder.decode(data)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         raise APIError("unavailable", f"the node at {code.url} did not answer as a podlink "
                        "node would", 424) from None  # fmt: skip
     if b64d(peer.pod, length=32, what="pod") != code.pod:

@@ -147,7 +147,9 @@ async def status(request: web.Request) -> web.Response:
         peers=len(node.peers), version=version(), protocol=PROTOCOL_VERSION,
         organizers=len(node.ledger.roster.active_keys(node.pod)),
         members=await count("SELECT count(*) FROM members WHERE status = 'active'"),
-        open_requests=await count("SELECT count(*) FROM requests WHERE status = 'open'"),
+        open_requests=await count(  # this pod's own: others' shared needs are not ours
+            "SELECT count(*) FROM requests WHERE status = 'open' AND pod = ?", (node.pod,)
+        ),
         forks=await count("SELECT count(*) FROM forks"),
         pending=await count("SELECT count(*) FROM pending"),
         clock=node.ledger.clock.now(),
@@ -163,7 +165,9 @@ async def list_requests(request: web.Request) -> web.Response:
         node.ledger.reader,
         status=_choice(request, "status", ("open", "accepted", "fulfilled", "cancelled")),
         category=q.get("category"), pod=pod,
-        lane=_choice(request, "lane", ("pod", "peers", "network")), limit=MAX_LIST,
+        lane=_choice(request, "lane", ("pod", "peers", "network")),
+        limit=int_param(request, "limit", MAX_LIST, 1, MAX_LIST),
+        offset=int_param(request, "offset", 0, 0, MAX_POSITION),
     )  # fmt: skip
     return reply(found)
 
@@ -186,7 +190,7 @@ async def list_offers(request: web.Request) -> web.Response:
 
 async def list_members(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    everyone = request.query.get("all") in ("1", "true")
+    everyone = _choice(request, "all", ("1", "true", "0", "false")) in ("1", "true")
     return reply(await queries.list_members(node.ledger.reader, include_forgotten=everyone))
 
 
@@ -250,7 +254,7 @@ async def log(request: web.Request) -> web.Response:
     since = int_param(request, "since", 0, 0, MAX_POSITION)
     # At least 1 (SQLite reads LIMIT -1 as "no limit"); more than MAX_LIST is cut to it.
     limit = min(int_param(request, "limit", 100, 1, MAX_POSITION), MAX_LIST)
-    newest = request.query.get("order") == "newest"
+    newest = _choice(request, "order", ("oldest", "newest")) == "newest"
     return reply(await queries.log_page(node.ledger.reader, since, limit, newest_first=newest))
 
 

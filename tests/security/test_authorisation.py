@@ -80,7 +80,7 @@ async def test_a_removed_peer_cannot_rejoin_with_its_old_invite(network: Any) ->
     # Birch presents the same invite again (it was "used by" Birch, once).
     with pytest.raises(ClientError) as err:
         await b.client.post("/v1/peers/join", {"invite": code})
-    assert err.value.reason == "unauthorised" and "already used" in err.value.message
+    assert err.value.reason == "invalid" and "already used" in err.value.message
     assert b.key not in await a.peers()
     assert await peer_get(a, b.keypair, "/v1/peer/changes") == 401
     # Only a new invite, from an organizer of Alder, peers them again.
