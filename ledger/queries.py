@@ -30,17 +30,33 @@ from podlink.protocol.text import b64e
 Row = dict[str, Any]
 
 
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+ID_BYTES = 32  # every id and key: 43 base64url characters
+
+
 def _prefix_range(prefix: str) -> tuple[bytes, bytes]:
-    """Bytes bounds [lo, hi) of every id whose base64url text starts with ``prefix``."""
+    """Bytes bounds [lo, hi) of every id whose base64url text starts with ``prefix``.
+
+    A partial group of k characters fixes 6k bits: its bytes run from those bits followed
+    by zeros to the next value of them. (Keeping only whole bytes made one character fix
+    nothing, so the range was every id, and a LIMIT could cut the one asked for.)"""
     whole = len(prefix) // 4 * 4
     head = base64.urlsafe_b64decode(prefix[:whole]) if whole else b""
     rest = prefix[whole:]
     if not rest:
-        lo = head
-    else:  # partial group: pad low, decode, keep only the fully determined bytes
-        lo = head + base64.urlsafe_b64decode((rest + "AAAA")[:4])[: len(rest) * 6 // 8]
-    hi = _increment(lo) if lo else b"\xff" * 33
-    return lo, hi
+        return head, _increment(head) if head else b"\xff" * 33
+    bits = 6 * len(rest)
+    value = 0
+    for char in rest:
+        value = value * 64 + B64URL.index(char)
+    size = min(-(-bits // 8), ID_BYTES - len(head))  # a last group's spare bits are padding
+    if 8 * size < bits:
+        value, bits = value >> (bits - 8 * size), 8 * size
+    lo = head + (value << (8 * size - bits)).to_bytes(size, "big")
+    top = (value + 1) << (8 * size - bits)
+    if top < 1 << (8 * size):
+        return lo, head + top.to_bytes(size, "big")
+    return lo, _increment(head) if head else b"\xff" * 33
 
 
 def _increment(raw: bytes) -> bytes:
@@ -53,8 +69,7 @@ def _increment(raw: bytes) -> bytes:
 async def resolve(db: aiosqlite.Connection, table: str, prefix: str, what: str) -> bytes:
     """The one id in ``table`` whose base64url form starts with ``prefix``."""
     prefix = prefix.strip()
-    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-    if not prefix or not set(prefix) <= alphabet or len(prefix) > 43:
+    if not prefix or not set(prefix) <= set(B64URL) or len(prefix) > 43:
         raise NotFound(f"{prefix!r} is not a {what} id (ids are base64url, like 'Xk3b9a1Q')")
     lo, hi = _prefix_range(prefix)
     if table in POSITIONED:  # no id index of its own: its rows sit at their event's pos
@@ -88,7 +103,7 @@ async def pod_names(db: aiosqlite.Connection) -> dict[bytes, str]:
 async def list_pods(db: aiosqlite.Connection) -> list[Row]:
     sql = (
         "SELECT pod, name, zone, description, categories, contact, founded_ts, updated_ts "
-        "FROM pods ORDER BY name"
+        "FROM pods ORDER BY name, pod"
     )
     return [
         {"pod": p, "name": n, "zone": z, "description": d, "categories": json.loads(c),
@@ -132,8 +147,11 @@ async def list_requests(
     pod: bytes | None = None,
     lane: str | None = None,
     limit: int = 500,
+    offset: int = 0,
 ) -> list[Row]:
-    """Requests this node can see, most urgent and oldest first."""
+    """Requests this node can see: open and accepted ones first (unless ``status`` says
+    which), then most urgent, oldest, and by id (so every node holding the same requests
+    lists them in the same order, and pages of ``limit`` from ``offset`` do not overlap)."""
     where, params = [], []
     for column, value in (("status", status), ("category", category), ("pod", pod),
                           ("lane", lane)):  # fmt: skip
@@ -141,12 +159,13 @@ async def list_requests(
             where.append(f"{column} = ?")
             params.append(value)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
+    active = "" if status else "status NOT IN ('open', 'accepted'), "  # closed ones last
     sql = (
         f"SELECT {REQUEST_COLUMNS} FROM requests {clause} "
-        "ORDER BY urgency_rank, opened_ts LIMIT ?"
+        f"ORDER BY {active}urgency_rank, opened_ts, id LIMIT ? OFFSET ?"
     )
     names = await pod_names(db)
-    return [_request_row(r, names) for r in await rows(db, sql, [*params, limit])]
+    return [_request_row(r, names) for r in await rows(db, sql, [*params, limit, offset])]
 
 
 async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
@@ -200,7 +219,7 @@ async def list_claims(
     names = await pod_names(db)
     sql = (
         "SELECT id, request, pod, author, lane, by_member, note, status, ts, decided_ts "
-        f"FROM claims {clause} ORDER BY ts"
+        f"FROM claims {clause} ORDER BY ts, id"
     )
     return [
         {"id": i, "request": rq, "pod": p, "pod_name": names.get(p, ""), "author": a,
@@ -217,7 +236,7 @@ async def list_offers(db: aiosqlite.Connection, *, status: str | None = "open") 
     names = await pod_names(db)
     sql = (
         "SELECT id, pod, author, lane, title, category, details, by_member, availability, "
-        f"capacity, status, opened_ts, closed_ts FROM offers {clause} ORDER BY opened_ts"
+        f"capacity, status, opened_ts, closed_ts FROM offers {clause} ORDER BY opened_ts, id"
     )
     return [
         {"id": i, "pod": p, "pod_name": names.get(p, ""), "author": a, "lane": ln,
@@ -232,7 +251,7 @@ async def list_resources(db: aiosqlite.Connection, *, category: str | None = Non
     names = await pod_names(db)
     sql = (
         'SELECT id, pod, lane, name, category, what, "where", "when", contact, ts '
-        f"FROM resources {clause} ORDER BY category, name"
+        f"FROM resources {clause} ORDER BY category, name, id"
     )
     return [
         {"id": i, "pod": p, "pod_name": names.get(p, ""), "lane": ln, "share": ln, "name": n,
@@ -433,37 +452,51 @@ async def suggest_matches(
 ) -> list[Row]:
     """Open needs paired with open offers and members who can meet them, best first.
 
-    A pairing is suggested when the category agrees; closer help ranks first (a member of
-    the needing pod, then an offer of the same pod, then an offer of another pod), then
-    urgency, then the age of the need. At most ``per_request`` suggestions per need and
-    ``limit`` in all: a long list helps nobody, and the work stays bounded at any size."""
+    A pairing is suggested when the category agrees. Needs go most urgent first, then
+    by closeness of the help, then by age. Closeness is seen from this pod, which acts on
+    the list: for its own need, a member of it (rank 0), its own offer (1), another pod's
+    offer (2); for another pod's shared need, its own offer (1), a member who could go
+    (2: answered with a claim), other offers (3). Never the member in need themselves,
+    and never an offer by a member this pod forgot. At most ``per_request`` suggestions
+    per need and ``limit`` in all: a long list helps nobody, and the work stays bounded."""
     requests = await list_requests(db, status="open", limit=limit)
     wanted = {r["category"] for r in requests}
+    everyone = await list_members(db, include_forgotten=True) if own_pod is not None else []
+    members = [m for m in everyone if m["status"] == "active"]
+    forgotten = {m["id"] for m in everyone if m["status"] != "active"}
     offers: dict[str, dict[bytes, list[Row]]] = {}  # category -> pod -> offers, oldest first
     for off in await list_offers(db, status="open"):
-        if off["category"] in wanted:
+        gone = off["pod"] == own_pod and off["by_member"] in forgotten
+        if off["category"] in wanted and not gone:
             offers.setdefault(off["category"], {}).setdefault(off["pod"], []).append(off)
-    members = await list_members(db) if own_pod is not None else []
     suggestions: list[Row] = []
     for req in requests:
-        found: list[Row] = []
-        if req["pod"] == own_pod:
-            found += [
-                _match(req, "member", m["id"], m["name"], own_pod, 0)
-                for m in members if req["category"] in m.get("can", [])
-            ][:per_request]
+        ours = req["pod"] == own_pod
+        for_whom = req["for_member"] if ours else None  # a member id means something here only
+        helpers = [
+            _match(req, "member", m["id"], m["name"], own_pod, 0 if ours else 2)
+            for m in members if req["category"] in m.get("can", []) and m["id"] != for_whom
+        ]  # fmt: skip
         by_pod = offers.get(req["category"], {})
-        nearby = by_pod.get(req["pod"], [])  # the needing pod's own offers come first
-        elsewhere = (o for pod, offs in by_pod.items() if pod != req["pod"] for o in offs)
-        for rank, candidates in ((1, nearby), (2, elsewhere)):
-            for o in candidates:
-                if len(found) >= per_request:
-                    break
-                found.append(_match(req, "offer", o["id"], o["title"], o["pod"], rank,
-                                    o["pod_name"]))  # fmt: skip
+        mine = [o for o in by_pod.get(own_pod, []) if not (ours and o["by_member"] == for_whom
+                                                           and for_whom)]  # fmt: skip
+        others = [o for pod, offs in by_pod.items() if pod != own_pod for o in offs]
+        if not ours:  # the needing pod's own offers before third parties'
+            others.sort(key=lambda o: o["pod"] != req["pod"])
+        found = helpers if ours else []
+        found += [_offer_match(req, o, 1) for o in mine]
+        found += [] if ours else helpers
+        found += [_offer_match(req, o, 2 if ours else 3) for o in others]
         suggestions += found[:per_request]
-    suggestions.sort(key=lambda s: (s["rank"], URGENCY_RANK.get(s["urgency"], 9), s["opened_ts"]))
+    suggestions.sort(key=lambda s: (
+        URGENCY_RANK.get(s["urgency"], 9), s["rank"], s["opened_ts"], s["request"],
+    ))  # fmt: skip
     return suggestions[:limit]
+
+
+def _offer_match(req: Row, offer: Row, rank: int) -> Row:
+    return _match(req, "offer", offer["id"], offer["title"], offer["pod"], rank,
+                  offer["pod_name"])  # fmt: skip
 
 
 def _match(

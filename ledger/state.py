@@ -43,6 +43,18 @@ class EventView(msgspec.Struct, frozen=True, gc=False):
         return (self.ts, self.id)
 
 
+#: How widely a lane shares: a change by an aggregate's own pod counts only if shared at
+#: least as widely as the aggregate itself. One shared less widely (a pod-lane withdraw of
+#: a network offer) would change the state only where it can be seen: the pods that
+#: cannot see it would keep another state for good.
+LANE_REACH = {"pod": 0, "peers": 1, "network": 2}
+
+
+def narrower(ev: EventView, lane: str) -> bool:
+    """True if ``ev`` is shared less widely than an aggregate in ``lane``."""
+    return LANE_REACH.get(ev.lane, 0) < LANE_REACH.get(lane, 0)
+
+
 def sort_events(events: list[EventView]) -> list[EventView]:
     """The one total order every fold uses: timestamp, then id."""
     return sorted(events, key=lambda e: (e.ts, e.id))
@@ -384,6 +396,9 @@ def fold_request(
         if ev.kind != "claim.make" and ev.pod != req.pod:
             step.outcome, step.why = "ignored", "only the request's own pod may do this"
             continue
+        if ev.pod == req.pod and narrower(ev, req.lane):
+            step.outcome, step.why = "ignored", f"shared less widely than the request ({req.lane})"
+            continue
         if ev.kind in CLAIM_ANSWERS and ev.refs and ev.refs[0] not in req.claims:
             if claims is None:
                 claims = {e.id for e in events if e.kind == "claim.make"}
@@ -447,6 +462,7 @@ def fold_offer(root: bytes, events: list[EventView], roster: Roster) -> OfferSta
             and state is not None
             and ev.pod == state.pod
             and state.status == "open"
+            and not narrower(ev, state.lane)
         ):
             state.status, state.closed_ts = "withdrawn", ev.ts
     return state
