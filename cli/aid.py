@@ -12,6 +12,7 @@ from podlink.cli import ops
 from podlink.cli.output import (
     LANE_WORDS,
     ago_ts,
+    echo,
     fields,
     joined,
     print_json,
@@ -43,7 +44,7 @@ def _done(as_json: bool, data: dict[str, Any], line: str) -> None:
     if as_json:
         print_json(data)
     else:
-        click.echo(line)
+        echo(line)
 
 
 # ---------------------------------------------------------------- members
@@ -233,7 +234,7 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
         ("opened", ago_ts(r["opened_ts"])), ("details", r["details"]),
     ])  # fmt: skip
     if r["claims"]:
-        click.echo()
+        echo()
         t = table("CLAIM", "~FROM", "~BY", "~NOTE", "STATUS", "WHEN", title="Claims")
         for c in r["claims"]:
             by = names.get(c["by_member"], "a member") if c["by_member"] else ""
@@ -242,8 +243,8 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
         show(t)
     for f in r.get("fulfilments", []):
         hours = f" ({f['hours']:g} h)" if f["hours"] is not None else ""
-        click.echo(f"Fulfilled {ago_ts(f['ts'])}{hours}: {f['note']}".rstrip(": "))
-    click.echo()
+        echo(f"Fulfilled {ago_ts(f['ts'])}{hours}: {f['note']}".rstrip(": "))
+    echo()
     t = table("WHEN", "WHAT", "~POD", "~RESULT", title="History")
     for h in r["history"]:
         result = h["outcome"] + (f": {h['why']}" if h["why"] else "")
@@ -382,7 +383,7 @@ def match(pod: Target, as_json: bool) -> None:
                   m["match_pod_name"] or ("us" if m["via"] == "member" else ""))  # fmt: skip
     show(t, "No suggestions: no open need has a member or offer of the same category.")
     if data:
-        click.echo("To take one on: podlink claim NEED --by MEMBER")
+        echo("To take one on: podlink claim NEED --by MEMBER")
 
 
 # ---------------------------------------------------------------- offers

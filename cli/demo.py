@@ -29,7 +29,7 @@ import click
 from aiohttp import web
 
 from podlink.cli import ops
-from podlink.cli.output import emit, say, short, table
+from podlink.cli.output import echo, emit, say, short, table
 from podlink.cli.session import PodSession, run_sync
 from podlink.node.client import ClientError, NodeClient
 from podlink.protocol.keys import load_keypair
@@ -272,10 +272,10 @@ async def run_demo(root: Path, keep: bool) -> bool:
 
 
 async def _stay_up(pods: list[DemoPod]) -> None:
-    click.echo("\nThe pods keep running (Ctrl-C stops them):")
+    echo("\nThe pods keep running (Ctrl-C stops them):")
     for p in pods:
-        click.echo(f"  {p.name:<13} {p.url}  --home {p.home}")
-    click.echo(f"Try, in another terminal:\n  podlink request list --home {pods[0].home}")
+        echo(f"  {p.name:<13} {p.url}  --home {p.home}")
+    echo(f"Try, in another terminal:\n  podlink request list --home {pods[0].home}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -314,6 +314,6 @@ def demo(keep: bool, home: Path | None, verbose: bool) -> None:
         if home is None and not keep:
             shutil.rmtree(root, ignore_errors=True)
     if keep or home is not None:
-        click.echo(f"The pods' folders stay in {root}.")
+        echo(f"The pods' folders stay in {root}.")
     if not ok:
         raise click.ClickException("the demo's pods did not converge (see above)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from podlink.cli.session import OrderedGroup, PodSession, Target, pod_options
 from podlink.ledger.store import private_file
 
 Row = dict[str, Any]
+URGENCY = ("urgent", "high", "normal", "low")  # most pressing first
 
 COLUMNS = {
     "requests": ["id", "pod", "pod_name", "title", "category", "urgency", "status", "share",
@@ -37,10 +39,12 @@ def _write(text: str, file: Path | None, what: str, home: Path) -> None:
     if file is None:
         click.echo(text, nl=False)
         return
-    # An export written over the pod's own files (say -o ledger.db, or a link to it)
-    # would destroy the pod.
-    own = {p.resolve() for p in home.glob("*") if p.is_file()}
-    if file.resolve() in own:
+    # An export written over the pod's own files (say -o ledger.db, or a symbolic or hard
+    # link to it, or another case of its name on a case-insensitive disk) would destroy
+    # the pod: compared as files (device and inode), not as names.
+    if file.exists() and any(
+        p.is_file() and os.path.samefile(file, p) for p in home.glob("*")
+    ):
         raise click.ClickException(f"{file} is one of the pod's own files; choose another name")
     try:
         # Every export names people (members; needs for a member; offers by one): the
@@ -78,10 +82,16 @@ async def _rows(s: PodSession, what: str) -> list[Row]:
         ]  # fmt: skip
     names = {m["id"]: m["name"] for m in members}
     if what == "requests":
+        every = await s.get_all("/v1/requests")  # every page, not only the first 5,000
+        every.sort(key=lambda r: (  # as request list: open first, most urgent, oldest
+            r["status"] not in ("open", "accepted"),
+            URGENCY.index(r["urgency"]) if r["urgency"] in URGENCY else 9,
+            r["opened_ts"], r["id"],
+        ))  # fmt: skip
         return [
             {**r, "for_name": names.get(r["for_member"] or "", ""),
              "opened": iso_ts(r["opened_ts"]), "closed": iso_ts(r["closed_ts"])}
-            for r in await s.get_all("/v1/requests")  # every page: not only the first 5,000
+            for r in every
         ]  # fmt: skip
     return [
         {**o, "by_name": names.get(o["by_member"] or "", ""), "opened": iso_ts(o["opened_ts"]),

@@ -60,11 +60,18 @@ def print_json(data: Any) -> None:
 
 def say(text: str, indent: int = 3) -> None:
     """A paragraph, wrapped to the terminal with a hanging indent."""
-    emit(Padding(Text(text), (0, 0, 0, indent), expand=False))
+    emit(Padding(Text(safe(text, lines=True)), (0, 0, 0, indent), expand=False))
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    echo(f"warning: {message}", err=True)
+
+
+def echo(message: str = "", **options: Any) -> None:
+    """click.echo for text that may quote other pods' words (names, titles, notes): no
+    control character reaches the terminal (see ``safe``). Not for data written to
+    standard output on purpose (an export), which goes out as it is."""
+    click.echo(safe(str(message), lines=True), **options)
 
 
 def short(id_: str | None) -> str:

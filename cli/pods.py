@@ -17,6 +17,7 @@ import click
 from podlink.cli.output import (
     ago_s,
     ago_ts,
+    echo,
     fields,
     print_json,
     short,
@@ -76,11 +77,11 @@ def init(pod: Target, name: str, zone: str, listen: str, url: str, organizer_nam
                     "listen": config.listen, "url": config.public_url})  # fmt: skip
         return
     home = "" if pod.home == default_home() else f" --home {shlex.quote(str(pod.home))}"
-    click.echo(f"Created the pod {config.name!r} (pod {short(key)}) in {config.home}.")
-    click.echo("Next:")
-    click.echo(f"  podlink serve{home}      # start the node, and keep it running")
-    click.echo(f"  podlink member add NAME --contact PHONE{home}")
-    click.echo(f"  podlink request add TITLE --category food{home}")
+    echo(f"Created the pod {config.name!r} (pod {short(key)}) in {config.home}.")
+    echo("Next:")
+    echo(f"  podlink serve{home}      # start the node, and keep it running")
+    echo(f"  podlink member add NAME --contact PHONE{home}")
+    echo(f"  podlink request add TITLE --category food{home}")
 
 
 @click.command()
@@ -97,7 +98,7 @@ def serve(pod: Target) -> None:
     from podlink.node.app import run_node
 
     config = pod.config()
-    click.echo(f"{config.name}: node on http://{config.listen}, peers reach it at "
+    echo(f"{config.name}: node on http://{config.listen}, peers reach it at "
                f"{config.public_url}; Ctrl-C stops it.", err=True)  # fmt: skip
     try:
         run_node(config)
@@ -161,10 +162,10 @@ def invite(pod: Target, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    click.echo(f"Invite code (one use, expires {ago_s(data['expires'])}):\n")
-    click.echo(data["invite"])
-    click.echo("\nOn the other pod's machine run:\n")
-    click.echo(f"  podlink peer join {data['invite']}")
+    echo(f"Invite code (one use, expires {ago_s(data['expires'])}):\n")
+    echo(data["invite"])
+    echo("\nOn the other pod's machine run:\n")
+    echo(f"  podlink peer join {data['invite']}")
 
 
 @click.group(cls=OrderedGroup)
@@ -190,7 +191,7 @@ def peer_join(pod: Target, code: str, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    click.echo(f"Peered with {data['name'] or 'a pod'} (pod {short(data['pod'])}) at "
+    echo(f"Peered with {data['name'] or 'a pod'} (pod {short(data['pod'])}) at "
                f"{data['url']}. What they share will arrive within seconds.")  # fmt: skip
 
 
@@ -223,9 +224,9 @@ def peer_add(pod: Target, url: str, pod_key: str, name: str, as_json: bool) -> N
     if as_json:
         print_json(data)
         return
-    click.echo(f"Added {data['name'] or 'the pod'} ({short(data['pod'])}) at {data['url']}.")
-    click.echo("They must add you too:")
-    click.echo(f"  podlink peer add {me['url']} --key {me['pod']}")
+    echo(f"Added {data['name'] or 'the pod'} ({short(data['pod'])}) at {data['url']}.")
+    echo("They must add you too:")
+    echo(f"  podlink peer add {me['url']} --key {me['pod']}")
 
 
 @peer.command("list")
@@ -280,7 +281,7 @@ def peer_remove(pod: Target, pod_key: str, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    click.echo(f"No longer peered with {short(data['removed'])}.")
+    echo(f"No longer peered with {short(data['removed'])}.")
 
 
 @click.command()
@@ -350,11 +351,11 @@ def log(pod: Target, limit: int, verify: bool, as_json: bool) -> None:
         if as_json:
             print_json(report)
         elif report["ok"]:
-            click.echo(f"All {report['events']} events verify: signatures, body hashes and "
+            echo(f"All {report['events']} events verify: signatures, body hashes and "
                        "feed chains hold.")  # fmt: skip
         else:
             for problem in report["problems"]:
-                click.echo(problem)
+                echo(problem)
         if not report["ok"]:
             raise click.ClickException(f"{len(report['problems'])} problem(s) in the ledger")
         return
@@ -413,7 +414,7 @@ def backup(pod: Target, file: Path) -> None:
     except sqlite3.Error as e:
         file.unlink(missing_ok=True)
         raise click.ClickException(f"backup failed: {e}") from None
-    click.echo(f"Backed up {config.name} to {file} ({file.stat().st_size // 1024} KiB).")
+    echo(f"Backed up {config.name} to {file} ({file.stat().st_size // 1024} KiB).")
 
 
 @click.command()
@@ -469,9 +470,9 @@ def _restore(file: Path, live: Path, node_key: bytes) -> None:
     finally:
         for extra in ("", "-wal", "-shm"):
             incoming.with_name(incoming.name + extra).unlink(missing_ok=True)
-    click.echo(f"Restored {file}: the pod's database now holds {events} events.")
+    echo(f"Restored {file}: the pod's database now holds {events} events.")
     if not carried.unreadable or carried.events or carried.keys or carried.peers:
-        click.echo(f"Carried over from the database it replaces: {carried.events} events "
+        echo(f"Carried over from the database it replaces: {carried.events} events "
                    f"the backup lacked, {carried.keys} member keys, "
                    f"{carried.peers} peers.")  # fmt: skip
     if carried.unreadable:
@@ -479,8 +480,8 @@ def _restore(file: Path, live: Path, node_key: bytes) -> None:
              f"({one_line(carried.unreadable)}): what never left the pod after the backup "
              "(members, pod-only needs, peer removals) is lost.")  # fmt: skip
     if aside.exists():
-        click.echo(f"The old database is in {aside.name}.")
-    click.echo("The store epoch was rotated: peers will repair from it. Start the node with "
+        echo(f"The old database is in {aside.name}.")
+    echo("The store epoch was rotated: peers will repair from it. Start the node with "
                "`podlink serve`.")  # fmt: skip
 
 

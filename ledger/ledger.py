@@ -165,8 +165,12 @@ class Ledger:
             self.epoch = epoch
             self.pod = await scalar(db, "SELECT value FROM meta WHERE key = 'pod'")
             self.next_pos = (await scalar(db, "SELECT max(pos) FROM events") or 0) + 1
-            last_ts = await scalar(db, "SELECT max(ts) FROM events") or 0
-            self.clock = clock.HybridClock(last=last_ts)
+            # The clock resumes past our own pod's events, and past others' only as far as
+            # observe() follows them while running (not to one stamped 14.9 minutes ahead).
+            own = await scalar(db, "SELECT max(ts) FROM events WHERE pod = ?", (self.pod,))
+            self.clock = clock.HybridClock(last=own or 0)
+            others = await scalar(db, "SELECT max(ts) FROM events WHERE pod != ?", (self.pod,))
+            self.clock.observe(others or 0)
             self.roster = await projections.load_roster(db)
             self.pending_by_source.clear()
             for source, n in await rows(db, "SELECT source, count(*) FROM pending GROUP BY 1"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import aiosqlite
@@ -148,23 +148,38 @@ async def list_requests(
     lane: str | None = None,
     limit: int = 500,
     offset: int = 0,
+    after: int | None = None,
+    categories: Collection[str] | None = None,
 ) -> list[Row]:
     """Requests this node can see: open and accepted ones first (unless ``status`` says
     which), then most urgent, oldest, and by id (so every node holding the same requests
-    lists them in the same order, and pages of ``limit`` from ``offset`` do not overlap)."""
+    lists them in the same order). ``after``: instead, the rows stored after that position,
+    in store order, each with its ``pos``: pages that never skip nor repeat a row, however
+    rows change between them (an export). ``categories``: only these."""
     where, params = [], []
     for column, value in (("status", status), ("category", category), ("pod", pod),
                           ("lane", lane)):  # fmt: skip
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
+    if categories is not None:
+        where.append(f"category IN ({marks(len(categories))})" if categories else "0")
+        params += list(categories)
+    names = await pod_names(db)
+    if after is not None:  # keyset: the table's rowid is the request's own store position
+        where.append("rowid > ?")
+        clause = f"WHERE {' AND '.join(where)}"
+        sql = f"SELECT rowid, {REQUEST_COLUMNS} FROM requests {clause} ORDER BY rowid LIMIT ?"
+        return [
+            {**_request_row(r[1:], names), "pos": r[0]}
+            for r in await rows(db, sql, [*params, after, limit])
+        ]
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     active = "" if status else "status NOT IN ('open', 'accepted'), "  # closed ones last
     sql = (
         f"SELECT {REQUEST_COLUMNS} FROM requests {clause} "
         f"ORDER BY {active}urgency_rank, opened_ts, id LIMIT ? OFFSET ?"
     )
-    names = await pod_names(db)
     return [_request_row(r, names) for r in await rows(db, sql, [*params, limit, offset])]
 
 
@@ -459,16 +474,16 @@ async def suggest_matches(
     (2: answered with a claim), other offers (3). Never the member in need themselves,
     and never an offer by a member this pod forgot. At most ``per_request`` suggestions
     per need and ``limit`` in all: a long list helps nobody, and the work stays bounded."""
-    requests = await list_requests(db, status="open", limit=limit)
-    wanted = {r["category"] for r in requests}
     everyone = await list_members(db, include_forgotten=True) if own_pod is not None else []
     members = [m for m in everyone if m["status"] == "active"]
     forgotten = {m["id"] for m in everyone if m["status"] != "active"}
     offers: dict[str, dict[bytes, list[Row]]] = {}  # category -> pod -> offers, oldest first
     for off in await list_offers(db, status="open"):
-        gone = off["pod"] == own_pod and off["by_member"] in forgotten
-        if off["category"] in wanted and not gone:
+        if not (off["pod"] == own_pod and off["by_member"] in forgotten):
             offers.setdefault(off["category"], {}).setdefault(off["pod"], []).append(off)
+    # Only needs someone could meet: hundreds that nobody can must not fill the window.
+    can = {c for m in members for c in m.get("can", [])} | set(offers)
+    requests = await list_requests(db, status="open", limit=limit, categories=sorted(can))
     suggestions: list[Row] = []
     for req in requests:
         ours = req["pod"] == own_pod

@@ -396,7 +396,9 @@ def fold_request(
         if ev.kind != "claim.make" and ev.pod != req.pod:
             step.outcome, step.why = "ignored", "only the request's own pod may do this"
             continue
-        if ev.pod == req.pod and narrower(ev, req.lane):
+        if (ev.pod == req.pod or ev.kind == "claim.make") and narrower(ev, req.lane):
+            # A claim too: one its request's other readers cannot see, once accepted,
+            # would leave them with the need open for good.
             step.outcome, step.why = "ignored", f"shared less widely than the request ({req.lane})"
             continue
         if ev.kind in CLAIM_ANSWERS and ev.refs and ev.refs[0] not in req.claims:

@@ -14,7 +14,6 @@ import yarl
 
 from podlink.ledger.authoring import Author
 from podlink.node.api_types import MemberKey, SubmitEvents, json_encoder
-from podlink.protocol.clock import FUTURE_LIMIT_MS
 from podlink.protocol.envelope import Event
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.http_auth import sign_request
@@ -117,14 +116,17 @@ class NodeClient:
         return await self.request("GET", path, query=query or None)
 
     async def get_all(self, path: str, page: int = 5000, **query: Any) -> list[Any]:
-        """Every row of a list that answers at most ``limit`` rows from ``offset`` (GET
-        /v1/requests), page after page until one comes back short."""
+        """Every row of a list that pages by store position (GET /v1/requests with
+        ``after``): page after page until one comes back short. Pages by position never
+        skip nor repeat a row that changes meanwhile, as pages by offset would."""
         found: list[Any] = []
+        after = 0
         while True:
-            rows = await self.get(path, **query, limit=page, offset=len(found))
+            rows = await self.get(path, **query, limit=page, after=after)
             found += rows
             if len(rows) < page:
                 return found
+            after = rows[-1]["pos"]
 
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.request("POST", path, json=body if body is not None else {})
@@ -137,7 +139,10 @@ class NodeClient:
         author = Author(self.keypair, pod or b64d(heads["pod"], length=32))
         for lane, head in heads["heads"].items():
             author.set_head(lane, head["seq"], b64d(head["id"], length=32), head["ts"])
-        author.clock.observe(heads["clock"], FUTURE_LIMIT_MS)  # our node's clock: followed
+        # Our own node's clock, followed however far ahead this laptop's clock is behind
+        # (a roster.add stamped ahead must come before what its new organizer writes);
+        # the node refuses by name anything it finds too far ahead.
+        author.clock.advance(heads["clock"])
         return author
 
     async def submit(

@@ -46,7 +46,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              response=ANY_ROWS, query={"status": "open|accepted|fulfilled|cancelled",
                                        "category": "a category", "pod": "pod key prefix",
                                        "lane": "pod|peers|network", "limit": "1..5000",
-                                       "offset": "rows to skip"}),
+                                       "offset": "rows to skip",
+                                       "after": "a row's pos: the rows stored after it, "
+                                                "in store order, each with its pos"}),
     Endpoint("GET", "/v1/requests/{id}", "One request, its claims and history.", "organizer",
              response=ANY_OBJECT),
     Endpoint("GET", "/v1/offers", "Offers.", "organizer", response=ANY_ROWS,

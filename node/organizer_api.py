@@ -168,6 +168,7 @@ async def list_requests(request: web.Request) -> web.Response:
         lane=_choice(request, "lane", ("pod", "peers", "network")),
         limit=int_param(request, "limit", MAX_LIST, 1, MAX_LIST),
         offset=int_param(request, "offset", 0, 0, MAX_POSITION),
+        after=int_param(request, "after", 0, 0, MAX_POSITION) if "after" in q else None,
     )  # fmt: skip
     return reply(found)
 

@@ -132,7 +132,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
             return ws
         try:
             hello = hello_decoder.decode(first.data)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):  # RecursionError: hostile nesting
             await ws.close(code=4400, message=b"malformed hello")
             return ws
         cursor = hello.since

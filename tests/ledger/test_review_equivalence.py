@@ -271,7 +271,8 @@ async def test_sound_claim_answers_before_their_claim_and_request(
     ben, add_ben = world.organizer(oak, "Ben")
     req = ana.write(k.RequestOpened(title="Soup", category="food"), "network")
     c1 = ben.write(k.ClaimMade(note="Oak"), "network", [req.id])
-    c2 = ash.author.write(k.ClaimMade(note="Ash"), "peers", [req.id])
+    # (In the network lane, as its request: a claim shared less widely counts for nothing.)
+    c2 = ash.author.write(k.ClaimMade(note="Ash"), "network", [req.id])
     acc1 = ana.write(k.ClaimAccepted(), "network", [c1.id])
     meddle = ben.write(k.ClaimAccepted(), "network", [c2.id])  # not Oak's request
     dec1 = elm.author.write(k.ClaimDeclined(reason="fell through"), "network", [c1.id])
