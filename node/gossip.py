@@ -204,18 +204,21 @@ class PeerLink:
 
     async def repair(self) -> tuple[int, bool]:
         """Compare feed heads with the peer and fetch every range we miss; returns (events
-        fetched, complete).
+        stored, complete).
 
         Progress is our own feed head, read again after each page: an event that waits
         (say, ahead of the roster.add naming its author, which another feed brings) or is
-        refused for the pending bound does not move it, and the feed is left for the next
-        repair rather than counted as fetched. (Counting pages, a repair after a peer's
-        restore skipped such events, and the cursor then moved past them for good.)"""
+        refused for now (too far ahead, the pending bound) does not move it, and the feed
+        is left for the next repair rather than counted as fetched. (Counting pages, a
+        repair after a peer's restore skipped such events, and the cursor then moved past
+        them for good.) A feed whose next event is refused for good (the other branch of
+        a fork, a forgery) is done: fetching it again would only be refused again, at
+        every repair, for the life of the link."""
         try:
             theirs = heads_decoder.decode(await self._get("/v1/peer/heads"))
         except UNREADABLE as err:
             raise PeerError(f"unreadable heads: {err}") from None
-        fetched, complete = 0, True
+        stored, complete = 0, True
         for head in theirs:
             have = await self._our_seq(head.author, head.lane)
             while have < head.seq:
@@ -228,16 +231,27 @@ class PeerLink:
                 if not page.events:
                     complete = False  # it has them, but not for us, or not now
                     break
-                await self.node.submit([bytes(r) for r in page.events], source=self.source)
-                fetched += len(page.events)
+                results = await self.node.submit(
+                    [bytes(r) for r in page.events], source=self.source
+                )
                 now = await self._our_seq(head.author, head.lane)
                 if now == have:  # nothing of it stored: the rest waits, or was refused
-                    complete = False
+                    # Refused for good at the feed's next position (the rest of the page
+                    # waits behind it, in vain) is done; pending or refused for now is not.
+                    first = results[0] if results else None
+                    for_good = first is not None and first.status == "refused" and (
+                        first.reason not in LATER
+                    )  # fmt: skip
+                    if not for_good and any(
+                        r.status == "pending" or r.reason in LATER for r in results
+                    ):
+                        complete = False  # for now: a later repair fetches it again
                     break
+                stored += now - have
                 have = now
-        log.info("peer %s: repair fetched %d events%s", self.source[:8], fetched,
+        log.info("peer %s: repair stored %d events%s", self.source[:8], stored,
                  "" if complete else "; some feeds are left for the next one")  # fmt: skip
-        return fetched, complete
+        return stored, complete
 
     async def _our_seq(self, author: bytes, lane: str) -> int:
         ours = await queries.feed_heads(self.node.ledger.reader, author)

@@ -94,7 +94,7 @@ async def test_restored_backup_is_repaired_both_ways(
     assert fresh.id_text in await a.event_ids()
     assert "After the restore" in await a.titles()
     assert any("store restored" in r.getMessage() for r in caplog.records)
-    assert any("repair fetched 1 events" in r.getMessage() for r in caplog.records)
+    assert any("repair stored 1 events" in r.getMessage() for r in caplog.records)
     assert (await a.peers())[b.key]["cursor"] == await b.event_count()
     for n in nodes:
         assert (await n.client.post("/v1/verify"))["ok"] is True
