@@ -176,7 +176,9 @@ async def decide_claim(session: PodSession, ref: str, *, accept: bool, reason: s
         raise Refused(f"this claim is already {claim['status']}")
     body = kinds.ClaimAccepted() if accept else kinds.ClaimDeclined(reason=reason)
     warn_if_personal("reason", req["lane"], reason)
-    event = await session.write(body, req["lane"], (claim["id"],))
+    # Naming the request too: the answer then reaches every reader of the request, even
+    # those that can never hold the claim (it travelled in its pod's peers lane).
+    event = await session.write(body, req["lane"], (claim["id"], req["id"]))
     after = await session.check_applied(req["id"], event)
     return {"id": event, "kind": body.KIND, "lane": req["lane"], "claim": claim["id"],
             "request": req["id"], "status": after["status"]}  # fmt: skip

@@ -263,6 +263,9 @@ class RequestState:
     claims: dict[bytes, ClaimState] = field(default_factory=dict)
     fulfilments: list[FulfilmentState] = field(default_factory=list)
     history: list[Step] = field(default_factory=list)
+    # Answers that named this request for claims not (yet, in (ts, id) order) seen:
+    # claim id -> (decision, ts), applied to the claim's row when it comes.
+    decisions: dict[bytes, tuple[str, int]] = field(default_factory=dict)
 
 
 class _Ignore(Exception):
@@ -305,6 +308,12 @@ def _(body: k.RequestFulfilled, req: RequestState, ev: EventView) -> None:
 def _(body: k.ClaimMade, req: RequestState, ev: EventView) -> None:
     claim = ClaimState(ev.id, req.id, ev.pod, ev.author, ev.lane, body.by_member, body.note, ev.ts)
     req.claims[ev.id] = claim
+    decided = req.decisions.pop(ev.id, None)
+    if decided is not None:  # answered (naming this request) before it came, in order
+        status, ts = decided
+        if status == "declined" or req.accepted_claim == ev.id:
+            claim.status, claim.decided_ts = status, ts  # type: ignore[assignment]
+            return
     if req.status in ("fulfilled", "cancelled"):
         claim.status, claim.decided_ts = "closed", ev.ts
     elif ev.pod == req.pod and req.status == "open":
@@ -333,6 +342,31 @@ def _(body: k.ClaimDeclined, req: RequestState, ev: EventView) -> None:
     if claim.status == "accepted":  # the helper fell through: the need is open again
         req.status, req.accepted_claim = "open", None
     claim.status, claim.decided_ts = "declined", ev.ts
+
+
+def _answer(req: RequestState, ev: EventView) -> None:
+    """An answer that names its request (refs [claim, request]): it changes the request
+    whether or not this node holds the claim. A claim may travel where the request's
+    other readers cannot follow (a peers-lane claim reaches its own pod's peers, which
+    are not the request pod's); its answer, in the request's lane, reaches them all, so
+    every reader of the request sees it accepted, or open again."""
+    claim_id = ev.refs[0]
+    claim = req.claims.get(claim_id)
+    if ev.kind == "claim.accept":
+        if req.status != "open":
+            raise _Ignore(f"request already {req.status}")  # no double match, ever
+        req.status, req.accepted_claim = "accepted", claim_id
+        decision = "accepted"
+    else:
+        if req.status in ("fulfilled", "cancelled"):
+            raise _Ignore(f"request already {req.status}")
+        if req.status == "accepted" and req.accepted_claim == claim_id:
+            req.status, req.accepted_claim = "open", None  # the helper fell through
+        decision = "declined"
+    if claim is None:
+        req.decisions[claim_id] = (decision, ev.ts)
+    elif decision == "accepted" or claim.status in ("pending", "accepted"):
+        claim.status, claim.decided_ts = decision, ev.ts  # type: ignore[assignment]
 
 
 def _accept(req: RequestState, claim: ClaimState, ts: int) -> None:
@@ -400,6 +434,14 @@ def fold_request(
             # A claim too: one its request's other readers cannot see, once accepted,
             # would leave them with the need open for good.
             step.outcome, step.why = "ignored", f"shared less widely than the request ({req.lane})"
+            continue
+        if ev.kind in CLAIM_ANSWERS and len(ev.refs) > 1:  # names its request too
+            try:
+                _answer(req, ev)
+            except _Ignore as why:
+                step.outcome, step.why = "ignored", str(why)
+            else:
+                req.updated_ts = max(req.updated_ts, ev.ts)
             continue
         if ev.kind in CLAIM_ANSWERS and ev.refs and ev.refs[0] not in req.claims:
             if claims is None:
@@ -555,10 +597,14 @@ ROSTER_KINDS = frozenset({"roster.add", "roster.remove"})
 def root_of(kind: str, event_id: bytes, pod: bytes, refs: tuple[bytes, ...]) -> bytes | None:
     """The aggregate an event belongs to, as far as the event alone tells.
 
-    A claim's answer points at the claim; the ledger re-homes it to the claim's request
-    once the claim is known (claims and answers travel in different feeds)."""
+    A claim's answer names the claim, and (as podlink writes it) the request as refs[1]: then
+    it belongs to the request directly. An answer naming only its claim is re-homed to
+    the claim's request once the claim is known (claims and answers travel in different
+    feeds), and where the claim never comes it belongs to nothing."""
     if kind in ANCHORS:
         return event_id
+    if kind in CLAIM_ANSWERS and len(refs) > 1:
+        return refs[1]
     if kind in FOLLOWERS or kind in CLAIM_ANSWERS:
         return refs[0] if refs else None
     if kind in POD_KINDS:

@@ -121,12 +121,15 @@ class Node:
 
     # ------------------------------------------------------------ peers
 
-    async def load_peers(self) -> None:
-        found = await queries.rows(
-            self.ledger.reader,
+    async def load_peers(self, only: bytes | None = None) -> None:
+        """Read the peers from the database (at start), or ``only`` one of them (when it
+        is added). Reading them all while links run would put back values a link saved
+        meanwhile (its cursor, its repair flag) with the older ones just read."""
+        sql = (
             "SELECT pod, url, name, cursor, epoch, last_sync, repair FROM peers "
-            "WHERE removed IS NULL",
+            "WHERE removed IS NULL" + (" AND pod = ?" if only is not None else "")
         )
+        found = await queries.rows(self.ledger.reader, sql, (only,) if only else ())
         peers = {r[0]: PeerRecord(*r[:6], repair=bool(r[6])) for r in found}
         for pod, fresh in peers.items():
             # Keep the record a running gossip link holds: its cursor must stay the one
@@ -135,7 +138,7 @@ class Node:
             if kept is not None:
                 kept.__dict__.update(fresh.__dict__)
                 peers[pod] = kept
-        self.peers = peers
+        self.peers = {**self.peers, **peers} if only is not None else peers
 
     async def add_peer(self, pod: bytes, url: str, name: str) -> PeerRecord:
         """Peer with ``pod`` at ``url`` (idempotent; a new URL replaces the old one)."""
@@ -151,7 +154,7 @@ class Node:
             "removed = NULL",
             (pod, url, name),
         )
-        await self.load_peers()
+        await self.load_peers(only=pod)
         record = self.peers[pod]
         log.info("peer added: %s %s at %s", b64e(pod)[:8], record.name, url)
         if self.gossip is not None:
