@@ -189,8 +189,14 @@ def request_list(pod: Target, status: str | None, category: str | None, as_json:
       podlink request list
       podlink request list --status open --category medicine --json
     """
-    data = pod.call(lambda s: s.get("/v1/requests", status=status, category=category))
-    if len(data) >= LIST_PAGE:  # the node answers one page: say so, never cut silently
+    async def go(s: PodSession) -> tuple[list, bool]:
+        page = await s.get("/v1/requests", status=status, category=category)
+        more = len(page) >= LIST_PAGE and bool(await s.get(
+            "/v1/requests", status=status, category=category, offset=LIST_PAGE, limit=1))
+        return page, more  # fmt: skip
+
+    data, more = pod.call(go)
+    if more:  # the node answers one page: say so, never cut silently
         warn(f"showing the first {LIST_PAGE:,} needs (open and accepted first); narrow the "
              "list with --status or --category, or see them all with `podlink export csv "
              "requests`")  # fmt: skip
