@@ -207,10 +207,11 @@ def test_control_characters_in_another_pods_title_reach_the_table(network: Netwo
         assert result.exit_code == 0
         lines = result.stdout.splitlines()
         row = next(line for line in lines if ids[0][:8] in line)
-        at = next(i for i, line in enumerate(lines) if ids[1][:8] in line)
+        assert any(ids[1][:8] in line for line in lines)
         problems = []
         if "\x1b[8m" in row or "\x1b]52" in row:
             problems.append(f"escape sequences in {row!r}")
-        if "Xk3b9a1Q" in lines[at + 1]:
-            problems.append(f"a forged row: {lines[at + 1]!r}")
+        forged_rows = [line for line in lines if line.lstrip().startswith("Xk3b9a1Q")]
+        if forged_rows:
+            problems.append(f"a forged row: {forged_rows!r}")
         assert not problems, (env, problems)
