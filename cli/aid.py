@@ -232,8 +232,11 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
     for_who = ""
     if r["for_member"]:
         for_who = names.get(r["for_member"], f"a member of {r['pod_name'] or 'another pod'}")
+    status = r["status"]
+    if status == "cancelled" and r.get("cancel_reason"):
+        status += f": {r['cancel_reason']}"
     fields([
-        ("need", r["title"]), ("id", r["id"]), ("status", r["status"]),
+        ("need", r["title"]), ("id", r["id"]), ("status", status),
         ("category", r["category"]), ("urgency", r["urgency"]), ("needed by", r["needed_by"]),
         ("pod", r["pod_name"] or r["pod"]), ("for", for_who), ("area", r["area"]),
         ("shared with", LANE_WORDS.get(r["share"], r["share"])),
@@ -244,7 +247,9 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
         t = table("CLAIM", "~FROM", "~BY", "~NOTE", "STATUS", "WHEN", title="Claims")
         for c in r["claims"]:
             by = names.get(c["by_member"], "a member") if c["by_member"] else ""
-            t.add_row(short(c["id"]), c["pod_name"] or short(c["pod"]), by, c["note"],
+            note = " · ".join(x for x in (c["note"], c.get("reason") and
+                                          f"{c['status']}: {c['reason']}") if x)  # fmt: skip
+            t.add_row(short(c["id"]), c["pod_name"] or short(c["pod"]), by, note,
                       c["status"], ago_ts(c["ts"]))  # fmt: skip
         show(t)
     for f in r.get("fulfilments", []):

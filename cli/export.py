@@ -7,6 +7,7 @@ import csv
 import html
 import io
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,15 @@ def _cell(value: Any) -> Any:
     '+44 ...' phone number) gets a leading apostrophe, so it is read as text."""
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not ID.fullmatch(value):
         return "'" + value
     return value
+
+
+# A full id or key: base64url of 32 bytes. One in 64 starts with '-'; left as it is, so it
+# can be copied into a command (it holds no parenthesis, quote or colon: no formula can do
+# more with it than show #NAME?).
+ID = re.compile("[A-Za-z0-9_-]{43}")
 
 
 async def _rows(s: PodSession, what: str) -> list[Row]:
@@ -82,12 +89,7 @@ async def _rows(s: PodSession, what: str) -> list[Row]:
         ]  # fmt: skip
     names = {m["id"]: m["name"] for m in members}
     if what == "requests":
-        every = await s.get_all("/v1/requests")  # every page, not only the first 5,000
-        every.sort(key=lambda r: (  # as request list: open first, most urgent, oldest
-            r["status"] not in ("open", "accepted"),
-            URGENCY.index(r["urgency"]) if r["urgency"] in URGENCY else 9,
-            r["opened_ts"], r["id"],
-        ))  # fmt: skip
+        every = _pressing_first(await s.get_all("/v1/requests"))  # every page, not 5,000
         return [
             {**r, "for_name": names.get(r["for_member"] or "", ""),
              "opened": iso_ts(r["opened_ts"]), "closed": iso_ts(r["closed_ts"])}
@@ -98,6 +100,16 @@ async def _rows(s: PodSession, what: str) -> list[Row]:
          "closed": iso_ts(o["closed_ts"])}
         for o in await s.get("/v1/offers", status="all")
     ]  # fmt: skip
+
+
+def _pressing_first(needs: list[Row]) -> list[Row]:
+    """As request list shows them (the node pages by store order): open and accepted
+    first, then most urgent, then oldest."""
+    return sorted(needs, key=lambda r: (
+        r["status"] not in ("open", "accepted"),
+        URGENCY.index(r["urgency"]) if r["urgency"] in URGENCY else 9,
+        r["opened_ts"], r["id"],
+    ))  # fmt: skip
 
 
 @export.command("csv")
@@ -141,8 +153,10 @@ def export_sheet(pod: Target, file: Path | None) -> None:
         me = await s.get("/v1/status")
         return {
             "pod": me, "members": await s.get("/v1/members"),
-            "requests": [r for r in await s.get_all("/v1/requests", status="open")
-                         if r["pod"] == me["pod"]],
+            "requests": _pressing_first(
+                [r for r in await s.get_all("/v1/requests", status="open")
+                 if r["pod"] == me["pod"]]
+            ),
             "resources": await s.get("/v1/resources"),
         }  # fmt: skip
 

@@ -147,7 +147,18 @@ async def make_claim(
     req = await session.request(ref)
     if req["status"] in ("fulfilled", "cancelled"):
         raise Refused(f"this request is already {req['status']}")
+    pod = await session.pod()
+    if req["pod"] == pod and req["status"] == "accepted":  # ours: we would accept it at once
+        accepted = (req["accepted_claim"] or "")[:8]
+        raise Refused(f"this need already has an accepted claim ({accepted}); decline it "
+                      "first if that help fell through")  # fmt: skip
     member = await _member_id(session, by)
+    same = next((c for c in req["claims"] if c["pod"] == pod and c["by_member"] == member
+                 and c["status"] in ("pending", "accepted")), None)  # fmt: skip
+    if same is not None:  # a claim must not silently double up (DOMAIN.md)
+        who = by or "this pod"
+        raise Refused(f"{who} already offered to help with it: claim {same['id'][:8]}, "
+                      f"{same['status']}")  # fmt: skip
     body = kinds.ClaimMade(by_member=b64d(member) if member else None, note=note)
     event = await session.write(body, req["lane"], (req["id"],))
     after = await session.check_applied(req["id"], event)

@@ -446,6 +446,10 @@ def restore(pod: Target, file: Path) -> None:
         raise click.ClickException(one_line(str(e))) from None
     with no_trace(file):  # SQLite leaves -shm and -wal beside a WAL database it reads
         _restore(file, live, node_key)
+    home = "" if pod.home == default_home() else f" --home {shlex.quote(str(pod.home))}"
+    echo(f"Start the node with `podlink serve{home}`, then run `podlink sync{home}` before "
+         "recording anything new (until the events written since the backup come back, a "
+         "new one would fork its organizer's feed).")  # fmt: skip
 
 
 def _restore(file: Path, live: Path, node_key: bytes) -> None:
@@ -481,8 +485,7 @@ def _restore(file: Path, live: Path, node_key: bytes) -> None:
              "(members, pod-only needs, peer removals) is lost.")  # fmt: skip
     if aside.exists():
         echo(f"The old database is in {aside.name}.")
-    echo("The store epoch was rotated: peers will repair from it. Start the node with "
-               "`podlink serve`.")  # fmt: skip
+    echo("The store epoch was rotated: peers will repair from it.")
 
 
 def _node_answers(pod: Target, config: Any) -> bool:

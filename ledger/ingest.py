@@ -559,8 +559,8 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     ledger = batch.ledger
     root = st.root_of(h.kind, ev.id, h.pod, tuple(h.refs))
     if root is not None:
-        if h.kind in st.CLAIM_ANSWERS and len(h.refs) == 1:  # names only its claim
-            root = await _resolve_root(batch, ev, root)
+        if h.kind in st.CLAIM_ANSWERS:  # as rebuild and _flush do: if its root is a claim,
+            root = await _resolve_root(batch, ev, root)  # the claim's request
         batch.roots.add(root)
     if h.kind == "claim.make" and root is not None:
         batch.claim_roots[ev.id] = root

@@ -154,12 +154,12 @@ class Writer:
             pos_of[req.id], req.id, req.pod, req.author, req.lane, req.title, req.details,
             req.category, req.urgency, req.needed_by, req.area, req.for_member, req.status,
             req.accepted_claim, req.opened_ts, req.updated_ts, req.closed_ts, len(req.claims),
-            URGENCY_RANK.get(req.urgency, 9),
+            URGENCY_RANK.get(req.urgency, 9), req.cancel_reason,
         ))  # fmt: skip
         for c in req.claims.values():
             self.inserts["claims"].append((
                 pos_of[c.id], c.id, c.request, c.pod, c.author, c.lane, c.by_member, c.note,
-                c.status, c.ts, c.decided_ts,
+                c.status, c.ts, c.decided_ts, c.reason,
             ))  # fmt: skip
         for f in req.fulfilments:
             self.inserts["fulfilments"].append((f.id, f.request, f.pod, f.note, f.hours, f.ts))

@@ -127,7 +127,7 @@ async def list_roster(db: aiosqlite.Connection, pod: bytes) -> list[Row]:
 
 REQUEST_COLUMNS = (
     "id, pod, author, lane, title, details, category, urgency, needed_by, area, for_member, "
-    "status, accepted_claim, opened_ts, updated_ts, closed_ts, claims"
+    "status, accepted_claim, opened_ts, updated_ts, closed_ts, claims, cancel_reason"
 )
 
 
@@ -233,13 +233,14 @@ async def list_claims(
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     names = await pod_names(db)
     sql = (
-        "SELECT id, request, pod, author, lane, by_member, note, status, ts, decided_ts "
-        f"FROM claims {clause} ORDER BY ts, id"
+        "SELECT id, request, pod, author, lane, by_member, note, status, ts, decided_ts, "
+        f"reason FROM claims {clause} ORDER BY ts, id"
     )
     return [
         {"id": i, "request": rq, "pod": p, "pod_name": names.get(p, ""), "author": a,
-         "lane": ln, "by_member": bm, "note": n, "status": s, "ts": t, "decided_ts": d}
-        for i, rq, p, a, ln, bm, n, s, t, d in await rows(db, sql, params)
+         "lane": ln, "by_member": bm, "note": n, "status": s, "ts": t, "decided_ts": d,
+         "reason": why}
+        for i, rq, p, a, ln, bm, n, s, t, d, why in await rows(db, sql, params)
     ]  # fmt: skip
 
 
@@ -484,6 +485,11 @@ async def suggest_matches(
     # Only needs someone could meet: hundreds that nobody can must not fill the window.
     can = {c for m in members for c in m.get("can", [])} | set(offers)
     requests = await list_requests(db, status="open", limit=limit, categories=sorted(can))
+    # Members who already offered (a claim of ours, pending or accepted) are not suggested
+    # for that need again: following the hint would double their claim.
+    claimed = {(rq, bm) for rq, bm in await rows(
+        db, "SELECT request, by_member FROM claims WHERE pod = ? AND status IN "
+        "('pending', 'accepted') AND by_member IS NOT NULL", (own_pod,))}  # fmt: skip
     suggestions: list[Row] = []
     for req in requests:
         ours = req["pod"] == own_pod
@@ -491,6 +497,7 @@ async def suggest_matches(
         helpers = [
             _match(req, "member", m["id"], m["name"], own_pod, 0 if ours else 2)
             for m in members if req["category"] in m.get("can", []) and m["id"] != for_whom
+            and (req["id"], m["id"]) not in claimed
         ]  # fmt: skip
         by_pod = offers.get(req["category"], {})
         mine = [o for o in by_pod.get(own_pod, []) if not (ours and o["by_member"] == for_whom

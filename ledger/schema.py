@@ -231,5 +231,12 @@ CREATE TABLE roster (
 ) STRICT, WITHOUT ROWID;
 INSERT OR REPLACE INTO meta SELECT 'rebuild', x'01' WHERE EXISTS (SELECT 1 FROM events);
 """
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6)
+# The reasons given for a decline and a cancel, which the read model dropped (the help
+# says the helper's pod, and every pod the need was shared with, sees them).
+V7 = """
+ALTER TABLE claims ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE requests ADD COLUMN cancel_reason TEXT NOT NULL DEFAULT '';
+INSERT OR REPLACE INTO meta SELECT 'rebuild', x'01' WHERE EXISTS (SELECT 1 FROM events);
+"""
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -217,6 +217,7 @@ class ClaimState:
     ts: int
     status: ClaimStatus = "pending"
     decided_ts: int | None = None
+    reason: str = ""  # why it was declined
 
 
 @dataclass
@@ -260,12 +261,13 @@ class RequestState:
     status: RequestStatus = "open"
     accepted_claim: bytes | None = None
     closed_ts: int | None = None
+    cancel_reason: str = ""
     claims: dict[bytes, ClaimState] = field(default_factory=dict)
     fulfilments: list[FulfilmentState] = field(default_factory=list)
     history: list[Step] = field(default_factory=list)
     # Answers that named this request for claims not (yet, in (ts, id) order) seen:
-    # claim id -> (decision, ts), applied to the claim's row when it comes.
-    decisions: dict[bytes, tuple[str, int]] = field(default_factory=dict)
+    # claim id -> (decision, ts, reason), applied to the claim's row when it comes.
+    decisions: dict[bytes, tuple[str, int, str]] = field(default_factory=dict)
 
 
 class _Ignore(Exception):
@@ -291,7 +293,7 @@ def _(body: k.RequestUpdated, req: RequestState, ev: EventView) -> None:
 def _(body: k.RequestCancelled, req: RequestState, ev: EventView) -> None:
     if req.status in ("fulfilled", "cancelled"):
         raise _Ignore(f"request already {req.status}")
-    req.status, req.closed_ts = "cancelled", ev.ts
+    req.status, req.closed_ts, req.cancel_reason = "cancelled", ev.ts, body.reason
     _close_pending(req, ev.ts)
 
 
@@ -310,9 +312,10 @@ def _(body: k.ClaimMade, req: RequestState, ev: EventView) -> None:
     req.claims[ev.id] = claim
     decided = req.decisions.pop(ev.id, None)
     if decided is not None:  # answered (naming this request) before it came, in order
-        status, ts = decided
+        status, ts, reason = decided
         if status == "declined" or req.accepted_claim == ev.id:
             claim.status, claim.decided_ts = status, ts  # type: ignore[assignment]
+            claim.reason = reason
             return
     if req.status in ("fulfilled", "cancelled"):
         claim.status, claim.decided_ts = "closed", ev.ts
@@ -341,7 +344,7 @@ def _(body: k.ClaimDeclined, req: RequestState, ev: EventView) -> None:
         raise _Ignore(f"claim already {claim.status}")
     if claim.status == "accepted":  # the helper fell through: the need is open again
         req.status, req.accepted_claim = "open", None
-    claim.status, claim.decided_ts = "declined", ev.ts
+    claim.status, claim.decided_ts, claim.reason = "declined", ev.ts, body.reason
 
 
 def _answer(req: RequestState, ev: EventView) -> None:
@@ -363,10 +366,12 @@ def _answer(req: RequestState, ev: EventView) -> None:
         if req.status == "accepted" and req.accepted_claim == claim_id:
             req.status, req.accepted_claim = "open", None  # the helper fell through
         decision = "declined"
+    reason = ev.body.reason if isinstance(ev.body, k.ClaimDeclined) else ""
     if claim is None:
-        req.decisions[claim_id] = (decision, ev.ts)
+        req.decisions[claim_id] = (decision, ev.ts, reason)
     elif decision == "accepted" or claim.status in ("pending", "accepted"):
         claim.status, claim.decided_ts = decision, ev.ts  # type: ignore[assignment]
+        claim.reason = reason
 
 
 def _accept(req: RequestState, claim: ClaimState, ts: int) -> None:
@@ -435,7 +440,7 @@ def fold_request(
             # would leave them with the need open for good.
             step.outcome, step.why = "ignored", f"shared less widely than the request ({req.lane})"
             continue
-        if ev.kind in CLAIM_ANSWERS and len(ev.refs) > 1:  # names its request too
+        if ev.kind in CLAIM_ANSWERS and ev.refs[1:2] == (req.id,):  # names its request too
             try:
                 _answer(req, ev)
             except _Ignore as why:

@@ -215,3 +215,15 @@ def test_control_characters_in_another_pods_title_reach_the_table(network: Netwo
         if forged_rows:
             problems.append(f"a forged row: {forged_rows!r}")
         assert not problems, (env, problems)
+
+
+def test_export_cells_defuse_formulas_but_keep_ids_whole() -> None:
+    """A cell starting like a formula gets an apostrophe; a full id that happens to start
+    with '-' (one in 64) stays as it is, so it can be copied into a command (found when a
+    test looked rows up by id and one in 64 runs failed)."""
+    from podlink.cli.export import _cell
+
+    some_id = "-OQcbN9erLfFk06vfroIDmu42zsOKAIlgcLhyaQeTys"
+    assert _cell(some_id) == some_id
+    assert _cell("-1+1") == "'-1+1" and _cell("=1") == "'=1" and _cell("+44 7700") == "'+44 7700"
+    assert _cell(-1.5) == -1.5 and _cell(None) == "" and _cell("Soup") == "Soup"

@@ -19,7 +19,7 @@ import pytest
 
 from podlink.ledger import projections
 from podlink.ledger.ledger import Ledger, Limits
-from podlink.ledger.schema import MIGRATIONS
+from podlink.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from podlink.protocol import kinds
 from podlink.protocol.envelope import Event
 from tests.ledger.helpers import World, query, statuses, stored_ids, wires
@@ -256,7 +256,9 @@ def downgrade_to_v5(live: Path, old: Path) -> None:
     for table in ("meta", "events", "feeds", "forks", "pending", "member_keys", "peers",
                   "invites", "pods", "requests", "claims", "fulfilments", "offers",
                   "members", "resources"):  # fmt: skip
-        con.execute(f"INSERT INTO main.{table} SELECT * FROM live.{table}")
+        # The columns V5 had (later versions add some, e.g. V7's reasons).
+        names = ", ".join(f'"{r[1]}"' for r in con.execute(f"PRAGMA main.table_info({table})"))
+        con.execute(f"INSERT INTO main.{table} ({names}) SELECT {names} FROM live.{table}")
     con.execute("INSERT OR IGNORE INTO main.roster SELECT * FROM live.roster")
     con.execute("DETACH live")
     con.close()
@@ -283,7 +285,7 @@ async def test_a_schema_5_file_opens_to_the_same_state(tmp_path: Path, seed: int
         with contextlib.suppress(asyncio.CancelledError):
             await (await task).close()
     async with await Ledger.open(old) as upgraded:
-        assert await query(upgraded, "PRAGMA user_version") == [(6,)]
+        assert await query(upgraded, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
         assert await query(upgraded, "SELECT key FROM meta WHERE key = 'rebuild'") == []
         assert await stored_ids(upgraded) == events
         assert await upgraded.dump() == want

@@ -307,7 +307,10 @@ def downgrade(live: Path, old: Path, version: int) -> None:
     for table in ("meta", "events", "feeds", "forks", "pending", "member_keys", "peers",
                   "invites", "pods", "requests", "claims", "fulfilments", "offers",
                   "members", "resources", "roster"):  # fmt: skip
-        con.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM live.{table}")
+        # The columns that version had (later versions add some, e.g. V7's reasons).
+        names = ", ".join(f'"{r[1]}"' for r in con.execute(f"PRAGMA main.table_info({table})"))
+        con.execute(f"INSERT OR IGNORE INTO main.{table} ({names}) "
+                    f"SELECT {names} FROM live.{table}")  # fmt: skip
     con.execute("DETACH live")
     con.close()
 
