@@ -23,7 +23,7 @@ from podlink.ledger import state as st
 from podlink.ledger.store import chunks, marks, rows, transaction
 from podlink.ledger.verifier import PROCESS_MIN, check_signed
 from podlink.protocol import clock, kinds
-from podlink.protocol.envelope import Event, decode_event
+from podlink.protocol.envelope import Event, decode_event, decode_header
 from podlink.protocol.errors import ProtocolError, Reason
 from podlink.protocol.text import b64d, b64e
 
@@ -714,6 +714,26 @@ async def _park_waiting(batch: Batch) -> None:
     )
 
 
+async def _rehome_answers(db, claims: dict[bytes, bytes]) -> None:
+    """Move the answers filed under each stored claim (claim id -> its root) to that root.
+
+    Only answers that name the claim themselves (root_of gives the claim): one filed
+    here because it was moved from a claim naming this claim (a malformed claim of a
+    claim) stays where it is, one level from what it names, as rebuild files it."""
+    moves: list[tuple[bytes, int]] = []
+    for part in chunks(list(claims)):
+        sql = (
+            f"SELECT pos, root, kind, pod, payload FROM events WHERE root IN "
+            f"({marks(len(part))}) AND root != id AND kind IN ('claim.accept', 'claim.decline')"
+        )
+        for pos, root, kind, pod, payload in await rows(db, sql, part):
+            refs = tuple(decode_header(payload).refs)
+            if st.root_of(kind, b"", pod, refs) == root:
+                moves.append((claims[root], pos))
+    if moves:
+        await db.executemany("UPDATE events SET root = ? WHERE pos = ?", moves)
+
+
 async def _flush(batch: Batch) -> None:
     """Write stored events, feed heads and fork evidence gathered so far."""
     db = batch.ledger.db
@@ -724,13 +744,9 @@ async def _flush(batch: Batch) -> None:
             batch.rows,
         )
         # Answers that arrived before their claim now join the claim's request.
-        rehome = [(row[8], row[1]) for row in batch.rows if row[7] == "claim.make" and row[8]]
-        if rehome:
-            await db.executemany(
-                "UPDATE events SET root = ? WHERE root = ? AND root != id "
-                "AND kind IN ('claim.accept', 'claim.decline')",
-                rehome,
-            )
+        claims = {row[1]: row[8] for row in batch.rows if row[7] == "claim.make" and row[8]}
+        if claims:
+            await _rehome_answers(db, claims)
         batch.rows = []
     if batch.dirty_heads:
         await db.executemany(

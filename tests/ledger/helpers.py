@@ -148,3 +148,15 @@ class Scene:
 
     def need(self, by: Author | None = None, title: str = "Soup") -> Event:
         return (by or self.ana).write(kinds.RequestOpened(title=title, category="food"), "network")
+
+
+def diff(a: dict, b: dict) -> dict:
+    """What differs between two canonical dumps, table by table (for assertion messages)."""
+    return {
+        t: {
+            "only a": [r for r in a[t] if r not in b[t]],
+            "only b": [r for r in b[t] if r not in a[t]],
+        }
+        for t in a
+        if a[t] != b[t]
+    }

@@ -13,7 +13,7 @@ from podlink.protocol import kinds as k
 from podlink.protocol.envelope import Event
 from podlink.protocol.keys import Keypair
 from tests.ledger.conftest import OpenLedger
-from tests.ledger.helpers import World, bodiless, query, request_row, statuses, wires
+from tests.ledger.helpers import World, bodiless, diff, query, request_row, statuses, wires
 
 
 async def rebuilt(ledger: Ledger) -> dict:
@@ -25,17 +25,6 @@ async def feed_each(ledger: Ledger, batches: Sequence[Sequence[bytes]]) -> None:
     for batch in batches:
         for res in await ledger.ingest(list(batch)):
             assert res.reason not in ("invalid", "forged", "fork", "too-large"), res
-
-
-def diff(a: dict, b: dict) -> dict:
-    return {
-        t: {
-            "only a": [r for r in a[t] if r not in b[t]],
-            "only b": [r for r in b[t] if r not in a[t]],
-        }
-        for t in a
-        if a[t] != b[t]
-    }
 
 
 # --------------------------------------------------------------------- bug 1
