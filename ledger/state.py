@@ -414,10 +414,11 @@ def fold_request(
         needed_by=body.needed_by, area=body.area, for_member=body.for_member,
         opened_ts=opening.ts, updated_ts=opening.ts,
     )  # fmt: skip
-    # An answer (accept, decline) is applied after the claim it answers even if stamped
-    # before it: a claim from a pod whose clock runs ahead (by less than the acceptance
-    # limit, more than what clocks follow) must still be acceptable by its owner, whose
-    # answer is stamped on a slower clock. Still a function of the set of events.
+    # An answer naming its request changes it at its own place in the order (_answer).
+    # One naming only its claim (an older writer's) is applied after that claim even if
+    # stamped before it: a claim from a pod whose clock runs ahead (by less than the
+    # acceptance limit, more than what clocks follow) must still be acceptable by its
+    # owner, whose answer is stamped on a slower clock. Still a function of the set.
     claims: set[bytes] | None = None  # ids of the claims among the events, when needed
     answers: dict[bytes, list[tuple[EventView, Step]]] = {}
     for ev in ordered:
@@ -436,8 +437,8 @@ def fold_request(
             step.outcome, step.why = "ignored", "only the request's own pod may do this"
             continue
         if (ev.pod == req.pod or ev.kind == "claim.make") and narrower(ev, req.lane):
-            # A claim too: one its request's other readers cannot see, once accepted,
-            # would leave them with the need open for good.
+            # A claim too: help offered where some of the request's readers cannot see
+            # it is not counted, so no pod accepts an offer the others never heard of.
             step.outcome, step.why = "ignored", f"shared less widely than the request ({req.lane})"
             continue
         if ev.kind in CLAIM_ANSWERS and ev.refs[1:2] == (req.id,):  # names its request too
