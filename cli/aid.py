@@ -379,6 +379,11 @@ def fulfil(pod: Target, request_ref: str, note: str, hours: float | None, as_jso
 def match(pod: Target, as_json: bool) -> None:
     """Suggest who could meet each open need: members who can, and open offers.
 
+    Most urgent needs first. For this pod's own need: a member, then its own offer, then
+    another pod's; for a need another pod shared: this pod's offer, then a member (answer
+    it with `podlink claim NEED --by MEMBER`), then other offers. Never the member in
+    need, a member who already claimed it, or an offer by a forgotten member.
+
     \b
     Example:
       podlink match

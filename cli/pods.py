@@ -327,7 +327,8 @@ def sync(pod: Target, as_json: bool) -> None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 5000),
               help="How many events, newest first.")  # fmt: skip
 @click.option("--verify", is_flag=True,
-              help="Re-check every signature, body hash and feed chain in the ledger.")
+              help="Re-check every signature, body hash and feed chain in the ledger, that "
+              "each row's columns say what its signed header says, and the feed heads.")
 @pod_options
 @json_option
 def log(pod: Target, limit: int, verify: bool, as_json: bool) -> None:
