@@ -82,7 +82,7 @@ def test_the_same_helper_cannot_claim_the_same_need_twice(network: Network) -> N
     refuses fulfilled and cancelled requests; it never looks at the claims already there.
 
     Fix: in make_claim, refuse (exit 1, "Sid already offered to help with this: claim
-    XXXXXXXX, pending") a claim by a pod+member that already has a pending or accepted claim
+    3Fq9abcd, pending") a claim by a pod+member that already has a pending or accepted claim
     on the request, as `accept` refuses an already-accepted claim."""
     maple, riverside = network.maple, network.riverside
     riverside("member", "add", "Walkthrough Sid", "--can", "utilities")
@@ -133,8 +133,8 @@ def test_claiming_our_own_accepted_need_is_refused(network: Network) -> None:
     alone (accepted -> "accepted at once", else "<owner> will accept or decline it").
 
     Fix: in ops.make_claim, for this pod's own request that is already accepted, refuse (or
-    warn) naming the accepted claim and its helper ("Jo is already on it (claim XXXXXXXX);
-    `podlink decline XXXXXXXX` first")."""
+    warn) naming the accepted claim and its helper ("Jo is already on it (claim 3Fq9abcd);
+    `podlink decline 3Fq9abcd` first")."""
     maple = network.maple
     maple("member", "add", "Walkthrough Jo", "--can", "repairs")
     maple("member", "add", "Walkthrough Bea", "--can", "repairs")

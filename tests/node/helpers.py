@@ -169,12 +169,23 @@ class PodNode:
         return await self.client.author()
 
     async def write(
-        self, body: msgspec.Struct, lane: Lane = "network", refs: Sequence[bytes] = ()
+        self,
+        body: msgspec.Struct,
+        lane: Lane = "network",
+        refs: Sequence[bytes] = (),
+        *,
+        as_key: Keypair | None = None,
     ) -> Event:
-        """Sign one event with the organizer key, chained on the node's heads, and submit it."""
-        author = await self.client.author()
-        event = author.write(body, lane, list(refs))
-        results = await self.client.submit([event])
+        """Sign one event with the organizer key (or ``as_key``, through a client of its
+        own), chained on the node's heads, and submit it."""
+        client = self.client if as_key is None else self.client_for(as_key)
+        try:
+            author = await client.author()
+            event = author.write(body, lane, list(refs))
+            results = await client.submit([event])
+        finally:
+            if as_key is not None:
+                await client.close()
         assert results[0]["status"] == "stored", results
         return event
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,32 +20,12 @@ from podlink.protocol import clock, kinds
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.http_auth import NonceCache, SignedRequest, sign_request, verify_request
 from podlink.protocol.keys import Keypair
-from tests.node.helpers import PodNode, make_node, wait_linked
+from tests.node.conftest import Network
+from tests.node.helpers import PodNode, wait_linked
 
 SKEW_MS = 20 * 60 * 1000  # beyond the 15-minute future limit
 
-Make = Callable[..., Awaitable[list[PodNode]]]
-
-
-@pytest.fixture
-async def network(tmp_path: Path) -> AsyncIterator[Make]:
-    """``await network(2, **config)``: running nodes in tmp_path, stopped at the end."""
-    made: list[PodNode] = []
-
-    async def make(n: int, *, start: bool = True, **config: Any) -> list[PodNode]:
-        nodes = []
-        for _ in range(n):
-            name = ("Alder", "Birch", "Cedar", "Damson")[len(made)]
-            node = await make_node(tmp_path / name, name, **config)
-            made.append(node)
-            if start:
-                await node.start()
-            nodes.append(node)
-        return nodes
-
-    yield make
-    for node in reversed(made):
-        await node.stop()
+Make = Network  # the node tests' factory: ``await network(2, **config)``
 
 
 REAL_NOW_MS = clock.now_ms
