@@ -53,8 +53,12 @@ from podlink.protocol.keys import KeyFileError, load_keypair
 @click.option("--zone", default="", help="The street, building or community it covers.")
 @click.option("--listen", default="127.0.0.1:7654", show_default=True, metavar="HOST:PORT",
               help="Where the node listens.")  # fmt: skip
-@click.option("--url", default="", metavar="PUBLIC_URL",
-              help="The URL other pods use to reach this node (default: http://HOST:PORT).")
+@click.option(
+    "--url",
+    default="",
+    metavar="PUBLIC_URL",
+    help="The URL other pods use to reach this node (default: http://HOST:PORT).",
+)
 @click.option("--organizer", "organizer_name", default="",
               help="Your name on the pod's roster of organizers.")  # fmt: skip
 @home_option
@@ -98,6 +102,11 @@ def serve(pod: Target) -> None:
     from podlink.node.app import run_node
 
     config = pod.config()
+    if config.node and not config.node_key_path.exists():
+        raise click.ClickException(
+            f"{pod.home} is an organizer's folder: its pod's node runs at {config.node}. "
+            "`podlink serve` runs in the pod's own folder, on the machine that hosts it"
+        )
     echo(f"{config.name}: node on http://{config.listen}, peers reach it at "
                f"{config.public_url}; Ctrl-C stops it.", err=True)  # fmt: skip
     try:
@@ -197,8 +206,13 @@ def peer_join(pod: Target, code: str, as_json: bool) -> None:
 
 @peer.command("add")
 @click.argument("url")
-@click.option("--key", "pod_key", required=True, metavar="POD_KEY",
-              help="The other pod's key (its `podlink status --json` shows it as 'pod').")
+@click.option(
+    "--key",
+    "pod_key",
+    required=True,
+    metavar="POD_KEY",
+    help="The other pod's key (its `podlink status --json` shows it as 'pod').",
+)
 @click.option("--name", default="", help="What to call that pod until it says its name.")
 @pod_options
 @json_option
@@ -274,7 +288,8 @@ def peer_remove(pod: Target, pod_key: str, as_json: bool) -> None:
         matches = [p["pod"] for p in await s.get("/v1/peers") if p["pod"].startswith(prefix)]
         if len(matches) != 1:
             raise click.ClickException(
-                f"{len(matches)} peers have a key starting {prefix!r}; see `podlink peer list`")
+                f"{len(matches)} peers have a key starting {prefix!r}; see `podlink peer list`"
+            )
         return await s.client.request("DELETE", f"/v1/peers/{matches[0]}")
 
     data = pod.call(go)
@@ -326,9 +341,12 @@ def sync(pod: Target, as_json: bool) -> None:
 @click.command()
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 5000),
               help="How many events, newest first.")  # fmt: skip
-@click.option("--verify", is_flag=True,
-              help="Re-check every signature, body hash and feed chain in the ledger, that "
-              "each row's columns say what its signed header says, and the feed heads.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Re-check every signature, body hash and feed chain in the ledger, that "
+    "each row's columns say what its signed header says, and the feed heads.",
+)
 @pod_options
 @json_option
 def log(pod: Target, limit: int, verify: bool, as_json: bool) -> None:

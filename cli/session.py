@@ -24,7 +24,7 @@ import platformdirs
 import yarl
 
 from podlink.node.client import ClientError, NodeClient
-from podlink.node.config import Config, ConfigError, load_config
+from podlink.node.config import CONFIG_FILE, Config, ConfigError, load_config
 from podlink.protocol import kinds
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.keys import KeyFileError, load_keypair
@@ -88,17 +88,20 @@ class Target:
             raise click.ClickException(one_line(str(e))) from None
 
     def url(self, config: Config) -> str:
-        """--node, else the node's listen address (a wildcard host means this machine)."""
-        if self.node:
+        """--node, else the config's ``node`` (a folder on an organizer's laptop), else
+        the node's listen address (a wildcard host means this machine)."""
+        given = self.node or config.node
+        if given:
             try:
-                node = yarl.URL(self.node)
+                node = yarl.URL(given)
             except ValueError:
                 node = None
             if node is None or node.scheme not in ("http", "https") or not node.host:
+                where = "--node" if self.node else f"node in {self.home / CONFIG_FILE}"
                 raise click.ClickException(
-                    f"--node must be a URL like http://HOST:PORT, not {self.node!r}"
+                    f"{where} must be a URL like http://HOST:PORT, not {given!r}"
                 )
-            return self.node.rstrip("/")
+            return given.rstrip("/")
         host = config.host.strip("[]")
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
@@ -109,13 +112,15 @@ class Target:
         try:
             keypair = load_keypair(config.organizer_key_path)
             # Requests sign the pod they are for: the pod's key from its own folder, not
-            # from whatever answers at the URL. A folder on an organizer's laptop (a
-            # config.toml and organizer.key, talking to the node with --node) has no
-            # node.key: the client then reads the key from the node's /v1/info.
+            # from whatever answers at the URL. A folder on an organizer's laptop has no
+            # node.key: its config names the pod (`podlink organizer setup` wrote it);
+            # failing that, the client reads the key from the node's /v1/info.
             pod = None
             if config.node_key_path.exists():
                 pod = load_keypair(config.node_key_path).public
-        except KeyFileError as e:
+            elif config.pod:
+                pod = b64d(config.pod, length=32, what=f"pod in {self.home / CONFIG_FILE}")
+        except (KeyFileError, ProtocolError) as e:
             raise click.ClickException(one_line(str(e))) from None
         return PodSession(NodeClient(self.url(config), keypair, pod=pod), self.home)
 
@@ -128,6 +133,13 @@ class Target:
                 try:
                     return await action(session)
                 except ClientError as e:
+                    if e.reason == "unauthorised" and "not an organizer" in e.message:
+                        key = session.client.keypair.public_text
+                        raise click.ClickException(
+                            f"this folder's key ({key}) is not an organizer of the pod at "
+                            f"{session.client.url}: an organizer adds it with `podlink "
+                            f"organizer add NAME --key {key}` (or it was removed)"
+                        ) from None
                     if e.reason != "unavailable" or e.status:
                         raise
                     home = "" if self.home == default_home() else f" --home {self.home}"

@@ -68,19 +68,28 @@ class NodeClient:
             url = url.with_query({k: str(v) for k, v in query.items() if v is not None})
         body = b"" if json is None else json_encoder.encode(json)
         if self.pod is None:
-            info = await self._send("GET", yarl.URL(self.url + "/v1/info"), b"", {})
-            try:
-                self.pod = b64d(info["pod"], length=32, what="pod")
-            except (TypeError, KeyError, ProtocolError):
-                raise ClientError(
-                    "invalid",
-                    f"the node at {self.url} did not say which pod "
-                    "it is (GET /v1/info); is that a podlink node?",
-                ) from None
+            self.pod = b64d((await self.info())["pod"], length=32)
         headers = sign_request(self.keypair, method, url.raw_path_qs, body, pod=self.pod)
         if json is not None:
             headers["Content-Type"] = "application/json"
         return await self._send(method, url, body, headers)
+
+    async def info(self) -> dict[str, Any]:
+        """The node's public ``/v1/info`` (unsigned): which pod it is, its name, versions."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        info = await self._send("GET", yarl.URL(self.url + "/v1/info"), b"", {})
+        try:
+            b64d(info["pod"], length=32, what="pod")
+            if not isinstance(info.get("name", ""), str):
+                raise TypeError
+        except (TypeError, KeyError, ProtocolError):
+            raise ClientError(
+                "invalid",
+                f"the node at {self.url} did not say which pod "
+                "it is (GET /v1/info); is that a podlink node?",
+            ) from None
+        return info
 
     async def _send(self, method: str, url: yarl.URL, body: bytes, headers: dict[str, str]) -> Any:
         assert self._session is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -46,6 +47,11 @@ class Config:
     backoff_max_s: float = 60.0  # longest wait between attempts to reach a peer
     peer_timeout_s: float = 20.0  # connect/read timeout talking to a peer
     log_level: str = "INFO"
+    # A folder on an organizer's laptop runs no node: its commands talk to the pod's node
+    # at ``node``, and sign for the pod ``pod`` (its key, base64url), both written by
+    # `podlink organizer setup`. A pod's own folder leaves them empty.
+    node: str = ""
+    pod: str = ""
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -147,6 +153,11 @@ def _check_ranges(config: Config) -> None:
         if abs(getattr(config, name)) > TTL_MAX_S:
             raise ConfigError(f"{name} must be at most {TTL_MAX_S} (a century), "
                               f"got {getattr(config, name)!r}")  # fmt: skip
+    if config.node and not re.fullmatch(r"https?://[^\s/]+\S*", config.node):
+        raise ConfigError(f"node must be a URL like http://HOST:PORT, got {config.node!r}")
+    if config.pod and not re.fullmatch(r"[A-Za-z0-9_-]{43}", config.pod):
+        raise ConfigError(f"pod must be a pod's key (43 characters of base64url), "
+                          f"got {config.pod!r}")  # fmt: skip
     config.log_level = config.log_level.upper()
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
