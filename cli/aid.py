@@ -52,7 +52,7 @@ def _done(as_json: bool, data: dict[str, Any], line: str) -> None:
 
 @click.group(cls=OrderedGroup)
 def member() -> None:
-    """The pod's members: add, list, forget. Their details never leave the pod."""
+    """The pod's members: add, update, list, forget. Their details never leave the pod."""
 
 
 @member.command("add")
@@ -83,6 +83,59 @@ def member_add(pod: Target, name: str, contact: str, prefers: str | None, can: t
         co_organizer=co_organizer, languages=languages, notes=notes))  # fmt: skip
     _done(as_json, data, f"Added {name} (member {short(data['id'])}); their details stay in "
           "this pod, locked with their own key.")  # fmt: skip
+
+
+@member.command("update", context_settings=ID_ARGUMENTS)
+@click.argument("member_ref", metavar="MEMBER")
+@click.option("--name", help="Their name, as the pod calls them.")
+@click.option("--contact", help="Phone, e-mail, door number… as they prefer.")
+@click.option("--prefers", type=PREFERS, help="How they like to be contacted.")
+@click.option("--can", multiple=True, type=CATEGORY, metavar="CATEGORY",
+              help="What they can help with now (repeat for several; replaces the list).")
+@click.option("--needs", multiple=True, type=CATEGORY, metavar="CATEGORY",
+              help="What they may need now (repeat for several; replaces the list).")
+@click.option("--co-organizer/--participant", "co_organizer", default=None,
+              help="Whether they want to help organize the pod.")
+@click.option("--language", "languages", multiple=True,
+              help="A language they speak (repeat for several; replaces the list).")
+@click.option("--notes", help="Anything else organizers should know (replaces the notes).")
+@click.option("--clear", multiple=True, metavar="FIELD",
+              type=click.Choice(sorted(ops.CLEARABLE)),
+              help="Empty a field: contact, prefers, can, needs, languages or notes.")
+@pod_options
+@json_option
+def member_update(pod: Target, member_ref: str, name: str | None, contact: str | None,
+                  prefers: str | None, can: tuple[str, ...], needs: tuple[str, ...],
+                  co_organizer: bool | None, languages: tuple[str, ...], notes: str | None,
+                  clear: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+    """Change a member's details (by name or id): only what you give changes.
+
+    A list option (--can, --needs, --language) replaces that list. The new details are
+    locked with the member's own key and stay in the pod, like the old ones.
+
+    \b
+    Examples:
+      podlink member update Agatha --contact "555 0177"
+      podlink member update Jonny --can transport --can translation --co-organizer
+      podlink member update Agatha --clear needs
+    """
+    changes: dict[str, Any] = {
+        "name": name, "contact": contact, "prefers": prefers, "notes": notes,
+        "can": list(can) or None, "needs": list(needs) or None,
+        "languages": list(languages) or None,
+        "role": None if co_organizer is None else
+        ("co-organizer" if co_organizer else "participant"),
+    }  # fmt: skip
+    changes = {k: v for k, v in changes.items() if v is not None}
+    both = sorted(set(clear) & set(changes))
+    if both:
+        raise click.UsageError(f"--clear {both[0]} and a new value for it: give one of them")
+    if not changes and not clear:
+        raise click.UsageError("nothing to change: give a new value (--contact, --can, "
+                               "--needs...) or --clear FIELD")  # fmt: skip
+    data = pod.call(lambda s: ops.update_member(s, member_ref, changes, clear))
+    _done(as_json, data, f"Updated {data['name']} (member {short(data['member'])}); their "
+          "details stay in this pod.")  # fmt: skip
 
 
 @member.command("list")

@@ -12,6 +12,7 @@ import unicodedata
 from typing import Any
 
 import click
+import msgspec
 
 from podlink.cli.output import warn_if_personal
 from podlink.cli.session import PodSession, check_body
@@ -80,6 +81,42 @@ async def forget_member(session: PodSession, ref: str) -> Summary:
     return {"id": event, "kind": "member.forget", "lane": "pod", "member": member["id"],
             "name": member.get("name", ""),
             "withdrawn_offers": [o["id"] for o in theirs]}  # fmt: skip
+
+
+DETAILS = ("name", "contact", "prefers", "can", "needs", "role", "languages", "notes")
+#: Details a `member update` can empty with --clear, and the value that means "none".
+CLEARABLE = {"contact": "", "prefers": None, "can": [], "needs": [], "languages": [],
+             "notes": ""}  # fmt: skip
+
+
+async def update_member(
+    session: PodSession, ref: str, changes: dict[str, Any], clear: tuple[str, ...] = ()
+) -> Summary:
+    """New details for a member: the ones they have, with ``changes`` (field -> value)
+    and the ``clear``ed fields replaced; locked with the member's own key, in the pod lane.
+
+    A list given in ``changes`` replaces the list (what `member list` shows is what they
+    can or need now). Nothing is signed when nothing would change."""
+    member = await session.member(ref)
+    if "contact" not in member:  # listed, but its details could not be opened
+        raise Refused(f"the details of {member['name']} cannot be opened here (no key)")
+    fields = {name: member[name] for name in DETAILS}
+    fields.update({name: CLEARABLE[name] for name in clear})
+    fields.update(changes)
+    if "name" in changes:
+        fields["name"] = unicodedata.normalize("NFC", changes["name"].strip())
+    for name in ("contact", "notes"):
+        fields[name] = fields[name].strip() if name in changes else fields[name]
+    details = kinds.MemberDetails(**fields)
+    check_body(details, kinds.decode_member_details)
+    before = kinds.MemberDetails(**{name: member[name] for name in fields})
+    if details == before:
+        raise Refused(f"nothing to change: {member['name']}'s details are already so")
+    key = b64d((await session.get(f"/v1/members/{member['id']}/key"))["key"], length=32)
+    box = boxes.lock(key, kinds.encode_body(details))
+    event = await session.write(kinds.MemberUpdated(box=box), "pod", (member["id"],))
+    return {"id": event, "kind": "member.update", "lane": "pod", "member": member["id"],
+            **msgspec.structs.asdict(details)}  # fmt: skip
 
 
 # ---------------------------------------------------------------- requests

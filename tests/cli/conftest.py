@@ -156,3 +156,28 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         yield net
     finally:
         stop(*pods)
+
+
+@dataclass
+class Pair:
+    """Elm and Oak, peered by invite, for one test module (tests that change a pod's
+    roster or members keep them out of the session's shared network)."""
+
+    elm: Pod
+    oak: Pod
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    root = tmp_path_factory.mktemp("pair")
+    pods = [make_pod(root, "Elm"), make_pod(root, "Oak")]
+    try:
+        for pod in pods:
+            serve(pod)
+        for pod in pods:
+            wait_up(pod)
+        elm, oak = pods
+        oak("peer", "join", elm.json("invite")["invite"])
+        yield Pair(elm, oak)
+    finally:
+        stop(*pods)

@@ -5,38 +5,12 @@ from __future__ import annotations
 
 import stat
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Pod, eventually, make_pod, run, run_json, serve, stop, wait_up
-
-
-@dataclass
-class Pair:
-    """Elm and Oak, peered by invite; each test adds its own organizers to Elm."""
-
-    elm: Pod
-    oak: Pod
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    root = tmp_path_factory.mktemp("organizers")
-    pods = [make_pod(root, "Elm"), make_pod(root, "Oak")]
-    try:
-        for pod in pods:
-            serve(pod)
-        for pod in pods:
-            wait_up(pod)
-        elm, oak = pods
-        oak("peer", "join", elm.json("invite")["invite"])
-        yield Pair(elm, oak)
-    finally:
-        stop(*pods)
+from tests.cli.conftest import Pair, Pod, eventually, make_pod, run, run_json, serve, stop, wait_up
 
 
 def laptop(tmp_path: Path, pod: Pod, name: str) -> tuple[Path, dict[str, Any]]:
