@@ -39,8 +39,9 @@ from podlink.cli.session import (
     same_name,
 )
 from podlink.node.client import NodeClient
-from podlink.node.config import CONFIG_FILE, Config, ConfigError, save_config
+from podlink.node.config import CONFIG_FILE, Config, ConfigError, load_config, save_config
 from podlink.protocol import kinds
+from podlink.protocol.errors import ProtocolError
 from podlink.protocol.keys import KeyFileError, Keypair, load_keypair, save_keypair
 from podlink.protocol.text import b64d
 
@@ -95,7 +96,7 @@ def organizer_list(pod: Target, show_all: bool, as_json: bool) -> None:
     show(t, "No organizers: only the pod's node key can act for it (see docs/operations.md).")
 
 
-@organizer.command("add")
+@organizer.command("add", context_settings=ID_ARGUMENTS)
 @click.argument("name")
 @click.option(
     "--key",
@@ -123,7 +124,11 @@ def organizer_add(pod: Target, name: str, key_text: str, as_json: bool) -> None:
         raise click.ClickException("give the new organizer's name, as the pod calls them")
     if not KEY_TEXT.match(key_text):
         raise click.ClickException(f"--key must be {WHOLE_KEY}")
-    body = kinds.OrganizerAdded(key=b64d(key_text, length=32, what="--key"), name=name)
+    try:
+        key = b64d(key_text, length=32, what="--key")
+    except ProtocolError:  # 43 characters, but not a key (a typo in the last one)
+        raise click.ClickException(f"--key is not a key; it must be {WHOLE_KEY}") from None
+    body = kinds.OrganizerAdded(key=key, name=name)
     check_body(body)
 
     async def go(s: PodSession) -> dict[str, Any]:
@@ -199,6 +204,9 @@ def organizer_remove(pod: Target, who: str, reason: str, yes: bool, as_json: boo
 
 def _one(active: list[dict[str, Any]], who: str) -> dict[str, Any]:
     """The active organizer called ``who``, or whose key starts with it."""
+    if not who:  # "" would match every organizer added without a name
+        raise click.ClickException("say whom: an organizer's name or the start of their key "
+                                   "(see `podlink organizer list`)")  # fmt: skip
     named = [r for r in active if same_name(r["name"], who)]
     if not named and ID_TEXT.match(who):
         named = [r for r in active if r["key"].startswith(who)]
@@ -286,7 +294,7 @@ def organizer_setup(pod: Target, pod_key: str, name: str, as_json: bool) -> None
     config = Config(home=pod.home, name=info.get("name") or "pod", node=url, pod=info["pod"])
     _make_folder(config, keypair)
     home = _home_words(pod)
-    add = f"podlink organizer add {shlex.quote(name or 'YOUR NAME')} --key {keypair.public_text}"
+    add = _add_command(name or "YOUR NAME", keypair.public_text)
     if as_json:
         print_json({"home": str(pod.home), "key": keypair.public_text, "pod": info["pod"],
                     "name": config.name, "node": url, "add": add})  # fmt: skip
@@ -299,6 +307,12 @@ def organizer_setup(pod: Target, pod_key: str, name: str, as_json: bool) -> None
     echo(f"Then, here: podlink status{home}")
 
 
+def _add_command(name: str, key: str) -> str:
+    """The `organizer add` line to hand over (a name starting with '-' is taken as the
+    name there: the command lets unknown options through as arguments)."""
+    return f"podlink organizer add {shlex.quote(name)} --key {key}"
+
+
 def _make_folder(config: Config, keypair: Keypair) -> None:
     """Write the folder's key and config, or nothing at all."""
     home = config.home
@@ -306,12 +320,12 @@ def _make_folder(config: Config, keypair: Keypair) -> None:
     created: list[Path] = []
     try:
         home.mkdir(parents=True, exist_ok=True)
-        if new_home:
-            os.chmod(home, 0o700)
+        os.chmod(home, 0o700)  # it will hold a key: as `podlink init` leaves a pod's folder
         save_keypair(config.organizer_key_path, keypair)
         created.append(config.organizer_key_path)
         save_config(config)
         created.append(home / CONFIG_FILE)
+        load_config(home)  # what every later command will read must read back
     except (OSError, KeyFileError, ConfigError) as e:
         for path in created:
             path.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yarl
 
 from podlink.cli.output import (
     ago_s,
@@ -102,11 +103,7 @@ def serve(pod: Target) -> None:
     from podlink.node.app import run_node
 
     config = pod.config()
-    if config.node and not config.node_key_path.exists():
-        raise click.ClickException(
-            f"{pod.home} is an organizer's folder: its pod's node runs at {config.node}. "
-            "`podlink serve` runs in the pod's own folder, on the machine that hosts it"
-        )
+    pod.own_folder(config, "serve")
     echo(f"{config.name}: node on http://{config.listen}, peers reach it at "
                f"{config.public_url}; Ctrl-C stops it.", err=True)  # fmt: skip
     try:
@@ -452,6 +449,7 @@ def restore(pod: Target, file: Path) -> None:
       podlink restore ~/backups/maple-2025-06-01.db
     """
     config = pod.config()
+    pod.own_folder(config, "restore")
     if _node_answers(pod, config):
         raise click.ClickException(
             f"the node is running at {config.listen}; stop it (Ctrl-C or systemctl stop) first"
@@ -508,10 +506,9 @@ def _restore(file: Path, live: Path, node_key: bytes) -> None:
 
 
 def _node_answers(pod: Target, config: Any) -> bool:
-    url = pod.url(config)
-    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    url = yarl.URL(pod.url(config))
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+        with socket.create_connection((url.host or "", url.port or 80), timeout=0.5):
             return True
     except OSError:
         return False

@@ -90,7 +90,7 @@ class Target:
     def url(self, config: Config) -> str:
         """--node, else the config's ``node`` (a folder on an organizer's laptop), else
         the node's listen address (a wildcard host means this machine)."""
-        given = self.node or config.node
+        given = (self.node or config.node).strip()
         if given:
             try:
                 node = yarl.URL(given)
@@ -101,11 +101,20 @@ class Target:
                 raise click.ClickException(
                     f"{where} must be a URL like http://HOST:PORT, not {given!r}"
                 )
-            return given.rstrip("/")
+            return str(node).rstrip("/")  # as yarl writes it: "HTTP://x" is http://x
         host = config.host.strip("[]")
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"http://[{host}]:{config.port}" if ":" in host else f"http://{host}:{config.port}"
+
+    def own_folder(self, config: Config, command: str) -> None:
+        """Refuse ``podlink COMMAND`` (serve, restore: work on the node's own files) in a
+        folder on an organizer's laptop, which holds no node."""
+        if config.node and not config.node_key_path.exists():
+            raise click.ClickException(
+                f"{self.home} is an organizer's folder: its pod's node runs at {config.node}. "
+                f"`podlink {command}` runs in the pod's own folder, on the machine that hosts it"
+            )
 
     def session(self) -> PodSession:
         config = self.config()
@@ -344,7 +353,7 @@ class PodSession:
         """Sign ``body`` as the next event of the organizer's ``lane`` feed; its id."""
         check_body(body)
         async with self._writing():
-            author = await self.client.author()
+            author = await self.client.author(self.client.pod)  # the pod requests sign for
             event = author.write(body, lane, [b64d(r, length=32) for r in refs])  # type: ignore[arg-type]
             keys = {event.id: member_key} if member_key is not None else None
             await self.client.submit([event], keys)  # a refusal raises ClientError

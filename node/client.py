@@ -145,7 +145,12 @@ class NodeClient:
     async def author(self, pod: bytes | None = None) -> Author:
         """An Author for this key, chained on the node's heads and clock."""
         heads = await self.get("/v1/heads")
-        author = Author(self.keypair, pod or b64d(heads["pod"], length=32))
+        said = b64d(heads["pod"], length=32, what="pod")
+        if pod is not None and said != pod:  # a node that is not the pod we act for
+            raise ClientError(
+                "invalid", f"the node at {self.url} says it is the pod {b64e(said)[:8]}, not "
+                f"{b64e(pod)[:8]}; check --node (or node in config.toml)")  # fmt: skip
+        author = Author(self.keypair, pod or said)
         for lane, head in heads["heads"].items():
             author.set_head(lane, head["seq"], b64d(head["id"], length=32), head["ts"])
         # Our own node's clock, followed however far ahead this laptop's clock is behind

@@ -39,7 +39,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/status", "Node status.", "organizer", response=t.Status),
     Endpoint("GET", "/v1/heads", "An author's feed heads and the node clock.", "organizer",
              response=t.Heads, query={"author": "base64url key (default: the caller)"}),
-    Endpoint("POST", "/v1/events", "Submit signed events.", "organizer", body=t.SubmitEvents,
+    Endpoint("POST", "/v1/events", "Submit signed events. A batch whose roster.remove "
+             "events would leave the pod with no organizer is refused (`invalid`).",
+             "organizer", body=t.SubmitEvents,
              response=t.SubmitResults),
     Endpoint("GET", "/v1/requests", "Requests this pod can see: open and accepted first, "
              "then most urgent, oldest; at most `limit` (5000) from `offset`.", "organizer",

@@ -79,6 +79,38 @@ async def submit_events(request: web.Request) -> web.Response:
     node = request.app[NODE]
     body = submit_decoder.decode(await request.read())
     wires = [b64d(e, what="event") for e in body.events]
+    removed, added = _roster_changes(wires, node.pod)
+    if not removed:
+        return await _submit(node, body, wires)
+    async with node.roster_lock:
+        # The protocol lets a pod remove its last organizer (its node key can still act),
+        # but a pod's folder acts through an organizer key: nobody could use the CLI
+        # any more. Checked here, under a lock, so that two organizers stepping down at
+        # once cannot both pass (a check in the CLI reads the roster before it signs).
+        if not (node.ledger.roster.active_keys(node.pod) - removed) | added:
+            raise APIError("invalid", "this would leave the pod with no organizer: add "
+                           "another first (podlink organizer add)")  # fmt: skip
+        return await _submit(node, body, wires)
+
+
+def _roster_changes(wires: list[bytes], pod: bytes) -> tuple[set[bytes], set[bytes]]:
+    """Keys that ``pod``'s roster events among ``wires`` remove, and keys they add."""
+    removed: set[bytes] = set()
+    added: set[bytes] = set()
+    for wire in wires:
+        with contextlib.suppress(ProtocolError):
+            ev = decode_event(wire)
+            if ev.pod != pod or ev.kind not in ("roster.add", "roster.remove"):
+                continue
+            body = kinds.decode_body(ev.kind, ev.body) if ev.body is not None else None
+            if isinstance(body, kinds.OrganizerRemoved):
+                removed.add(body.key)
+            elif isinstance(body, kinds.OrganizerAdded):
+                added.add(body.key)
+    return removed, added
+
+
+async def _submit(node: Any, body: Any, wires: list[bytes]) -> web.Response:
     member_keys = [
         (b64d(mk.member, length=32, what="member"), b64d(mk.key, length=32, what="member key"))
         for mk in body.member_keys
@@ -271,7 +303,9 @@ async def inbox(request: web.Request) -> web.Response:
     for item in await queries.sealed_for(node.ledger.reader, node.pod):
         try:
             handoff = kinds.decode_contact_handoff(boxes.open_sealed(node.keypair, item["box"]))
-            opened: dict[str, Any] = msgspec.to_builtins(handoff)
+            # Fields as they are (msgspec's to_builtins would write the request id in
+            # standard base64; reply() writes every id in base64url).
+            opened: dict[str, Any] = msgspec.structs.asdict(handoff)
         except ProtocolError as err:
             opened = {"error": err.message}
         out.append({"id": item["id"], "from": item["from"], "ts": item["ts"], "message": opened})

@@ -47,6 +47,9 @@ class Node:
         self.session: aiohttp.ClientSession | None = None
         self.gossip: object | None = None  # node.gossip.Gossip, set by its cleanup context
         self._changed = asyncio.Event()
+        # Held while a submission that removes organizers checks and stores (see
+        # organizer_api.submit_events): two removals racing must not both pass the check.
+        self.roster_lock = asyncio.Lock()
         ledger.stored_listeners.append(self._on_stored)
         self.metrics.set("ledger_events", ledger.next_pos - 1)  # not only after a store
         self._released_seen = ledger.released_stored
