@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from podlink.cli import aid, demo, export, organizers, pods
+from podlink.cli import aid, demo, export, handoff, organizers, pods
 from podlink.cli.session import OrderedGroup
 
 
@@ -28,7 +28,8 @@ def main() -> None:
 # The order of --help: the order in which a pod meets them.
 for command in (
     demo.demo, pods.init, pods.serve, pods.status,
-    aid.member, aid.request, aid.offer, aid.claim, aid.accept, aid.decline, aid.fulfil,
+    aid.member, aid.request, aid.offer, aid.claim, aid.accept, aid.decline,
+    handoff.handoff, handoff.inbox, aid.fulfil,
     aid.match, aid.resource, organizers.organizer,
     pods.invite, pods.peer, pods.sync, pods.log,
     export.export, pods.backup, pods.restore,

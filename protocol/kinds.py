@@ -269,6 +269,7 @@ class ContactHandoff(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     contact: Short
     prefers: Short = ""
     note: Text = ""
+    about: Id32 | None = None  # the request the help is for (its id), if any
 
 
 KnownBody = (

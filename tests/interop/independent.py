@@ -694,6 +694,7 @@ SCHEMAS = {
         ("contact", SHORT, REQUIRED),
         ("prefers", SHORT, ""),
         ("note", TEXT, ""),
+        ("about", t_opt(ID), None),
     ),
 }
 

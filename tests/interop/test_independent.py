@@ -195,7 +195,7 @@ def test_sealed_handoff_box() -> None:
     assert ind.open_sealed_libsodium(box, recipient_seed) == plaintext
     handoff = ind.SCHEMAS["ContactHandoff"].decode(plaintext)
     assert handoff == {"name": "Bea", "contact": "+1 555 0100", "prefers": "phone",
-                       "note": "Ring twice."}  # fmt: skip
+                       "note": "Ring twice.", "about": None}  # fmt: skip
     # Anyone else (here: the sender's own key) cannot open it.
     with pytest.raises(ind.Refused) as info:
         ind.open_sealed(box, bytes.fromhex(vec["seed"]))

@@ -1,0 +1,162 @@
+"""Contact handoffs between the two pods of an accepted claim, and the inbox they land in.
+
+Help across pods needs, in the end, a person to reach a person. The pod lane never
+leaves the pod, so a contact travels as a **sealed** event instead: encrypted to the one
+other pod of the claim (NaCl sealed box to its key), carried and checked by every pod in
+between, opened only by that pod's node when its organizers read their inbox. Only
+organizers send one, only once the claim is accepted, and only with the person's consent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from podlink.cli.ops import Refused
+from podlink.cli.output import ago_ts, echo, print_json, short, show, table, warn
+from podlink.cli.params import PREFERS
+from podlink.cli.session import (
+    ID_ARGUMENTS,
+    PodSession,
+    Target,
+    check_body,
+    json_option,
+    pod_options,
+)
+from podlink.node.client import ClientError
+from podlink.protocol import boxes, kinds
+from podlink.protocol.text import b64d
+
+
+async def send_handoff(
+    session: PodSession,
+    claim_ref: str,
+    *,
+    member: str | None = None,
+    name: str | None = None,
+    contact: str | None = None,
+    prefers: str | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """Seal a person's contact to the other pod of an accepted claim; a summary."""
+    claim = await session.claim(claim_ref)
+    request = await session.get(f"/v1/requests/{claim['request']}")
+    ours = await session.pod()
+    if ours not in (request["pod"], claim["pod"]):
+        raise Refused("this pod neither asked for this help nor offered it: only the two "
+                      "pods of a claim hand contacts to each other")  # fmt: skip
+    to = claim["pod"] if request["pod"] == ours else request["pod"]
+    if to == ours:
+        raise Refused("the need and the helper are both of this pod: their details are "
+                      "in `podlink member list`, nothing to hand over")  # fmt: skip
+    if claim["status"] != "accepted":
+        raise Refused(f"the claim is {claim['status']}: contacts are handed over only "
+                      "once help is agreed (the asking pod runs `podlink accept`)")  # fmt: skip
+    if member is not None:
+        person = await session.member(member)
+        name = name or person["name"]
+        contact = contact if contact is not None else person.get("contact", "")
+        prefers = prefers or person.get("prefers") or ""
+    if not name or not name.strip():
+        raise click.UsageError("say whose contact this is: --member NAME, or --name and --contact")
+    if not contact or not contact.strip():
+        raise Refused(f"no contact details for {name.strip()}: give --contact")
+    handoff = kinds.ContactHandoff(
+        name=name.strip(), contact=contact.strip(), prefers=prefers or "", note=note.strip(),
+        about=b64d(request["id"], length=32),
+    )  # fmt: skip
+    check_body(handoff, kinds.decode_contact_handoff)
+    to_key = b64d(to, length=32)
+    sealed = kinds.SealedMessage(to=to_key, box=boxes.seal_to(to_key, kinds.encode_body(handoff)))
+    event = await session.write(sealed, request["lane"])
+    to_name = request["pod_name"] if to == request["pod"] else await _pod_name(session, to)
+    return {"id": event, "kind": "sealed", "lane": request["lane"], "to": to,
+            "to_name": to_name, "about": request["id"], "claim": claim["id"],
+            "name": handoff.name, "contact": handoff.contact, "prefers": handoff.prefers,
+            "note": handoff.note}  # fmt: skip
+
+
+async def _pod_name(session: PodSession, pod: str) -> str:
+    return next((p["name"] for p in await session.get("/v1/pods") if p["pod"] == pod), "")
+
+
+@click.command(context_settings=ID_ARGUMENTS)
+@click.argument("claim_ref", metavar="CLAIM")
+@click.option("--member", help="The member whose contact it is (their name, phone and way "
+              "to reach them are taken from the pod's records).")  # fmt: skip
+@click.option("--name", help="Whose contact it is, if not a member (or another name).")
+@click.option("--contact", help="How to reach them (instead of, or without, a member's).")
+@click.option("--prefers", type=PREFERS, help="How they like to be contacted.")
+@click.option("--note", default="", help="A word for the other pod (when to call...).")
+@pod_options
+@json_option
+def handoff(pod: Target, claim_ref: str, member: str | None, name: str | None,
+            contact: str | None, prefers: str | None, note: str,
+            as_json: bool) -> None:  # fmt: skip
+    """Hand a person's contact to the other pod of an accepted CLAIM, sealed to that pod.
+
+    The pod that asked sends the contact of the person in need, or the helper's pod sends
+    the helper's. Only the other pod can read it (`podlink inbox` there); the pods in
+    between carry it sealed. Do it only with the person's consent.
+
+    \b
+    Examples:
+      podlink handoff 7Hc2 --member Agatha --note "ring twice, 4th floor"
+      podlink handoff 7Hc2 --name "Jonny" --contact "555 0199" --prefers text
+    """
+    data = pod.call(lambda s: send_handoff(
+        s, claim_ref, member=member, name=name, contact=contact, prefers=prefers, note=note))
+    if as_json:
+        print_json(data)
+        return
+    to = data["to_name"] or short(data["to"])
+    echo(f"Sealed {data['name']}'s contact to {to}: only that pod can open it (`podlink "
+         "inbox` there); pods in between carry it unread.")  # fmt: skip
+
+
+@click.command()
+@pod_options
+@json_option
+def inbox(pod: Target, as_json: bool) -> None:
+    """Contacts other pods handed to this one (sealed to this pod), newest first.
+
+    \b
+    Example:
+      podlink inbox
+    """
+
+    async def go(s: PodSession) -> list[dict[str, Any]]:
+        items = await s.get("/v1/inbox")
+        names = {p["pod"]: p["name"] for p in await s.get("/v1/pods")}
+        titles: dict[str, str] = {}
+        for item in items:
+            about = item["message"].get("about")
+            if about and about not in titles:
+                try:
+                    titles[about] = (await s.get(f"/v1/requests/{about}"))["title"]
+                except ClientError as e:
+                    if e.reason != "not-found":
+                        raise
+                    titles[about] = ""
+            item["from_name"] = names.get(item["from"], "")
+            item["about_title"] = titles.get(about or "", "")
+        return items
+
+    items = pod.call(go)
+    if as_json:
+        print_json(items)
+        return
+    t = table("WHEN", "~FROM", "~NAME", "CONTACT", "PREFERS", "~ABOUT", "~NOTE")  # a contact whole
+    broken = 0
+    for item in items:
+        m = item["message"]
+        if "error" in m:
+            broken += 1
+            continue
+        t.add_row(ago_ts(item["ts"]), item["from_name"] or short(item["from"]), m["name"],
+                  m["contact"], m["prefers"], item["about_title"], m["note"])  # fmt: skip
+    show(t, "No contacts handed to this pod yet (`podlink handoff` sends one).")
+    if broken:
+        warn(f"{broken} sealed message(s) to this pod did not open: altered on the way, or "
+             "not made by podlink")  # fmt: skip
