@@ -22,7 +22,7 @@ from podlink.cli.output import (
     warn,
     warn_if_personal,
 )
-from podlink.cli.params import CATEGORY, PREFERS, URGENCY, NeededBy, share_option
+from podlink.cli.params import CATEGORY, PREFERS, URGENCY, NeededBy, changes_given, share_option
 from podlink.cli.session import (
     ID_ARGUMENTS,
     OrderedGroup,
@@ -126,13 +126,7 @@ def member_update(pod: Target, member_ref: str, name: str | None, contact: str |
         "role": None if co_organizer is None else
         ("co-organizer" if co_organizer else "participant"),
     }  # fmt: skip
-    changes = {k: v for k, v in changes.items() if v is not None}
-    both = sorted(set(clear) & set(changes))
-    if both:
-        raise click.UsageError(f"--clear {both[0]} and a new value for it: give one of them")
-    if not changes and not clear:
-        raise click.UsageError("nothing to change: give a new value (--contact, --can, "
-                               "--needs...) or --clear FIELD")  # fmt: skip
+    changes = changes_given(changes, clear, "--contact, --can, --needs...")
     data = pod.call(lambda s: ops.update_member(s, member_ref, changes, clear))
     _done(as_json, data, f"Updated {data['name']} (member {short(data['member'])}); their "
           "details stay in this pod.")  # fmt: skip

@@ -71,3 +71,17 @@ def share_option(what: str) -> Any:
         help=f"Who sees this {what}: pod (this pod only), peers (pods you peer with), "
         "network (every linked pod). Nothing leaves the pod unless you say so.",
     )  # fmt: skip
+
+
+def changes_given(values: dict[str, Any], clear: tuple[str, ...], examples: str) -> dict[str, Any]:
+    """The fields an update command was given (options not left out), text stripped; a
+    usage error for a field both given and cleared, or for nothing to change at all."""
+    changes = {k: v.strip() if isinstance(v, str) else v for k, v in values.items()
+               if v is not None}  # fmt: skip
+    both = sorted(set(clear) & set(changes))
+    if both:
+        raise click.UsageError(f"--clear {both[0]} and a new value for it: give one of them")
+    if not changes and not clear:
+        raise click.UsageError(f"nothing to change: give a new value ({examples}) "
+                               "or --clear FIELD")  # fmt: skip
+    return changes

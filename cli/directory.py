@@ -1,0 +1,124 @@
+"""The directory of pods: which pods this one knows of, and this pod's own entry in it.
+
+Pods find each other, and people find pods, through each pod's `pod.genesis` and
+`pod.info` events in the ``network`` lane (DOMAIN.md: "a directory of pods so people and
+other pods can find them"). Everything in an entry is public to the whole network.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+import click
+
+from podlink.cli.ops import Refused
+from podlink.cli.output import echo, joined, print_json, short, show, table
+from podlink.cli.params import CATEGORY, changes_given
+from podlink.cli.session import (
+    OrderedGroup,
+    PodSession,
+    Target,
+    check_body,
+    json_option,
+    pod_options,
+)
+from podlink.protocol import kinds
+
+#: Fields of an entry `pod update --clear` can empty (the name cannot be).
+CLEARABLE = {"zone": "", "description": "", "categories": [], "contact": ""}
+
+
+@click.group("pod", cls=OrderedGroup)
+def pod_group() -> None:
+    """The directory of pods: list the pods this one knows of; update this pod's entry."""
+
+
+async def _directory(s: PodSession) -> tuple[list[dict[str, Any]], str, set[str]]:
+    pods = await s.get("/v1/pods")
+    peers = {p["pod"] for p in await s.get("/v1/peers")}
+    return pods, await s.pod(), peers
+
+
+def _relation(pod: str, ours: str, peers: set[str]) -> str:
+    return "this pod" if pod == ours else "peer" if pod in peers else "network"
+
+
+@pod_group.command("list")
+@pod_options
+@json_option
+def pod_list(pod: Target, as_json: bool) -> None:
+    """List the pods this one knows of: this pod, its peers, pods further in the network.
+
+    \b
+    Example:
+      podlink pod list
+    """
+    pods, ours, peers = pod.call(_directory)
+    order = {"this pod": 0, "peer": 1, "network": 2}
+    for p in pods:
+        p["relation"] = _relation(p["pod"], ours, peers)
+    pods.sort(key=lambda p: (order[p["relation"]], p["name"].casefold(), p["pod"]))
+    if as_json:
+        print_json(pods)
+        return
+    t = table("KEY", "~NAME", "~ZONE", "~HELPS WITH", "~CONTACT", "WHO")
+    for p in pods:
+        t.add_row(short(p["pod"]), p["name"], p["zone"], joined(p["categories"]), p["contact"],
+                  p["relation"])  # fmt: skip
+    show(t, "No pods known yet.")
+
+
+@pod_group.command("update")
+@click.option("--name", help="The pod's name, as neighbours say it.")
+@click.option("--zone", help="The street, building or community it covers.")
+@click.option("--description", help="A few words on the pod, for other pods and neighbours.")
+@click.option("--category", "categories", multiple=True, type=CATEGORY, metavar="CATEGORY",
+              help="What the pod helps with (repeat for several; replaces the list).")  # fmt: skip
+@click.option("--contact", help="A PUBLIC way to reach the pod: a phone tree number, an "
+              "e-mail, a meeting place.")  # fmt: skip
+@click.option("--clear", multiple=True, metavar="FIELD", type=click.Choice(sorted(CLEARABLE)),
+              help="Empty a field: zone, description, categories or contact.")  # fmt: skip
+@pod_options
+@json_option
+def pod_update(pod: Target, name: str | None, zone: str | None, description: str | None,
+               categories: tuple[str, ...], contact: str | None, clear: tuple[str, ...],
+               as_json: bool) -> None:  # fmt: skip
+    """Change this pod's entry in the directory: only what you give changes.
+
+    Every pod in the network sees the entry (that is what it is for): put no one's
+    personal details in it.
+
+    \b
+    Example:
+      podlink pod update --zone "Maple St & Elm St" --category food --category transport \\
+          --contact "phone tree: 555 0100"
+    """
+    changes: dict[str, Any] = {
+        "name": name, "zone": zone, "description": description, "contact": contact,
+        "categories": list(categories) or None,
+    }  # fmt: skip
+    changes = changes_given(changes, clear, "--zone, --contact...")
+    if "name" in changes:
+        changes["name"] = unicodedata.normalize("NFC", changes["name"])
+
+    async def go(s: PodSession) -> dict[str, Any]:
+        pods, ours, _ = await _directory(s)
+        entry = next((p for p in pods if p["pod"] == ours), None)
+        if entry is None:
+            raise Refused("this pod has no directory entry yet (its genesis is missing)")
+        fields = {k: entry[k] for k in ("name", "zone", "description", "categories", "contact")}
+        new = {**fields, **{k: CLEARABLE[k] for k in clear}, **changes}
+        if new == fields:
+            raise Refused("nothing to change: the pod's entry says so already")
+        body = kinds.PodInfoChanged(**new)
+        check_body(body)
+        event = await s.write(body, "network")
+        return {"id": event, "kind": "pod.info", "lane": "network", "pod": ours, **new}
+
+    data = pod.call(go)
+    if as_json:
+        print_json(data)
+        return
+    echo(f"Updated the directory entry of {data['name']} ({short(data['pod'])}); every pod in "
+         "the network will see it.")  # fmt: skip
