@@ -184,7 +184,7 @@ def member_forget(pod: Target, member_ref: str, yes: bool, as_json: bool) -> Non
 
 @click.group(cls=OrderedGroup)
 def request() -> None:
-    """Needs: add, list, show, cancel (claim, accept and fulfil are top-level commands)."""
+    """Needs: add, update, list, show, cancel (claim, accept and fulfil are top-level)."""
 
 
 @request.command("add")
@@ -218,6 +218,37 @@ def request_add(pod: Target, title: str, category: str, urgency: str, for_member
         details=details, needed_by=needed_by, area=area))  # fmt: skip
     _done(as_json, data, f"Recorded need {short(data['id'])} {title!r} ({category}, {urgency}), "
           f"shared with {LANE_WORDS[share]}.")  # fmt: skip
+
+
+@request.command("update", context_settings=ID_ARGUMENTS)
+@click.argument("request_ref", metavar="REQUEST")
+@click.option("--title", help="A new title.")
+@click.option("--category", type=CATEGORY, help="A new category.")
+@click.option("--urgency", type=URGENCY, help="How soon it is needed now.")
+@click.option("--details", help="New details (replaces them; \"\" empties them).")
+@click.option("--needed-by", type=NeededBy(), help="YYYY-MM-DD, today, tomorrow or a weekday.")
+@click.option("--area", help="A rough area (a street, not an address).")
+@pod_options
+@json_option
+def request_update(pod: Target, request_ref: str, title: str | None, category: str | None,
+                   urgency: str | None, details: str | None, needed_by: str | None,
+                   area: str | None, as_json: bool) -> None:  # fmt: skip
+    """Change one of this pod's open or accepted needs: only what you give changes.
+
+    Every pod the need was shared with sees the change. A date, once set, can be moved
+    but not taken away.
+
+    \b
+    Examples:
+      podlink request update 3Fq9 --urgency urgent --needed-by today
+      podlink request update 3Fq9 --details "two bags, not one"
+    """
+    changes = changes_given({"title": title, "category": category, "urgency": urgency,
+                             "details": details, "needed_by": needed_by, "area": area},
+                            None, "--urgency, --details, --needed-by...")  # fmt: skip
+    data = pod.call(lambda s: ops.update_request(s, request_ref, changes))
+    what = ", ".join(f"{k.replace('_', ' ')} {v!r}" for k, v in data["changed"].items())
+    _done(as_json, data, f"Changed need {short(data['request'])}: {what}.")
 
 
 @request.command("list")

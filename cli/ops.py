@@ -153,6 +153,23 @@ async def _open_request(session: PodSession, ref: str, verb: str) -> dict[str, A
     return req
 
 
+async def update_request(session: PodSession, ref: str, changes: dict[str, Any]) -> Summary:
+    """New values for some fields of one of this pod's open or accepted requests, in its
+    lane; nothing is signed when nothing would change."""
+    req = await _open_request(session, ref, "change")
+    changed = {k: v for k, v in changes.items() if req.get(k) != v}
+    if not changed:
+        raise Refused("nothing to change: the request says so already")
+    body = kinds.RequestUpdated(**changed)
+    check_body(body)
+    warn_if_personal("request", req["lane"], *(changed.get(k, "") for k in
+                                               ("title", "details", "area")))  # fmt: skip
+    event = await session.write(body, req["lane"], (req["id"],))
+    after = await session.check_applied(req["id"], event)
+    return {"id": event, "kind": "request.update", "lane": req["lane"], "request": req["id"],
+            "changed": changed, "title": after["title"], "status": after["status"]}  # fmt: skip
+
+
 async def cancel_request(session: PodSession, ref: str, reason: str = "") -> Summary:
     req = await _open_request(session, ref, "cancel")
     warn_if_personal("reason", req["lane"], reason)

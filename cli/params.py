@@ -73,15 +73,17 @@ def share_option(what: str) -> Any:
     )  # fmt: skip
 
 
-def changes_given(values: dict[str, Any], clear: tuple[str, ...], examples: str) -> dict[str, Any]:
+def changes_given(
+    values: dict[str, Any], clear: tuple[str, ...] | None, examples: str
+) -> dict[str, Any]:
     """The fields an update command was given (options not left out), text stripped; a
     usage error for a field both given and cleared, or for nothing to change at all."""
     changes = {k: v.strip() if isinstance(v, str) else v for k, v in values.items()
                if v is not None}  # fmt: skip
-    both = sorted(set(clear) & set(changes))
+    both = sorted(set(clear or ()) & set(changes))
     if both:
         raise click.UsageError(f"--clear {both[0]} and a new value for it: give one of them")
     if not changes and not clear:
-        raise click.UsageError(f"nothing to change: give a new value ({examples}) "
-                               "or --clear FIELD")  # fmt: skip
+        also = "" if clear is None else " or --clear FIELD"  # None: the command has no --clear
+        raise click.UsageError(f"nothing to change: give a new value ({examples}){also}")
     return changes
