@@ -16,6 +16,7 @@ import click
 import yarl
 
 from podlink.cli.output import (
+    ago_ms,
     ago_s,
     ago_ts,
     echo,
@@ -148,7 +149,7 @@ def status(pod: Target, as_json: bool) -> None:
     ])  # fmt: skip
     if data["forks"]:
         warn(f"{data['forks']} fork(s) recorded: a key signed two different events at one "
-             "place; see /v1/forks and docs/operations.md")  # fmt: skip
+             "place; see `podlink log --forks` and docs/operations.md")  # fmt: skip
 
 
 # ---------------------------------------------------------------- peers
@@ -344,10 +345,13 @@ def sync(pod: Target, as_json: bool) -> None:
     help="Re-check every signature, body hash and feed chain in the ledger, that "
     "each row's columns say what its signed header says, and the feed heads.",
 )
+@click.option("--forks", is_flag=True, help="Show the forks recorded: a key that signed two "
+              "different events at one place of its feed (the proof is kept).")  # fmt: skip
 @pod_options
 @json_option
-def log(pod: Target, limit: int, verify: bool, as_json: bool) -> None:
-    """Show the newest events in the pod's ledger (who did what, when), or verify it.
+def log(pod: Target, limit: int, verify: bool, forks: bool, as_json: bool) -> None:
+    """Show the newest events in the pod's ledger (who did what, when), verify it, or show
+    the forks it recorded.
 
     With --verify the JSON is {"ok", "events", "problems"} and the exit code is 1 when a
     problem was found.
@@ -356,7 +360,13 @@ def log(pod: Target, limit: int, verify: bool, as_json: bool) -> None:
     Examples:
       podlink log --limit 50
       podlink log --verify
+      podlink log --forks
     """
+    if verify and forks:
+        raise click.UsageError("--verify and --forks: give one of them")
+    if forks:
+        _forks(pod, as_json)
+        return
     if verify:
 
         async def check(s: Any) -> dict:
@@ -385,6 +395,34 @@ def log(pod: Target, limit: int, verify: bool, as_json: bool) -> None:
         t.add_row(str(e["pos"]), ago_ts(e["ts"]), e["pod_name"] or short(e["pod"]), e["lane"],
                   kind, short(e["id"]))  # fmt: skip
     show(t, "The ledger is empty.")
+
+
+def _forks(pod: Target, as_json: bool) -> None:
+    """The fork evidence, with the name of each key where this pod knows it."""
+
+    async def go(s: Any) -> list[dict[str, Any]]:
+        found = await s.get("/v1/forks")
+        names = {r["key"]: r["name"] for r in await s.get("/v1/roster")}
+        names.update({p["pod"]: p["name"] for p in await s.get("/v1/pods")})
+        for f in found:
+            f["author_name"] = names.get(f["author"], "")
+        return found
+
+    found = pod.call(go)
+    if as_json:
+        print_json(found)
+        return
+    t = table("WHEN", "~KEY", "LANE", ">SEQ", "KEPT", "REFUSED", "~FROM")
+    for f in found:
+        who = f"{f['author_name']} ({short(f['author'])})" if f["author_name"] else short(
+            f["author"])  # fmt: skip
+        t.add_row(ago_ms(f["received"]), who, f["lane"], str(f["seq"]), short(f["kept_id"]),
+                  short(f["other_id"]), f["source"])  # fmt: skip
+    show(t, "No forks recorded: every key has signed one history.")
+    if found:
+        warn("a fork is one key signing two histories: a backup restored and written on "
+             "before it synced, or one organizer key on two machines. Give each machine "
+             "its own key (`podlink organizer setup`); see docs/operations.md")  # fmt: skip
 
 
 # ---------------------------------------------------------------- backup and restore
