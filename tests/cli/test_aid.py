@@ -68,9 +68,11 @@ def test_member_errors(network: Network) -> None:
     # details are sealed, so the node cannot check them: the CLI does, before signing
     assert "the name must not be empty" in one_error_line(maple("member", "add", " ", code=1))
     assert "--contact is too long (at most 200" in one_error_line(
-        maple("member", "add", "Long", "--contact", "9" * 201, code=1))
+        maple("member", "add", "Long", "--contact", "9" * 201, code=1)
+    )
     assert "the title must not be empty" in one_error_line(
-        maple("request", "add", "  ", "--category", "food", code=1))
+        maple("request", "add", "  ", "--category", "food", code=1)
+    )
 
 
 # ---------------------------------------------------------------- requests
@@ -136,7 +138,8 @@ def test_bad_values_say_what_to_do(network: Network) -> None:
 def test_unknown_and_malformed_ids(network: Network) -> None:
     maple = network.maple
     assert "no request with id starting 'zzzzzzzz'" in one_error_line(
-        maple("request", "show", "zzzzzzzz", code=1))
+        maple("request", "show", "zzzzzzzz", code=1)
+    )
     assert "not a request id" in one_error_line(maple("request", "show", "no/such", code=1))
     assert "no claim" in one_error_line(maple("accept", "zzzzzzzz", code=1))
     assert "no offer" in one_error_line(maple("offer", "withdraw", "zzzzzzzz", code=1))
@@ -149,12 +152,16 @@ def test_unknown_and_malformed_ids(network: Network) -> None:
 
 def test_ambiguous_prefix(network: Network) -> None:
     lonely = network.lonely
-    firsts: dict[str, str] = {}
-    for n in range(70):  # 64 first characters: a clash comes soon, and surely by 65
+    # Lonely is shared by the session: other tests may have left requests there. Count
+    # them, so that the clash found is one of exactly two requests whatever ran before.
+    firsts: dict[str, int] = {}
+    for row in lonely.json("request", "list"):
+        firsts[row["id"][0]] = firsts.get(row["id"][0], 0) + 1
+    for n in range(70):  # 64 first characters: a clash comes soon (a few earlier at most)
         rid = lonely.json("request", "add", f"Need {n}", "--category", "food")["id"]
-        if rid[0] in firsts:
+        firsts[rid[0]] = firsts.get(rid[0], 0) + 1
+        if firsts[rid[0]] == 2:
             break
-        firsts[rid[0]] = rid
     line = one_error_line(lonely("request", "show", rid[0], code=1))
     assert "matches 2 requests" in line and "type more characters" in line
     assert lonely.json("request", "show", rid[:12])["id"] == rid
@@ -162,8 +169,17 @@ def test_ambiguous_prefix(network: Network) -> None:
 
 def test_personal_details_shared_beyond_the_pod_get_a_warning(network: Network) -> None:
     maple = network.maple
-    shared = maple("request", "add", "Call Ann on 07700 900123", "--category", "food",
-                   "--share", "network", "--details", "ann@example.org, 14 Elm Street")
+    shared = maple(
+        "request",
+        "add",
+        "Call Ann on 07700 900123",
+        "--category",
+        "food",
+        "--share",
+        "network",
+        "--details",
+        "ann@example.org, 14 Elm Street",
+    )
     assert "phone number" in shared.stderr and "e-mail" in shared.stderr
     assert "street address" in shared.stderr and shared.exit_code == 0
     kept = maple("request", "add", "Call Ann on 07700 900123", "--category", "food")
@@ -198,8 +214,19 @@ def test_a_need_crosses_two_pods_and_is_met(network: Network) -> None:
     maple, riverside, hilltop = network.maple, network.riverside, network.hilltop
     maple("member", "add", "Agatha", "--needs", "medicine")
     hilltop("member", "add", "Jonny", "--can", "transport", "--can", "medicine")
-    rid = maple.json("request", "add", "Prescription pickup", "--category", "medicine",
-                     "--urgency", "urgent", "--for", "Agatha", "--share", "network")["id"]
+    rid = maple.json(
+        "request",
+        "add",
+        "Prescription pickup",
+        "--category",
+        "medicine",
+        "--urgency",
+        "urgent",
+        "--for",
+        "Agatha",
+        "--share",
+        "network",
+    )["id"]
     on_all(network, rid, "open")
     seen = next(r for r in hilltop.json("request", "list") if r["id"] == rid)
     assert seen["pod_name"] == "Maple Street" and seen["share"] == "network"
@@ -211,7 +238,8 @@ def test_a_need_crosses_two_pods_and_is_met(network: Network) -> None:
     eventually(lambda: maple.json("request", "show", rid)["claims"])
     shown = maple.json("request", "show", rid)
     assert [(c["id"], c["pod"], c["status"]) for c in shown["claims"]] == [
-        (claim["id"], hilltop.key, "pending")]
+        (claim["id"], hilltop.key, "pending")
+    ]
     assert "only Maple Street" in one_error_line(hilltop("accept", claim["id"][:8], code=1))
 
     maple("accept", claim["id"][:8])

@@ -7,6 +7,8 @@ sorts after the roster.add that authorises it.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +96,18 @@ async def open_ledger(
     if pod is not None:
         await ledger.set_pod(pod)
     return ledger
+
+
+async def until_queued(ledger: Ledger, n: int, within: float = 20.0) -> None:
+    """Wait until exactly ``n`` appends wait in the ledger's group-commit queue (a test
+    holds the writer). Each append decodes and verifies in the ledger's threads before it
+    queues: a fixed sleep of 10-50 ms was not always enough on a loaded machine."""
+    deadline = time.monotonic() + within
+    while len(ledger._appends) < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(ledger._appends)} of {n} appends queued in {within} s")
+        await asyncio.sleep(0.001)
+    assert len(ledger._appends) == n, (len(ledger._appends), n)
 
 
 async def query(ledger: Ledger, sql: str, params: Sequence[Any] = ()) -> list[tuple]:

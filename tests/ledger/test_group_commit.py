@@ -10,7 +10,16 @@ from podlink.ledger.ledger import Ledger, Limits
 from podlink.protocol import kinds
 from podlink.protocol.envelope import Event, encode_wire
 from tests.ledger.conftest import OpenLedger
-from tests.ledger.helpers import Pod, World, count, reasons, statuses, stored_ids, wires
+from tests.ledger.helpers import (
+    Pod,
+    World,
+    count,
+    reasons,
+    statuses,
+    stored_ids,
+    until_queued,
+    wires,
+)
 
 
 def organizers(world: World, pod: Pod, n: int) -> tuple[list, list[Event]]:
@@ -36,8 +45,7 @@ async def queued(ledger: Ledger, submissions: list[list[bytes]]) -> list:
     queue; then let the writer go and gather the outcomes (exceptions included)."""
     async with ledger._write:
         tasks = [asyncio.create_task(ledger.append(s)) for s in submissions]
-        await asyncio.sleep(0.05)  # each has been checked and is waiting for the writer
-        assert len(ledger._appends) == len(submissions)
+        await until_queued(ledger, len(submissions))  # each checked, waiting for the writer
     return await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -69,8 +77,7 @@ async def test_queued_appends_share_a_transaction_with_their_own_results(
     generation = ledger.generation
     async with ledger._write:  # a transaction in flight: everyone below queues
         tasks = [asyncio.create_task(ledger.append(s)) for s in submissions]
-        await asyncio.sleep(0.05)  # each has been checked and is waiting for the writer
-        assert len(ledger._appends) == len(submissions)
+        await until_queued(ledger, len(submissions))  # each checked, waiting for the writer
     results = await asyncio.gather(*tasks)
     assert ledger.generation == generation + 1  # one transaction stored them all
     assert [statuses(r) for r in results] == [
@@ -96,7 +103,7 @@ async def test_a_group_is_at_most_one_batch(make_ledger: OpenLedger, world: Worl
     async with ledger._write:
         tasks = [asyncio.create_task(ledger.append([need(o, "x").to_wire()])) for o in orgs]
         tasks.append(asyncio.create_task(ledger.append(wires([need(orgs[0], "y")] * 4))))
-        await asyncio.sleep(0.05)
+        await until_queued(ledger, len(tasks))
     results = await asyncio.gather(*tasks)
     assert [statuses(r) for r in results] == [["stored"]] * 5 + [["stored", *["duplicate"] * 3]]
     assert ledger.generation == generation + 3  # 4 events, then 1 (1 + 4 is over), then 4
@@ -109,7 +116,7 @@ async def test_an_append_cancelled_in_the_queue_is_not_stored(
     needs = [need(org, f"need {i}") for i, org in enumerate(orgs)]
     async with ledger._write:
         tasks = [asyncio.create_task(ledger.append([e.to_wire()])) for e in needs]
-        await asyncio.sleep(0.05)
+        await until_queued(ledger, len(tasks))
         tasks[1].cancel()
         await asyncio.sleep(0)
     done = await asyncio.gather(*tasks, return_exceptions=True)
@@ -200,7 +207,7 @@ async def test_a_group_runs_to_its_end_when_its_appends_are_cancelled(
     async with ledger._write:
         lead = asyncio.create_task(ledger.append([lead_need.to_wire()]))
         follower = asyncio.create_task(ledger.append([follower_need.to_wire()]))
-        await asyncio.sleep(0.05)
+        await until_queued(ledger, 2)
     await inside.wait()
     assert ledger._appends == []  # both taken by the stalled transaction
     follower.cancel()
@@ -232,7 +239,7 @@ async def test_an_append_cancelled_in_a_failed_group_leaves_no_unseen_error(
     async with ledger._write:
         lead = asyncio.create_task(ledger.append([lead_need.to_wire()]))
         follower = asyncio.create_task(ledger.append([follower_need.to_wire()]))
-        await asyncio.sleep(0.05)
+        await until_queued(ledger, 2)
         _, follower_entry = ledger._appends
     await inside.wait()
     follower.cancel()

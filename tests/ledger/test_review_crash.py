@@ -22,7 +22,7 @@ from podlink.ledger.ledger import Ledger, Limits
 from podlink.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from podlink.protocol import kinds
 from podlink.protocol.envelope import Event
-from tests.ledger.helpers import World, query, statuses, stored_ids, wires
+from tests.ledger.helpers import World, query, statuses, stored_ids, until_queued, wires
 from tests.ledger.scenario import Scenario, deliveries
 
 # ---------------------------------------------------------------- helpers
@@ -82,9 +82,11 @@ async def caches_match_file(ledger: Ledger) -> None:
 
 async def roster_matches_file(ledger: Ledger) -> None:
     on_file = await projections.load_roster(ledger.db)
+
     def norm(r):  # type: ignore[no-untyped-def]
         return ({p: sorted(map(repr, ts)) for p, ts in r.tenures.items() if ts},
                 {p: ks for p, ks in r.named.items() if ks})  # fmt: skip
+
     assert norm(ledger.roster) == norm(on_file)
 
 
@@ -118,8 +120,7 @@ async def test_group_members_of_a_leader_cancelled_at_commit_get_their_own_resul
                       for o in orgs]  # fmt: skip
             async with ledger._write:  # a transaction in flight: all eight queue
                 tasks = [asyncio.create_task(ledger.append([e.to_wire()])) for e in events]
-                await asyncio.sleep(0.01)
-                assert len(ledger._appends) == 8
+                await until_queued(ledger, 8)
             await spin(n)
             tasks[0].cancel()  # the leader: its task runs the group's transaction
             done = await asyncio.gather(*tasks, return_exceptions=True)
@@ -206,6 +207,7 @@ async def test_ingests_failing_on_a_full_disk_leave_a_consistent_ledger(
     tmp_path: Path, seed: int
 ) -> None:
     from podlink.ledger.errors import StorageError
+
     scenario = Scenario.build(random.Random(100 + seed), pods=2, steps=80)
     batches = [b[i : i + 6] for b in deliveries(scenario.events, random.Random(seed))
                for i in range(0, len(b), 6)]  # fmt: skip

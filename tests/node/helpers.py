@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import shutil
 import socket
 import time
@@ -48,6 +49,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stable_port() -> int:
+    """A free port below Linux's ephemeral range (32768-60999): the port of a node that
+    may be stopped and started again.
+
+    While such a node is down, a port from the ephemeral range can become the local end
+    of any outgoing connection on the machine (other tests run alongside), or of a peer's
+    reconnect to that very port (a TCP self-connect), and the restart would fail with
+    "address already in use". Never the same port twice in one test run: two nodes made
+    before either starts would otherwise draw the same one now and then."""
+    for _ in range(200):
+        port = _PORTS.randrange(20_000, 32_000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+_HANDED_OUT: set[int] = set()
+_PORTS = random.SystemRandom()  # not the global one, which a test (or plugin) may seed
 
 
 class PodNode:
@@ -196,7 +224,7 @@ class PodNode:
 
 async def make_node(home: Path, name: str, *, port: int | None = None, **overrides: Any) -> PodNode:
     """``init_pod`` a fresh home on a free port with test settings (not started)."""
-    port = port or free_port()
+    port = port or stable_port()
     config = await init_pod(home, name=name, listen=f"127.0.0.1:{port}")
     settings = {**FAST, **overrides}
     config = with_overrides(config, **settings)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -21,30 +19,14 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from tests.node.helpers import PodNode
+from tests.node.helpers import PodNode, stable_port
+
+__all__ = ["SERVE", "ServedNode", "stable_port"]
 
 SERVE = (
     "import sys; from pathlib import Path; from podlink.node.app import run_node; "
     "from podlink.node.config import load_config; run_node(load_config(Path(sys.argv[1])))"
 )
-
-
-def stable_port() -> int:
-    """A free port below Linux's ephemeral range (32768-60999).
-
-    A node that is killed and restarted again and again leaves its port free in between;
-    a port from the ephemeral range can meanwhile become the local end of any outgoing
-    connection on the machine (other tests run alongside), and the restart would fail
-    with "address already in use"."""
-    for _ in range(200):
-        port = random.randrange(20_000, 32_000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 class ServedNode:

@@ -36,7 +36,7 @@ from podlink.protocol import boxes, kinds
 from podlink.protocol.envelope import Event
 from podlink.protocol.keys import Keypair
 from podlink.protocol.text import b64e
-from tests.ledger.helpers import Pod, World, statuses, wires
+from tests.ledger.helpers import Pod, World, statuses, until_queued, wires
 from tests.ledger.scenario import Scenario, deliveries
 from tests.node.helpers import PodNode, wait_converged, wait_for, wait_linked
 
@@ -362,7 +362,7 @@ async def test_calls_queued_behind_close_are_refused_by_the_ledger_not_by_aiosql
     async with asyncio.timeout(LIMIT_S):
         async with led._write:  # a transaction in flight
             first = [asyncio.create_task(led.append([e.to_wire()])) for e in early]
-            await asyncio.sleep(0.05)
+            await until_queued(led, len(first))  # queued before close: acknowledged below
             closing = asyncio.create_task(led.close())
             await asyncio.sleep(0.05)
         # The early group's transaction takes them from the queue and runs.

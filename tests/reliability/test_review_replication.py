@@ -167,17 +167,20 @@ async def test_a_forked_feed_ends_the_repair(
     async def forked() -> bool:
         return (await birch.status())["forks"] == 1
 
-    await wait_for(forked, within=3, what="the fork at Birch")
+    await wait_for(forked, within=20, what="the fork at Birch")
 
     async def repair_done() -> bool:
         return not birch.node.peers[alder.pod].repair
 
     before = served(alder, "/v1/peer/feed")
+    waited = time.monotonic()
     try:
-        await wait_for(repair_done, within=2, what="Birch's repair from Alder to end")
+        # Ten periods of 0.2 s would do on an idle machine; a loaded one may need more.
+        await wait_for(repair_done, within=20, what="Birch's repair from Alder to end")
     finally:
         again = served(alder, "/v1/peer/feed") - before
-    assert again <= 1, f"the rival branch was fetched {again:g} more times in 2 s"
+        waited = time.monotonic() - waited
+    assert again <= 1, f"the rival branch was fetched {again:g} more times in {waited:.1f} s"
 
 
 # ---------------------------------------------------------------- pinned behaviour
@@ -246,6 +249,12 @@ async def test_events_refused_for_a_fast_clock_past_the_pending_bound_come_once_
     await wait_linked([(alder, birch)])
     started = time.monotonic()
     await asyncio.sleep(1.0)
+
+    async def parked_and_refused() -> bool:  # at once, unless the machine is loaded
+        pending = (await alder.status())["pending"]
+        return pending == 5 and (await alder.peers())[birch.key]["refused"] == 8
+
+    await wait_for(parked_and_refused, within=20, what="5 of K's events parked, 8 refused")
     assert (await alder.status())["pending"] == 5
     assert (await alder.peers())[birch.key]["refused"] == 8
     repairs = served(birch, "/v1/peer/heads")
@@ -256,7 +265,7 @@ async def test_events_refused_for_a_fast_clock_past_the_pending_bound_come_once_
     async def all_there() -> bool:
         return {add.id, *(e.id for e in needs)} <= set(await held(alder))
 
-    await wait_for(all_there, within=3, what="K's roster.add and needs at Alder")
+    await wait_for(all_there, within=20, what="K's roster.add and needs at Alder")
     await wait_converged([alder, birch])
     await check_invariants([alder, birch], [(alder, birch)])
 

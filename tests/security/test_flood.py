@@ -47,6 +47,7 @@ PENDING_CAP = 2000  # the victim's pending_per_source
 RSS_LIMIT = 300 * 1024 * 1024
 DEAD_URL = "http://127.0.0.1:9"
 LIVENESS_S = 2.0
+SETUP_S = 60.0  # the flood's honest events taken in before it starts: a bound on a hang
 
 
 class FloodPeer(FakePeer):
@@ -79,9 +80,7 @@ def flood_events(key: Keypair, stored: int, gapped: int) -> tuple[list[bytes], l
     return good, waiting
 
 
-async def hammer(
-    url: str, pod: bytes, key: Keypair, stop: float, counts: dict[str, int]
-) -> None:
+async def hammer(url: str, pod: bytes, key: Keypair, stop: float, counts: dict[str, int]) -> None:
     """One client of many: page after page of the peer API, as fast as answers come."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
         while time.monotonic() < stop:
@@ -172,7 +171,9 @@ async def test_a_flooding_peer_is_throttled_and_contained(network: Any, tmp_path
         await honest.client.post("/v1/peers", {"url": pod.url, "key": pod.key})
         await pod.client.post("/v1/peers", {"url": flooder.url, "key": flooder.key})
         await pod.client.post("/v1/peers", {"url": DEAD_URL, "key": accomplice.public_text})
-        await wait_for(lambda: _holds(pod, 4000), within=FLOOD_S, what="the flood stored")
+        # Not yet the test: 4,000 events checked by verify workers that run at nice 19,
+        # which a loaded machine starves (10 s was not always enough).
+        await wait_for(lambda: _holds(pod, 4000), within=SETUP_S, what="the flood stored")
 
         stop = time.monotonic() + FLOOD_S
         tasks += [asyncio.create_task(hammer(pod.url, pod.pod, flooder.keypair, stop, counts))

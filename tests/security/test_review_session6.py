@@ -307,7 +307,7 @@ async def test_a_quiet_stream_repairs_refused_for_now_events_every_retry_period(
             heads = [i for i, p in enumerate(paths) if p.startswith("/v1/peer/heads")]
             return bool(streamed) and len([i for i in heads if i > streamed[0]]) >= 2
 
-        await wait_for(repaired_twice, within=3.0, what="two repairs on the quiet stream")
+        await wait_for(repaired_twice, within=15.0, what="two repairs on the quiet stream")
         assert a.node.peers[fake.keypair.public].repair  # still due: the event is still ahead
     finally:
         await fake.stop()
