@@ -53,8 +53,15 @@ async def send_handoff(
     if claim["status"] != "accepted":
         raise Refused(f"the claim is {claim['status']}: contacts are handed over only "
                       "once help is agreed (the asking pod runs `podlink accept`)")  # fmt: skip
+    if request["status"] != "accepted" or request["accepted_claim"] != claim["id"]:
+        # An accepted claim stays so once its request is cancelled or fulfilled.
+        raise Refused(f"the request is {request['status']}: contacts are handed over only "
+                      "while the help is under way")  # fmt: skip
     if member is not None:
         person = await session.member(member)
+        if "contact" not in person:  # listed, but their details do not open here
+            raise Refused(f"the details of member {person['id'][:8]} cannot be opened "
+                          "here (no key): give --name and --contact")  # fmt: skip
         name = name or person["name"]
         contact = contact if contact is not None else person.get("contact", "")
         prefers = prefers or person.get("prefers") or ""
@@ -115,11 +122,21 @@ def handoff(pod: Target, claim_ref: str, member: str | None, name: str | None,
          "inbox` there); pods in between carry it unread.")  # fmt: skip
 
 
+def _parties(need: dict[str, Any]) -> set[str]:
+    """The pods of a need's help: the one that asked and the one whose claim it accepted."""
+    accepted = {c["pod"] for c in need.get("claims", []) if c["id"] == need["accepted_claim"]}
+    return {need["pod"], *accepted}
+
+
 @click.command()
 @pod_options
 @json_option
 def inbox(pod: Target, as_json: bool) -> None:
-    """Contacts other pods handed to this one (sealed to this pod), newest first.
+    """Contacts other pods handed to this one (sealed to this pod): the last 100 to arrive.
+
+    A contact is filed under the need it names only if its sender is a party to that
+    help (the pod that asked, or the one whose claim was accepted); the others are shown
+    with no need, and counted.
 
     \b
     Example:
@@ -129,18 +146,22 @@ def inbox(pod: Target, as_json: bool) -> None:
     async def go(s: PodSession) -> list[dict[str, Any]]:
         items = await s.get("/v1/inbox")
         names = {p["pod"]: p["name"] for p in await s.get("/v1/pods")}
-        titles: dict[str, str] = {}
+        needs: dict[str, dict[str, Any] | None] = {}
         for item in items:
             about = item["message"].get("about")
-            if about and about not in titles:
+            if about and about not in needs:
                 try:
-                    titles[about] = (await s.get(f"/v1/requests/{about}"))["title"]
+                    needs[about] = await s.get(f"/v1/requests/{about}")
                 except ClientError as e:
                     if e.reason != "not-found":
                         raise
-                    titles[about] = ""
+                    needs[about] = None
+            need = needs.get(about or "")
             item["from_name"] = names.get(item["from"], "")
-            item["about_title"] = titles.get(about or "", "")
+            # Anyone can seal a message naming any need it has seen: it is filed under
+            # the need only if its sender asked for the help or is the accepted helper.
+            item["party"] = need is not None and item["from"] in _parties(need)
+            item["about_title"] = need["title"] if need is not None and item["party"] else ""
         return items
 
     items = pod.call(go)
@@ -157,6 +178,11 @@ def inbox(pod: Target, as_json: bool) -> None:
         t.add_row(ago_ts(item["ts"]), item["from_name"] or short(item["from"]), m["name"],
                   m["contact"], m["prefers"], item["about_title"], m["note"])  # fmt: skip
     show(t, "No contacts handed to this pod yet (`podlink handoff` sends one).")
+    strangers = sum(1 for i in items if i["message"].get("about") and not i["party"]
+                    and "error" not in i["message"])  # fmt: skip
+    if strangers:
+        warn(f"{strangers} contact(s) name a need their sender has no accepted part in: "
+             "shown without it; check with that pod before you call")  # fmt: skip
     if broken:
         warn(f"{broken} sealed message(s) to this pod did not open: altered on the way, or "
              "not made by podlink")  # fmt: skip

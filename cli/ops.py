@@ -55,7 +55,7 @@ async def add_member(
     details = kinds.MemberDetails(
         name=unicodedata.normalize("NFC", name.strip()), contact=contact.strip(),
         prefers=prefers,  # type: ignore[arg-type]
-        can=list(can), needs=list(needs), languages=list(languages), notes=notes,
+        can=list(can), needs=list(needs), languages=list(languages), notes=notes.strip(),
         role="co-organizer" if co_organizer else "participant",
     )  # fmt: skip
     check_body(details, kinds.decode_member_details)  # sealed: the node cannot check it

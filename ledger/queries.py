@@ -444,20 +444,35 @@ async def list_forks(db: aiosqlite.Connection) -> list[Row]:
     ]  # fmt: skip
 
 
-async def sealed_for(db: aiosqlite.Connection, pod: bytes, limit: int = 100) -> list[Row]:
-    """Sealed events addressed to ``pod`` (opened by the node, which holds the pod key)."""
-    out = []
-    for id_, sender, ts, body in await rows(
-        db,
-        "SELECT id, pod, ts, body FROM events INDEXED BY events_sealed WHERE kind = 'sealed' "
-        "AND body IS NOT NULL ORDER BY pos DESC LIMIT ?",
-        (limit * 10,),
-    ):
-        sealed = kinds.decode_body("sealed", body)
-        if isinstance(sealed, kinds.SealedMessage) and sealed.to == pod:
-            out.append({"id": id_, "from": sender, "ts": ts, "box": sealed.box})
-            if len(out) >= limit:
-                break
+async def sealed_for(
+    db: aiosqlite.Connection, pod: bytes, limit: int = 100, page: int = 1000
+) -> list[Row]:
+    """The newest ``limit`` sealed events addressed to ``pod`` (opened by the node, which
+    holds the pod key), newest stored first.
+
+    The recipient is inside the body, so every sealed event is read, newest first, a
+    page at a time, until ``limit`` are found: the sealed messages other pods exchange
+    through this one must not push this pod's own out of reach."""
+    out: list[Row] = []
+    before = (1 << 63) - 1
+    while len(out) < limit:
+        found = await rows(
+            db,
+            "SELECT pos, id, pod, ts, body FROM events INDEXED BY events_sealed "
+            "WHERE kind = 'sealed' AND pos < ? ORDER BY pos DESC LIMIT ?",
+            (before, page),
+        )
+        for _pos, id_, sender, ts, body in found:
+            if body is None:
+                continue
+            sealed = kinds.decode_body("sealed", body)
+            if isinstance(sealed, kinds.SealedMessage) and sealed.to == pod:
+                out.append({"id": id_, "from": sender, "ts": ts, "box": sealed.box})
+                if len(out) >= limit:
+                    break
+        if len(found) < page:
+            break
+        before = found[-1][0]
     return out
 
 
