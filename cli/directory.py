@@ -7,13 +7,14 @@ other pods can find them"). Everything in an entry is public to the whole networ
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 from typing import Any
 
 import click
 
 from podlink.cli.ops import Refused
-from podlink.cli.output import echo, joined, print_json, short, show, table
+from podlink.cli.output import echo, joined, print_json, short, show, table, warn_if_personal
 from podlink.cli.params import CATEGORY, changes_given
 from podlink.cli.session import (
     OrderedGroup,
@@ -23,6 +24,7 @@ from podlink.cli.session import (
     json_option,
     pod_options,
 )
+from podlink.node.config import NODE_KEY_FILE, set_name
 from podlink.protocol import kinds
 
 #: Fields of an entry `pod update --clear` can empty (the name cannot be).
@@ -113,10 +115,16 @@ def pod_update(pod: Target, name: str | None, zone: str | None, description: str
             raise Refused("nothing to change: the pod's entry says so already")
         body = kinds.PodInfoChanged(**new)
         check_body(body)
+        # The contact is public on purpose; the rest should name no one.
+        texts = [changes.get(k, "") for k in ("name", "zone", "description")]
+        warn_if_personal("directory entry", "network", *texts)
         event = await s.write(body, "network")
         return {"id": event, "kind": "pod.info", "lane": "network", "pod": ours, **new}
 
     data = pod.call(go)
+    if "name" in changes and (pod.home / NODE_KEY_FILE).exists():
+        with contextlib.suppress(OSError, ValueError):  # the entry is what counts
+            set_name(pod.home, data["name"])  # what `podlink serve` prints as it starts
     if as_json:
         print_json(data)
         return

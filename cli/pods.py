@@ -402,7 +402,7 @@ def _forks(pod: Target, as_json: bool) -> None:
 
     async def go(s: Any) -> list[dict[str, Any]]:
         found = await s.get("/v1/forks")
-        names = {r["key"]: r["name"] for r in await s.get("/v1/roster")}
+        names = {r["key"]: r["name"] for r in await s.get("/v1/roster", pod="all") if r["name"]}
         names.update({p["pod"]: p["name"] for p in await s.get("/v1/pods")})
         for f in found:
             f["author_name"] = names.get(f["author"], "")

@@ -112,13 +112,13 @@ async def list_pods(db: aiosqlite.Connection) -> list[Row]:
     ]  # fmt: skip
 
 
-async def list_roster(db: aiosqlite.Connection, pod: bytes) -> list[Row]:
-    sql = (
-        "SELECT key, name, from_ts, until_ts FROM roster WHERE pod = ? ORDER BY from_ts"
-    )
+async def list_roster(db: aiosqlite.Connection, pod: bytes | None) -> list[Row]:
+    """The organizers of ``pod`` (None: of every pod this node knows), oldest first."""
+    where, params = ("WHERE pod = ?", (pod,)) if pod is not None else ("", ())
+    sql = f"SELECT pod, key, name, from_ts, until_ts FROM roster {where} ORDER BY from_ts"
     return [
-        {"key": k, "name": n, "from_ts": f, "until_ts": u, "active": u is None}
-        for k, n, f, u in await rows(db, sql, (pod,))
+        {"pod": p, "key": k, "name": n, "from_ts": f, "until_ts": u, "active": u is None}
+        for p, k, n, f, u in await rows(db, sql, params)
     ]
 
 

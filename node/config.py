@@ -176,5 +176,14 @@ def save_config(config: Config) -> None:
     (config.home / CONFIG_FILE).write_text(tomli_w.dumps(data), encoding="utf-8")
 
 
+def set_name(home: Path, name: str) -> None:
+    """Write a new pod name into ``home``'s config.toml, leaving every other line's value
+    as the file has it (environment overrides are not written in)."""
+    path = Path(home) / CONFIG_FILE
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data["name"] = name
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+
+
 def with_overrides(config: Config, **changes: Any) -> Config:
     return dataclasses.replace(config, **changes)

@@ -23,7 +23,9 @@ import yarl
 
 from podlink.ledger import queries
 from podlink.ledger.ledger import Checked
+from podlink.ledger.store import rows
 from podlink.node.api_types import (
+    FeedHead,
     Page,
     PeerSync,
     StreamHello,
@@ -221,6 +223,9 @@ class PeerLink:
         stored, complete = 0, True
         for head in theirs:
             have = await self._our_seq(head.author, head.lane)
+            if have >= head.seq > 0:
+                await self._check_same_history(head)
+                continue
             while have < head.seq:
                 try:
                     page = page_decoder.decode(await self._get(
@@ -252,6 +257,28 @@ class PeerLink:
         log.info("peer %s: repair stored %d events%s", self.source[:8], stored,
                  "" if complete else "; some feeds are left for the next one")  # fmt: skip
         return stored, complete
+
+    async def _check_same_history(self, head: FeedHead) -> None:
+        """When we hold a feed as far as the peer does, or further, the peer's head must
+        be the event we hold at that place. If it is not, the key signed two histories
+        (a store restored and written on before it synced): fetch the peer's event there
+        so that the ledger records the fork. Comparing seqs alone, the two pods kept
+        different events at one place without either ever knowing."""
+        found = await rows(
+            self.node.ledger.reader,
+            "SELECT id FROM events WHERE author = ? AND lane = ? AND seq = ?",
+            (head.author, head.lane, head.seq),
+        )
+        if not found or found[0][0] == head.id:
+            return
+        try:
+            page = page_decoder.decode(await self._get(
+                "/v1/peer/feed", author=b64e(head.author), lane=head.lane,
+                **{"from": head.seq, "to": head.seq}))  # fmt: skip
+        except UNREADABLE as err:
+            raise PeerError(f"unreadable page: {err}") from None
+        if page.events:  # refused as a fork: the ledger keeps the proof and logs it
+            await self.node.submit([bytes(r) for r in page.events], source=self.source)
 
     async def _our_seq(self, author: bytes, lane: str) -> int:
         ours = await queries.feed_heads(self.node.ledger.reader, author)

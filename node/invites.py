@@ -70,9 +70,8 @@ async def store(node: Node, secret: str, expires: int) -> None:
 async def redeem(node: Node, code: InviteCode) -> Peer:
     """Present the secret to the inviting node; returns who it is."""
     assert node.session is not None
-    body = json_encoder.encode(
-        Redeem(secret=code.secret, url=node.config.public_url, name=node.config.name)
-    )
+    name, _ = await node.own_entry()
+    body = json_encoder.encode(Redeem(secret=code.secret, url=node.config.public_url, name=name))
     url = yarl.URL(code.url.rstrip("/") + "/v1/peer/redeem")
     headers = sign_request(node.keypair, "POST", url.raw_path_qs, body, pod=code.pod)
     headers["Content-Type"] = "application/json"

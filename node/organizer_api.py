@@ -173,8 +173,9 @@ async def status(request: web.Request) -> web.Response:
     async def count(sql: str, params: tuple = ()) -> int:
         return (await rows(db, sql, params))[0][0]
 
+    name, zone = await node.own_entry()
     body = Status(
-        pod=b64e(node.pod), name=node.config.name, zone=node.config.zone,
+        pod=b64e(node.pod), name=name, zone=zone,
         url=node.config.public_url, events=await queries.count_events(db),
         peers=len(node.peers), version=version(), protocol=PROTOCOL_VERSION,
         organizers=len(node.ledger.roster.active_keys(node.pod)),
@@ -268,7 +269,14 @@ async def list_pods(request: web.Request) -> web.Response:
 
 async def roster(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return reply(await queries.list_roster(node.ledger.reader, node.pod))
+    which = request.query.get("pod")
+    if which is None:
+        pod: bytes | None = node.pod
+    elif which == "all":
+        pod = None
+    else:
+        pod = b64d(which, length=32, what="pod")
+    return reply(await queries.list_roster(node.ledger.reader, pod))
 
 
 async def list_resources(request: web.Request) -> web.Response:
@@ -321,11 +329,13 @@ async def verify(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- peers
 
 
-def _peer_status(node: Any, record: Any) -> PeerStatus:
+def _peer_status(node: Any, record: Any, names: dict[bytes, str]) -> PeerStatus:
+    """A peer's link; its name as the directory says once its entry arrived (a pod may
+    rename itself), else the one given when it was added."""
     link = node.gossip.links.get(record.pod) if node.gossip else None
     st = link.status if link else None
     return PeerStatus(
-        pod=b64e(record.pod), name=record.name, url=record.url,
+        pod=b64e(record.pod), name=names.get(record.pod) or record.name, url=record.url,
         status=st.state if st else "stopped", connected=bool(st and st.connected),
         last_sync=record.last_sync, last_error=st.last_error if st else "",
         behind=st.behind if st else None, cursor=record.cursor,
@@ -335,14 +345,16 @@ def _peer_status(node: Any, record: Any) -> PeerStatus:
 
 async def list_peers(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return reply([_peer_status(node, r) for r in node.peers.values()])
+    names = await queries.pod_names(node.ledger.reader)
+    return reply([_peer_status(node, r, names) for r in node.peers.values()])
 
 
 async def add_peer(request: web.Request) -> web.Response:
     node = request.app[NODE]
     body = add_peer_decoder.decode(await request.read())
     record = await node.add_peer(b64d(body.key, length=32, what="key"), body.url, body.name)
-    return reply(_peer_status(node, record), status=201)
+    names = await queries.pod_names(node.ledger.reader)
+    return reply(_peer_status(node, record, names), status=201)
 
 
 async def remove_peer(request: web.Request) -> web.Response:
@@ -386,7 +398,8 @@ async def join(request: web.Request) -> web.Response:
             424,
         ) from None
     record = await node.add_peer(code.pod, code.url, peer.name)
-    return reply(_peer_status(node, record), status=201)
+    names = await queries.pod_names(node.ledger.reader)
+    return reply(_peer_status(node, record, names), status=201)
 
 
 async def sync(request: web.Request) -> web.Response:

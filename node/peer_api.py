@@ -62,10 +62,9 @@ def version() -> str:
 async def info(request: web.Request) -> web.Response:
     """Public: the pod key, name, zone and protocol versions of this node."""
     node = request.app[NODE]
-    pods = {p["pod"]: p for p in await queries.list_pods(node.ledger.reader)}
-    me = pods.get(node.pod, {})
+    name, zone = await node.own_entry()
     body = Info(
-        pod=b64e(node.pod), name=me.get("name", node.config.name), zone=me.get("zone", ""),
+        pod=b64e(node.pod), name=name, zone=zone,
         protocols=sorted(SUPPORTED_VERSIONS), version=version(),
     )  # fmt: skip
     return web.Response(body=json_encoder.encode(body), content_type="application/json")
@@ -267,7 +266,8 @@ async def redeem(request: web.Request) -> web.Response:
         raise APIError("unauthorised", "this invite was already used")
     await node.add_peer(joiner, body.url, body.name)
     # (Peer names and URLs are read up to 200 and 500 characters, as in Redeem.)
-    me = Peer(pod=b64e(node.pod), name=node.config.name[:200], url=node.config.public_url)
+    name, _ = await node.own_entry()
+    me = Peer(pod=b64e(node.pod), name=name[:200], url=node.config.public_url)
     return web.Response(body=json_encoder.encode(me), content_type="application/json")
 
 

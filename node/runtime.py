@@ -16,6 +16,7 @@ import aiohttp
 from podlink.ledger import queries
 from podlink.ledger.ingest import IngestResult
 from podlink.ledger.ledger import Checked, Ledger
+from podlink.ledger.store import rows
 from podlink.node.config import Config
 from podlink.node.metrics import Metrics
 from podlink.protocol.keys import Keypair
@@ -57,6 +58,14 @@ class Node:
     @property
     def pod(self) -> bytes:
         return self.keypair.public
+
+    async def own_entry(self) -> tuple[str, str]:
+        """This pod's name and zone as its directory entry says (pod.genesis, then the
+        latest pod.info: `podlink pod update`); the config's until it has one."""
+        found = await rows(
+            self.ledger.reader, "SELECT name, zone FROM pods WHERE pod = ?", (self.pod,)
+        )
+        return (found[0][0], found[0][1]) if found else (self.config.name, self.config.zone)
 
     # ------------------------------------------------------------ new events
 

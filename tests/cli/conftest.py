@@ -130,6 +130,19 @@ def stop(*pods: Pod) -> None:
         pod.proc = None
 
 
+@contextlib.contextmanager
+def running(*pods: Pod) -> Iterator[None]:
+    """Serve ``pods`` for the block, stopped at its end whatever happens."""
+    try:
+        for pod in pods:
+            serve(pod)
+        for pod in pods:
+            wait_up(pod)
+        yield
+    finally:
+        stop(*pods)
+
+
 @dataclass
 class Network:
     """Maple Street — Riverside — Hilltop peered in a line by invites; Lonely peers nobody."""

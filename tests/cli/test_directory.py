@@ -3,6 +3,7 @@ entry in it, travelling to peers and beyond. Real nodes, through the real CLI.""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ def test_an_update_reaches_the_peers_and_changes_only_what_is_given(pair: Pair) 
     after = entry(elm, elm.key)
     assert after is not None
     assert (after["name"], after["categories"], after["zone"]) == ("Elm Street", [], "Elm St & 3rd")
+    # The node says the new name everywhere, and the pod's folder keeps it for `serve`.
+    assert elm.json("status")["name"] == "Elm Street"
+    assert tomllib.loads((elm.home / "config.toml").read_text())["name"] == "Elm Street"
     eventually(lambda: (e := entry(oak, elm.key)) and e["name"] == "Elm Street", 20)
 
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from podlink.protocol.keys import Keypair
-from tests.cli.conftest import Pod, make_pod, serve, stop, wait_up
+from tests.cli.conftest import Pod, make_pod, running
 from tests.node.helpers import PodNode, make_node, signed
 
 LONG_NAME = "Maple Street Tenants Association, Block C"  # 41 characters, a real-world name
@@ -23,12 +23,8 @@ LONG_NAME = "Maple Street Tenants Association, Block C"  # 41 characters, a real
 def long_named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     """A running pod whose name is long, as tenants' associations' names are."""
     pod = make_pod(tmp_path_factory.mktemp("docs"), LONG_NAME)
-    serve(pod)
-    try:
-        wait_up(pod)
+    with running(pod):
         yield pod
-    finally:
-        stop(pod)
 
 
 def first_column(output: str) -> list[str]:

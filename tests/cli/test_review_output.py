@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from podlink.cli.output import ago_ms
-from tests.cli.conftest import Network, Pod, eventually, make_pod, serve, stop, wait_up
+from tests.cli.conftest import Network, Pod, eventually, make_pod, running
 
 NOW_MS = 1_750_000_000_000
 
@@ -75,12 +75,8 @@ def test_sync_leaves_a_live_peer_shown_as_syncing(network: Network) -> None:
 def impatient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pod]:
     monkeypatch.setenv("PODLINK_PEER_TIMEOUT_S", "0.4")
     pod = make_pod(tmp_path, "Impatient")
-    serve(pod)
-    try:
-        wait_up(pod)
+    with running(pod):
         yield pod
-    finally:
-        stop(pod)
 
 
 def test_sync_with_a_hanging_peer_says_only_timeouterror(impatient: Pod) -> None:
