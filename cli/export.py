@@ -118,7 +118,8 @@ def _pressing_first(needs: list[Row]) -> list[Row]:
               help="Write to FILE (default: standard output).")  # fmt: skip
 @pod_options
 def export_csv(pod: Target, what: str, file: Path | None) -> None:
-    """Export requests, offers or members as CSV (full ids, ISO times).
+    """Export requests, offers or members as CSV (full ids, ISO times; a file in UTF-8
+    with a byte order mark, so that Excel shows every name right).
 
     \b
     Examples:
@@ -132,7 +133,10 @@ def export_csv(pod: Target, what: str, file: Path | None) -> None:
     writer.writerows({k: _cell(v) for k, v in r.items()} for r in found)
     if what == "members":
         warn("this export holds members' personal details; keep it as safe as the laptop")
-    _write(buffer.getvalue(), file, what, pod.home)
+    # A file starts with the UTF-8 byte order mark: without it Excel reads the file in
+    # the machine's legacy code page and shows "JosÃ©" for José. LibreOffice and Google
+    # Sheets skip it; standard output (piped into other programs) gets none.
+    _write(("\ufeff" if file is not None else "") + buffer.getvalue(), file, what, pod.home)
 
 
 @export.command("sheet")

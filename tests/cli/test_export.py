@@ -29,7 +29,9 @@ def test_csv_of_requests_offers_and_members(tmp_path: Path, network: Network) ->
     out = tmp_path / "members.csv"
     result = lonely("export", "csv", "members", "-o", str(out))
     assert "personal details" in result.stderr and out.stat().st_mode & 0o077 == 0
-    members = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    raw = out.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbfid,")  # the BOM Excel needs, then the header
+    members = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
     dana = next(m for m in members if m["contact"] == "555 0150")
     assert dana["name"] == 'Dana, "the baker"' and dana["can"] == "food"
     assert lonely("export", "csv", "pets", code=2).exit_code == 2
