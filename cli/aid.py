@@ -300,10 +300,10 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
       podlink request show 3Fq9
     """
 
-    async def go(s: PodSession) -> tuple[dict, dict[str, str]]:
-        return await s.request(request_ref), await _names(s)
+    async def go(s: PodSession) -> tuple[dict, dict[str, str], dict[str, str]]:
+        return await s.request(request_ref), await _names(s), await s.key_names()
 
-    r, names = pod.call(go)
+    r, names, keys = pod.call(go)
     if as_json:
         print_json(r)
         return
@@ -334,10 +334,11 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
         hours = f" ({f['hours']:g} h)" if f["hours"] is not None else ""
         echo(f"Fulfilled {ago_ts(f['ts'])}{hours}: {f['note']}".rstrip(": "))
     echo()
-    t = table("WHEN", "WHAT", "~POD", "~RESULT", title="History")
+    t = table("WHEN", "WHAT", "~POD", "~BY", "~RESULT", title="History")
     for h in r["history"]:
         result = h["outcome"] + (f": {h['why']}" if h["why"] else "")
-        t.add_row(ago_ts(h["ts"]), h["kind"], h["pod_name"] or short(h["pod"]), result)
+        by = "the pod" if h["author"] == h["pod"] else keys.get(h["author"]) or short(h["author"])
+        t.add_row(ago_ts(h["ts"]), h["kind"], h["pod_name"] or short(h["pod"]), by, result)
     show(t)
 
 

@@ -14,15 +14,29 @@ from typing import Any
 import click
 
 from podlink.cli.ops import Refused
-from podlink.cli.output import echo, joined, print_json, short, show, table, warn_if_personal
+from podlink.cli.output import (
+    ago_ts,
+    echo,
+    fields,
+    joined,
+    print_json,
+    short,
+    show,
+    table,
+    warn_if_personal,
+)
 from podlink.cli.params import CATEGORY, changes_given
 from podlink.cli.session import (
+    ID_ARGUMENTS,
+    ID_TEXT,
     OrderedGroup,
     PodSession,
     Target,
     check_body,
     json_option,
+    one_line,
     pod_options,
+    same_name,
 )
 from podlink.node.config import NODE_KEY_FILE, set_name
 from podlink.protocol import kinds
@@ -33,7 +47,8 @@ CLEARABLE = {"zone": "", "description": "", "categories": [], "contact": ""}
 
 @click.group("pod", cls=OrderedGroup)
 def pod_group() -> None:
-    """The directory of pods: list the pods this one knows of; update this pod's entry."""
+    """The directory of pods: list the pods this one knows of, show one; update this pod's
+    own entry."""
 
 
 async def _directory(s: PodSession) -> tuple[list[dict[str, Any]], str, set[str]]:
@@ -64,11 +79,44 @@ def pod_list(pod: Target, as_json: bool) -> None:
     if as_json:
         print_json(pods)
         return
-    t = table("KEY", "~NAME", "~ZONE", "~HELPS WITH", "~CONTACT", "WHO")
+    t = table("KEY", "~NAME", "~ZONE", "~HELPS WITH", "CONTACT", "WHO")  # a contact whole
     for p in pods:
         t.add_row(short(p["pod"]), p["name"], p["zone"], joined(p["categories"]), p["contact"],
                   p["relation"])  # fmt: skip
     show(t, "No pods known yet.")
+    if pods:
+        echo("`podlink pod show POD` shows an entry whole, with its description.")
+
+
+@pod_group.command("show", context_settings=ID_ARGUMENTS)
+@click.argument("which", metavar="POD")
+@pod_options
+@json_option
+def pod_show(pod: Target, which: str, as_json: bool) -> None:
+    """Show one pod's directory entry whole: a name, or the start of its key.
+
+    \b
+    Example:
+      podlink pod show Riverside
+    """
+    pods, ours, peers = pod.call(_directory)
+    want = which.strip()
+    found = [p for p in pods if same_name(p["name"], want)] or (
+        [p for p in pods if p["pod"].startswith(want)] if want and ID_TEXT.match(want) else [])
+    if len(found) != 1:
+        raise click.ClickException(
+            f"no pod called {one_line(want)!r}, nor one whose key starts with it (see `podlink "
+            "pod list`)" if not found else f"{len(found)} pods match {one_line(want)!r}; use a "
+            "longer key: " + ", ".join(short(p["pod"]) for p in found))  # fmt: skip
+    entry = {**found[0], "relation": _relation(found[0]["pod"], ours, peers)}
+    if as_json:
+        print_json(entry)
+        return
+    fields([("pod", f"{entry['name']} ({entry['pod']})"), ("who", entry["relation"]),
+            ("zone", entry["zone"]), ("helps with", joined(entry["categories"])),
+            ("contact", entry["contact"]), ("description", entry["description"]),
+            ("since", ago_ts(entry["founded_ts"])),
+            ("updated", ago_ts(entry["updated_ts"]))])  # fmt: skip
 
 
 @pod_group.command("update")

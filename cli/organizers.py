@@ -112,7 +112,8 @@ def organizer_add(pod: Target, name: str, key_text: str, as_json: bool) -> None:
 
     They can then do everything you can: record members, needs and help, peer with
     pods, add and remove organizers. Their name and key are shared with every pod in
-    the network.
+    the network. In the pod's own folder, if its organizer.key was lost, the pod's node
+    key signs instead (so a pod whose only organizer lost their key gets a new one).
 
     \b
     Example:
@@ -144,7 +145,7 @@ def organizer_add(pod: Target, name: str, key_text: str, as_json: bool) -> None:
         return {"id": event, "kind": "roster.add", "lane": "network", "key": key_text,
                 "name": name}  # fmt: skip
 
-    data = pod.call(go)
+    data = pod.call(go, pod_key_if_lost=True)
     if as_json:
         print_json(data)
         return

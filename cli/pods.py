@@ -105,7 +105,7 @@ def serve(pod: Target) -> None:
 
     config = pod.config()
     pod.own_folder(config, "serve")
-    echo(f"{config.name}: node on http://{config.listen}, peers reach it at "
+    echo(f"{_directory_name(config)}: node on http://{config.listen}, peers reach it at "
                f"{config.public_url}; Ctrl-C stops it.", err=True)  # fmt: skip
     try:
         run_node(config)
@@ -117,6 +117,20 @@ def serve(pod: Target) -> None:
             f"cannot listen on {config.listen} ({why}); is the node already running? "
             "(or change listen in config.toml, or set PODLINK_LISTEN)"
         ) from None
+
+
+def _directory_name(config: Any) -> str:
+    """The pod's name as its directory entry says (an organizer may have renamed it from
+    a laptop: `podlink pod update`), read from the ledger; config.toml's name failing that."""
+    try:
+        pod = load_keypair(config.node_key_path).public
+        with no_trace(config.ledger_path), closing(
+            sqlite3.connect(read_only(config.ledger_path), uri=True)
+        ) as db:
+            found = db.execute("SELECT name FROM pods WHERE pod = ?", (pod,)).fetchone()
+    except (sqlite3.Error, KeyFileError, OSError):
+        return config.name
+    return found[0] if found else config.name
 
 
 @click.command()
@@ -385,16 +399,21 @@ def log(pod: Target, limit: int, verify: bool, forks: bool, as_json: bool) -> No
         if not report["ok"]:
             raise click.ClickException(f"{len(report['problems'])} problem(s) in the ledger")
         return
-    data = pod.call(lambda s: s.get("/v1/log", order="newest", limit=limit))
+    async def go(s: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        return await s.get("/v1/log", order="newest", limit=limit), await s.key_names()
+
+    data, names = pod.call(go)
     if as_json:
         print_json(data)
         return
-    t = table(">#", "WHEN", "~POD", "LANE", "KIND", "ID")
+    t = table(">#", "WHEN", "~POD", "~BY", "LANE", "KIND", "ID")
     for e in data:
         kind = e["kind"] + (" (body dropped)" if e["body_dropped"] else "")
-        t.add_row(str(e["pos"]), ago_ts(e["ts"]), e["pod_name"] or short(e["pod"]), e["lane"],
-                  kind, short(e["id"]))  # fmt: skip
+        by = "the pod" if e["author"] == e["pod"] else names.get(e["author"]) or short(e["author"])
+        t.add_row(str(e["pos"]), ago_ts(e["ts"]), e["pod_name"] or short(e["pod"]), by,
+                  e["lane"], kind, short(e["id"]))  # fmt: skip
     show(t, "The ledger is empty.")
+
 
 
 def _forks(pod: Target, as_json: bool) -> None:
@@ -402,8 +421,7 @@ def _forks(pod: Target, as_json: bool) -> None:
 
     async def go(s: Any) -> list[dict[str, Any]]:
         found = await s.get("/v1/forks")
-        names = {r["key"]: r["name"] for r in await s.get("/v1/roster", pod="all") if r["name"]}
-        names.update({p["pod"]: p["name"] for p in await s.get("/v1/pods")})
+        names = await s.key_names()
         for f in found:
             f["author_name"] = names.get(f["author"], "")
         return found

@@ -24,7 +24,7 @@ import platformdirs
 import yarl
 
 from podlink.node.client import ClientError, NodeClient
-from podlink.node.config import CONFIG_FILE, Config, ConfigError, load_config
+from podlink.node.config import CONFIG_FILE, NODE_KEY_FILE, Config, ConfigError, load_config
 from podlink.protocol import kinds
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.keys import KeyFileError, load_keypair
@@ -116,10 +116,17 @@ class Target:
                 f"`podlink {command}` runs in the pod's own folder, on the machine that hosts it"
             )
 
-    def session(self) -> PodSession:
+    def session(self, *, pod_key_if_lost: bool = False) -> PodSession:
+        """``pod_key_if_lost``: in the pod's own folder whose organizer.key is gone, sign
+        with the pod's node key instead (always authorised: how a pod whose only
+        organizer lost their key adds a new one)."""
         config = self.config()
         try:
-            keypair = load_keypair(config.organizer_key_path)
+            if (pod_key_if_lost and not config.organizer_key_path.exists()
+                    and config.node_key_path.exists()):  # fmt: skip
+                keypair = load_keypair(config.node_key_path)
+            else:
+                keypair = load_keypair(config.organizer_key_path)
             # Requests sign the pod they are for: the pod's key from its own folder, not
             # from whatever answers at the URL. A folder on an organizer's laptop has no
             # node.key: its config names the pod (`podlink organizer setup` wrote it);
@@ -129,13 +136,24 @@ class Target:
                 pod = load_keypair(config.node_key_path).public
             elif config.pod:
                 pod = b64d(config.pod, length=32, what=f"pod in {self.home / CONFIG_FILE}")
-        except (KeyFileError, ProtocolError) as e:
+        except KeyFileError as e:
+            if config.organizer_key_path.exists():  # there, but refused (others may read it)
+                raise click.ClickException(one_line(str(e))) from None
+            raise click.ClickException(
+                f"{one_line(str(e))}: this folder has no organizer key to sign with. If it "
+                "was lost: `podlink organizer setup --node URL --home NEW-FOLDER` makes a "
+                "new one, and another organizer adds it with `podlink organizer add` (or "
+                "the pod's own folder does, with its node key); see docs/operations.md"
+            ) from None
+        except ProtocolError as e:
             raise click.ClickException(one_line(str(e))) from None
         return PodSession(NodeClient(self.url(config), keypair, pod=pod), self.home)
 
-    def call(self, action: Callable[[PodSession], Awaitable[T]]) -> T:
+    def call(
+        self, action: Callable[[PodSession], Awaitable[T]], *, pod_key_if_lost: bool = False
+    ) -> T:
         """Open a session with the node, run ``action`` on it, close, translate errors."""
-        session = self.session()
+        session = self.session(pod_key_if_lost=pod_key_if_lost)
 
         async def go() -> T:
             async with session:
@@ -151,6 +169,12 @@ class Target:
                         ) from None
                     if e.reason != "unavailable" or e.status:
                         raise
+                    if not (self.home / NODE_KEY_FILE).exists():  # a laptop: no node here
+                        raise click.ClickException(
+                            f"the pod's node does not answer at {session.client.url}; it "
+                            "runs on the machine that hosts the pod (`podlink serve` there), "
+                            "or check the address (node in config.toml, or --node)"
+                        ) from None
                     home = "" if self.home == default_home() else f" --home {self.home}"
                     raise click.ClickException(
                         f"the pod's node is not running at {session.client.url}; "
@@ -264,6 +288,14 @@ class PodSession:
 
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.client.post(path, body)
+
+    async def key_names(self) -> dict[str, str]:
+        """Who each key is, where this pod knows: organizers of every pod (by the name
+        their roster.add gave), and pods' own keys (by the directory's name)."""
+        roster = await self.get("/v1/roster", pod="all")
+        names = {r["key"]: r["name"] for r in roster if r["name"]}
+        names.update({p["pod"]: p["name"] for p in await self.get("/v1/pods")})
+        return names
 
     async def pod(self) -> str:
         """This pod's key (base64url)."""

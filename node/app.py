@@ -76,8 +76,8 @@ async def create_app(config: Config) -> web.Application:
 async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     node = app[NODE]
     await node.load_peers()
-    log.info("node up: pod %s (%s), %d peers", node.keypair.short, node.config.name,
-             len(node.peers))  # fmt: skip
+    name, _ = await node.own_entry()
+    log.info("node up: pod %s (%s), %d peers", node.keypair.short, name, len(node.peers))
     yield
     await node.ledger.close()  # waits for the batch in flight to commit
     log.info("ledger closed")

@@ -393,8 +393,10 @@ class Gossip:
     async def sync_all(self, seconds: float) -> list[PeerSync]:
         """One pull from every peer now, side by side (for `podlink sync`)."""
 
+        names = await queries.pod_names(self.node.ledger.reader)  # a peer may rename itself
+
         async def one(link: PeerLink) -> PeerSync:
-            name = link.record.name
+            name = names.get(link.record.pod) or link.record.name
             try:
                 received, stored = await asyncio.wait_for(link.pull(), seconds)
             except Exception as err:

@@ -157,18 +157,12 @@ class Network:
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     root = tmp_path_factory.mktemp("pods")
     pods = [make_pod(root, n) for n in ("Maple Street", "Riverside", "Hilltop", "Lonely")]
-    try:
-        for pod in pods:
-            serve(pod)
-        for pod in pods:
-            wait_up(pod)
+    with running(*pods):
         net = Network(*pods)
         for inviter, joiner in ((net.maple, net.riverside), (net.riverside, net.hilltop)):
             code = inviter.json("invite")["invite"]
             joiner("peer", "join", code)
         yield net
-    finally:
-        stop(*pods)
 
 
 @dataclass
@@ -184,13 +178,7 @@ class Pair:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     root = tmp_path_factory.mktemp("pair")
     pods = [make_pod(root, "Elm"), make_pod(root, "Oak")]
-    try:
-        for pod in pods:
-            serve(pod)
-        for pod in pods:
-            wait_up(pod)
+    with running(*pods):
         elm, oak = pods
         oak("peer", "join", elm.json("invite")["invite"])
         yield Pair(elm, oak)
-    finally:
-        stop(*pods)

@@ -70,3 +70,12 @@ def test_update_refusals_sign_nothing(pair: Pair) -> None:
     same = elm("pod", "update", "--name", current["name"], code=1)
     assert "nothing to change" in same.output
     assert elm.json("status")["events"] == before
+
+
+def test_pod_show_finds_by_name_or_key_and_says_what_it_cannot_find(pair: Pair) -> None:
+    elm, oak = pair.elm, pair.oak
+    eventually(lambda: entry(elm, oak.key), 20)
+    by_key = elm.json("pod", "show", oak.key[:6])
+    assert (by_key["pod"], by_key["relation"]) == (oak.key, "peer")
+    assert elm.json("pod", "show", "oak")["pod"] == oak.key  # a name, any case
+    assert "no pod called 'Nowhere'" in elm("pod", "show", "Nowhere", code=1).output

@@ -26,7 +26,7 @@ from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import decode_event
 from podlink.protocol.keys import load_keypair
 from podlink.protocol.text import b64d, b64e
-from tests.cli.conftest import Pod, free_port, make_pod, run, run_json, serve, stop, wait_up
+from tests.cli.conftest import Pod, free_port, make_pod, run, run_json, running
 
 
 @dataclass
@@ -42,14 +42,8 @@ class Pods:
 def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
     root = tmp_path_factory.mktemp("review-organizers")
     served = [make_pod(root, n) for n in ("Elm", "Oak", "Birch")]
-    try:
-        for pod in served:
-            serve(pod)
-        for pod in served:
-            wait_up(pod)
+    with running(*served):
         yield Pods(*served)
-    finally:
-        stop(*served)
 
 
 def invoke(*args: str, home: Path) -> Result:
