@@ -10,7 +10,18 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Pair, Pod, eventually, make_pod, run, run_json, serve, stop, wait_up
+from tests.cli.conftest import (
+    Pair,
+    Pod,
+    eventually,
+    make_pod,
+    run,
+    run_json,
+    running,
+    serve,
+    stop,
+    wait_up,
+)
 
 
 def laptop(tmp_path: Path, pod: Pod, name: str) -> tuple[Path, dict[str, Any]]:
@@ -206,3 +217,22 @@ def test_config_node_and_pod_are_checked(tmp_path: Path) -> None:
     assert "node must be a URL" in run("status", home=home, code=1).output
     (home / "config.toml").write_text('name = "x"\npod = "not-a-key"\n')
     assert "pod must be a pod's key" in run("status", home=home, code=1).output
+
+
+def test_a_pod_whose_only_organizer_lost_their_key_adds_a_new_one_with_its_node_key(
+    tmp_path: Path,
+) -> None:
+    cedar = make_pod(tmp_path, "Cedar")
+    with running(cedar):
+        (cedar.home / "organizer.key").unlink()
+        lost = cedar("status", code=1)
+        assert "organizer setup" in lost.output and "organizer add" in lost.output
+        home, data = laptop(tmp_path, cedar, "Nia")
+        added = cedar.json("organizer", "add", "Nia", "--key", data["key"])
+        assert added["key"] == data["key"]
+        assert run_json("status", home=home)["pod"] == data["pod"]  # Nia acts for the pod
+        log = run_json("log", home=home)
+        assert any(e["kind"] == "roster.add" and e["author"] == data["pod"] for e in log)
+        # Other commands in that folder still say the key is missing: only adding one
+        # falls back to the pod's key.
+        assert "no organizer key" in cedar("request", "list", code=1).output
