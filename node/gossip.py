@@ -34,6 +34,8 @@ from podlink.node.api_types import (
     page_decoder,
 )
 from podlink.node.runtime import Node, PeerRecord
+from podlink.protocol.envelope import decode_event
+from podlink.protocol.errors import ProtocolError
 from podlink.protocol.http_auth import sign_request
 from podlink.protocol.text import b64e
 
@@ -181,20 +183,14 @@ class PeerLink:
         if wires:
             results = await self.node.submit(wires, source=self.source, checked=checked)
             stored = sum(r.status == "stored" for r in results)
-            refused = [r for r in results if r.status == "refused"]
-            hostile = [r for r in refused if r.reason in HOSTILE]
-            later = [r for r in refused if r.reason in LATER]
+            later = [r for r in results if r.status == "refused" and r.reason in LATER]
             if later and not rec.repair:
                 # The cursor moves past this page: without a repair, these events (and
                 # every later one of their feeds, chained on them) would never come again.
                 log.info("peer %s: %d events refused for now (%s); a repair will fetch "
                          "them again", self.source[:8], len(later), later[0].message)  # fmt: skip
                 await self.node.repaired(rec.pod, done=False)
-            self.status.refused += len(refused)
-            self.status.hostile += len(hostile)
-            if hostile:
-                log.warning("peer %s sent %d bad events (%s)", self.source[:8], len(hostile),
-                            hostile[0].message)  # fmt: skip
+            self._count(results)
         self.status.received += len(wires)
         self.status.stored += stored
         self.status.behind = max(page.head - page.cursor, 0)
@@ -203,6 +199,20 @@ class PeerLink:
         await self.node.save_cursor(rec.pod, page.cursor, page.epoch, now)
         self.status.last_success = now
         return len(wires), stored
+
+    def _count(self, results: list, hostile: int = 0, *, repair: bool = False) -> None:
+        """Count what the peer sent us that was refused (and how much of it was hostile:
+        forged, malformed, oversized), in every path that submits its events. A repair
+        counts only the hostile: it asks again, by design, for what was refused for now
+        or for good (a fork's other branch), and would count those once per repair."""
+        refused = [r for r in results if r.status == "refused"]
+        bad = [r for r in refused if r.reason in HOSTILE]
+        self.status.refused += (len(bad) if repair else len(refused)) + hostile
+        self.status.hostile += len(bad) + hostile
+        if bad or hostile:
+            why = bad[0].message if bad else "events it was not asked for"
+            log.warning("peer %s sent %d bad events (%s)", self.source[:8],
+                        len(bad) + hostile, why)  # fmt: skip
 
     async def repair(self) -> tuple[int, bool]:
         """Compare feed heads with the peer and fetch every range we miss; returns (events
@@ -224,7 +234,9 @@ class PeerLink:
         for head in theirs:
             have = await self._our_seq(head.author, head.lane)
             if have >= head.seq > 0:
-                await self._check_same_history(head)
+                checked = await self._check_same_history(head)
+                if any(r.status == "pending" or r.reason in LATER for r in checked):
+                    complete = False  # refused for now (stamped ahead): check again later
                 continue
             while have < head.seq:
                 try:
@@ -239,6 +251,7 @@ class PeerLink:
                 results = await self.node.submit(
                     [bytes(r) for r in page.events], source=self.source
                 )
+                self._count(results, repair=True)
                 now = await self._our_seq(head.author, head.lane)
                 if now == have:  # nothing of it stored: the rest waits, or was refused
                     # Refused for good at the feed's next position (the rest of the page
@@ -258,7 +271,7 @@ class PeerLink:
                  "" if complete else "; some feeds are left for the next one")  # fmt: skip
         return stored, complete
 
-    async def _check_same_history(self, head: FeedHead) -> None:
+    async def _check_same_history(self, head: FeedHead) -> list:
         """When we hold a feed as far as the peer does, or further, the peer's head must
         be the event we hold at that place. If it is not, the key signed two histories
         (a store restored and written on before it synced): fetch the peer's event there
@@ -270,15 +283,23 @@ class PeerLink:
             (head.author, head.lane, head.seq),
         )
         if not found or found[0][0] == head.id:
-            return
+            return []
         try:
             page = page_decoder.decode(await self._get(
                 "/v1/peer/feed", author=b64e(head.author), lane=head.lane,
                 **{"from": head.seq, "to": head.seq}))  # fmt: skip
         except UNREADABLE as err:
             raise PeerError(f"unreadable page: {err}") from None
-        if page.events:  # refused as a fork: the ledger keeps the proof and logs it
-            await self.node.submit([bytes(r) for r in page.events], source=self.source)
+        # The one event asked for, and only that: anything else in the answer is counted
+        # against the peer, never verified (a page of forgeries for one question).
+        asked = [bytes(r) for r in page.events[:1]
+                 if _at(bytes(r), head.author, head.lane, head.seq)]  # fmt: skip
+        if not asked:
+            self._count([], hostile=len(page.events), repair=True)
+            return []
+        results = await self.node.submit(asked, source=self.source)  # a fork: kept as proof
+        self._count(results, hostile=len(page.events) - 1, repair=True)
+        return results
 
     async def _our_seq(self, author: bytes, lane: str) -> int:
         ours = await queries.feed_heads(self.node.ledger.reader, author)
@@ -427,3 +448,12 @@ async def _cancel(task: asyncio.Future | None) -> None:
     if task is not None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+def _at(wire: bytes, author: bytes, lane: str, seq: int) -> bool:
+    """Whether ``wire`` decodes to an event at that feed position."""
+    try:
+        h = decode_event(wire).header
+    except ProtocolError:
+        return False
+    return (h.author, h.lane, h.seq) == (author, lane, seq)
