@@ -25,6 +25,7 @@ from podlink.cli.output import (
 from podlink.cli.params import CATEGORY, PREFERS, URGENCY, NeededBy, changes_given, share_option
 from podlink.cli.session import (
     ID_ARGUMENTS,
+    KeyNames,
     OrderedGroup,
     PodSession,
     Target,
@@ -300,7 +301,7 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
       podlink request show 3Fq9
     """
 
-    async def go(s: PodSession) -> tuple[dict, dict[str, str], dict[str, str]]:
+    async def go(s: PodSession) -> tuple[dict, dict[str, str], KeyNames]:
         return await s.request(request_ref), await _names(s), await s.key_names()
 
     r, names, keys = pod.call(go)
@@ -337,7 +338,7 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
     t = table("WHEN", "WHAT", "~POD", "~BY", "~RESULT", title="History")
     for h in r["history"]:
         result = h["outcome"] + (f": {h['why']}" if h["why"] else "")
-        by = "the pod" if h["author"] == h["pod"] else keys.get(h["author"]) or short(h["author"])
+        by = keys.of(h["author"], h["pod"]) or short(h["author"])
         t.add_row(ago_ts(h["ts"]), h["kind"], h["pod_name"] or short(h["pod"]), by, result)
     show(t)
 

@@ -101,8 +101,10 @@ def pod_show(pod: Target, which: str, as_json: bool) -> None:
     """
     pods, ours, peers = pod.call(_directory)
     want = which.strip()
-    found = [p for p in pods if same_name(p["name"], want)] or (
-        [p for p in pods if p["pod"].startswith(want)] if want and ID_TEXT.match(want) else [])
+    # Names and key prefixes together: any pod publishes any name, one that looks like
+    # another pod's key prefix too; both matching is an ambiguity, never a pick.
+    by_key = [p for p in pods if p["pod"].startswith(want)] if want and ID_TEXT.match(want) else []
+    found = by_key + [p for p in pods if same_name(p["name"], want) and p not in by_key]
     if len(found) != 1:
         raise click.ClickException(
             f"no pod called {one_line(want)!r}, nor one whose key starts with it (see `podlink "

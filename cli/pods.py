@@ -409,7 +409,7 @@ def log(pod: Target, limit: int, verify: bool, forks: bool, as_json: bool) -> No
     t = table(">#", "WHEN", "~POD", "~BY", "LANE", "KIND", "ID")
     for e in data:
         kind = e["kind"] + (" (body dropped)" if e["body_dropped"] else "")
-        by = "the pod" if e["author"] == e["pod"] else names.get(e["author"]) or short(e["author"])
+        by = names.of(e["author"], e["pod"]) or short(e["author"])
         t.add_row(str(e["pos"]), ago_ts(e["ts"]), e["pod_name"] or short(e["pod"]), by,
                   e["lane"], kind, short(e["id"]))  # fmt: skip
     show(t, "The ledger is empty.")
@@ -423,7 +423,7 @@ def _forks(pod: Target, as_json: bool) -> None:
         found = await s.get("/v1/forks")
         names = await s.key_names()
         for f in found:
-            f["author_name"] = names.get(f["author"], "")
+            f["author_name"] = names.anywhere(f["author"])
         return found
 
     found = pod.call(go)

@@ -75,15 +75,20 @@ async def load_roster(db: aiosqlite.Connection) -> st.Roster:
     return st.Roster(by_pod, named)
 
 
-async def refold_roster(db: aiosqlite.Connection, roster: st.Roster, pod: bytes) -> set[bytes]:
-    """Re-fold one pod's roster into ``roster`` and its table; return keys whose tenures
-    changed (their events may now be authorised, or soft-failed) or that are newly named
-    (their pending events may now be stored)."""
+async def roster_views(db: aiosqlite.Connection, pod: bytes) -> list[st.EventView]:
+    """Every stored roster event of ``pod`` (a roster event's root is its pod)."""
     sql = (
         f"SELECT {EVENT_COLUMNS} FROM events WHERE root = ? AND root != id "
         "AND kind IN ('roster.add', 'roster.remove')"
     )
-    views = [view_from_row(r) for r in await rows(db, sql, (pod,))]
+    return [view_from_row(r) for r in await rows(db, sql, (pod,))]
+
+
+async def refold_roster(db: aiosqlite.Connection, roster: st.Roster, pod: bytes) -> set[bytes]:
+    """Re-fold one pod's roster into ``roster`` and its table; return keys whose tenures
+    changed (their events may now be authorised, or soft-failed) or that are newly named
+    (their pending events may now be stored)."""
+    views = await roster_views(db, pod)
     before = {(t.key, t.from_ts, t.until_ts) for t in roster.tenures.get(pod, [])}
     named_before = roster.named.get(pod, set())
     tenures = st.fold_roster(pod, views)

@@ -177,12 +177,21 @@ def save_config(config: Config) -> None:
 
 
 def set_name(home: Path, name: str) -> None:
-    """Write a new pod name into ``home``'s config.toml, leaving every other line's value
-    as the file has it (environment overrides are not written in)."""
+    """Write a new pod name into ``home``'s config.toml: its top-level ``name = ...`` line
+    replaced (or one added at the top), every other line as the operator wrote it,
+    comments included; atomically. Environment overrides are never written in."""
     path = Path(home) / CONFIG_FILE
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    data["name"] = name
-    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    line = tomli_w.dumps({"name": name}).strip()
+    first_table = re.search(r"(?m)^[ \t]*\[", text)  # keys before it are top-level
+    cut = first_table.start() if first_table else len(text)
+    top, tables = text[:cut], text[cut:]
+    new_top, found = re.subn(r"(?m)^[ \t]*name[ \t]*=.*$", lambda _: line, top, count=1)
+    text = (new_top if found else f"{line}\n{top}") + tables
+    tomllib.loads(text)  # never write a file the next start could not read
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def with_overrides(config: Config, **changes: Any) -> Config:

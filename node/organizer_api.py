@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from podlink.ledger import queries
+from podlink.ledger import projections, queries, state
 from podlink.ledger.store import rows
 from podlink.node import invites
 from podlink.node.api_types import (
@@ -79,35 +79,37 @@ async def submit_events(request: web.Request) -> web.Response:
     node = request.app[NODE]
     body = submit_decoder.decode(await request.read())
     wires = [b64d(e, what="event") for e in body.events]
-    removed, added = _roster_changes(wires, node.pod)
-    if not removed:
+    batch = _roster_views(wires, node.pod)
+    if not any(isinstance(v.body, kinds.OrganizerRemoved) for v in batch):
         return await _submit(node, body, wires)
     async with node.roster_lock:
         # The protocol lets a pod remove its last organizer (its node key can still act),
-        # but a pod's folder acts through an organizer key: nobody could use the CLI
-        # any more. Checked here, under a lock, so that two organizers stepping down at
-        # once cannot both pass (a check in the CLI reads the roster before it signs).
-        if not (node.ledger.roster.active_keys(node.pod) - removed) | added:
+        # but a pod's folder acts through an organizer key: nobody could use the CLI any
+        # more. The batch is folded with the stored roster, as the ledger will fold it (an
+        # add that changes nothing, or stamped after its author's own removal, counts for
+        # nothing); under a lock, so that two organizers stepping down at once cannot
+        # both pass (a check in the CLI reads the roster before it signs).
+        stored = await projections.roster_views(node.ledger.reader, node.pod)
+        tenures = state.fold_roster(node.pod, stored + batch)
+        if not any(t.until_ts is None for t in tenures):
             raise APIError("invalid", "this would leave the pod with no organizer: add "
                            "another first (podlink organizer add)")  # fmt: skip
         return await _submit(node, body, wires)
 
 
-def _roster_changes(wires: list[bytes], pod: bytes) -> tuple[set[bytes], set[bytes]]:
-    """Keys that ``pod``'s roster events among ``wires`` remove, and keys they add."""
-    removed: set[bytes] = set()
-    added: set[bytes] = set()
+def _roster_views(wires: list[bytes], pod: bytes) -> list[state.EventView]:
+    """``pod``'s roster events among ``wires``, as the roster fold reads them."""
+    views = []
     for wire in wires:
         with contextlib.suppress(ProtocolError):
             ev = decode_event(wire)
             if ev.pod != pod or ev.kind not in ("roster.add", "roster.remove"):
                 continue
-            body = kinds.decode_body(ev.kind, ev.body) if ev.body is not None else None
-            if isinstance(body, kinds.OrganizerRemoved):
-                removed.add(body.key)
-            elif isinstance(body, kinds.OrganizerAdded):
-                added.add(body.key)
-    return removed, added
+            h = ev.header
+            decoded = kinds.decode_body(ev.kind, ev.body) if ev.body is not None else None
+            views.append(state.EventView(ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind,
+                                         tuple(h.refs), decoded))  # fmt: skip
+    return views
 
 
 async def _submit(node: Any, body: Any, wires: list[bytes]) -> web.Response:

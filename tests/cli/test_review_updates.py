@@ -207,7 +207,7 @@ def test_log_forks_names_another_pods_organizer(tmp_path: Path) -> None:
     try:
         [fork] = eventually(lambda: fir.json("log", "--forks"), 8)
         assert fork["author"] == bea
-        assert fork["author_name"] == "Bea"
+        assert fork["author_name"] == "Bea of Yew"  # another pod's organizer: its pod named too
     finally:
         stop(fir, yew)
 
