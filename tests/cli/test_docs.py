@@ -1,7 +1,9 @@
-"""Docs that tests keep true: the CLI reference, the README's commands, the config keys."""
+"""Docs that tests keep true: the CLI reference, the README's commands, the config keys,
+the tests the docs cite."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -40,3 +42,19 @@ def test_every_config_key_is_documented() -> None:
     assert "PODLINK_<KEY>" in ops
     missing = [f.name for f in SETTABLE if f"| `{f.name}` |" not in ops]
     assert not missing, f"docs/operations.md lacks config keys {missing}"
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    """docs/ backs its claims with `tests/FILE.py::test_name`: each must name a test that
+    is there (a renamed or deleted test would leave a claim with nothing behind it)."""
+    cited = 0
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        for found in re.finditer(r"(tests/[\w/]+\.py)::(\w+)", doc.read_text(encoding="utf-8")):
+            path, name = ROOT / found.group(1), found.group(2)
+            assert path.is_file(), f"{doc.name} cites {found.group(0)}: no such file"
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            names = {n.name for n in ast.walk(tree)
+                     if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}  # fmt: skip
+            assert name in names, f"{doc.name} cites {found.group(0)}: no such test"
+            cited += 1
+    assert cited > 20  # the pattern still finds the citations
