@@ -33,6 +33,8 @@ from podlink.cli.session import (
     pod_options,
 )
 
+NEEDED_BY_HELP = ("YYYY-MM-DD, today, tomorrow, a weekday, 'within 2 days', 'this week' or "
+                  "'next week' (leave it out for 'anytime').")
 LIST_PAGE = 5000  # the most rows GET /v1/requests answers at once
 
 
@@ -198,7 +200,7 @@ def request() -> None:
               help="The member who needs it (name or id); stays a bare id outside the pod.")
 @share_option("request")
 @click.option("--details", default="", help="More words (no personal details if shared).")
-@click.option("--needed-by", type=NeededBy(), help="YYYY-MM-DD, today, tomorrow or a weekday.")
+@click.option("--needed-by", type=NeededBy(), help=NEEDED_BY_HELP)
 @click.option("--area", default="", help="A rough area (a street, not an address).")
 @pod_options
 @json_option
@@ -227,7 +229,7 @@ def request_add(pod: Target, title: str, category: str, urgency: str, for_member
 @click.option("--category", type=CATEGORY, help="A new category.")
 @click.option("--urgency", type=URGENCY, help="How soon it is needed now.")
 @click.option("--details", help="New details (replaces them; \"\" empties them).")
-@click.option("--needed-by", type=NeededBy(), help="YYYY-MM-DD, today, tomorrow or a weekday.")
+@click.option("--needed-by", type=NeededBy(), help=NEEDED_BY_HELP)
 @click.option("--area", help="A rough area (a street, not an address).")
 @pod_options
 @json_option

@@ -38,25 +38,36 @@ class Category(click.ParamType):
 
 
 class NeededBy(click.ParamType):
-    """A date: YYYY-MM-DD, 'today', 'tomorrow' or a weekday (the next one)."""
+    """A date, in the time frames people say (DOMAIN.md: "within 1-2 days", "this
+    week"): YYYY-MM-DD, today, tomorrow, a weekday (the next one), "in N days" or
+    "within N days", "this week" (by Sunday), "next week" (by the Sunday after)."""
 
     name = "date"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value).strip().lower()
+        text = " ".join(str(value).strip().lower().split())
         today = dt.date.today()
+        days: int | None = None
         if text == "today":
-            return today.isoformat()
-        if text == "tomorrow":
-            return (today + dt.timedelta(days=1)).isoformat()
-        if text in WEEKDAYS:
+            days = 0
+        elif text == "tomorrow":
+            days = 1
+        elif text in WEEKDAYS:
             days = (WEEKDAYS.index(text) - today.weekday()) % 7 or 7
+        elif text in ("this week", "next week"):
+            days = 6 - today.weekday() + (7 if text == "next week" else 0)  # to Sunday
+        elif found := IN_DAYS.fullmatch(text):
+            days = int(found.group(1))
+        if days is not None:
             return (today + dt.timedelta(days=days)).isoformat()
         try:
             return dt.date.fromisoformat(text).isoformat()
         except ValueError:
-            self.fail(f"{value!r} is not a date: use YYYY-MM-DD, today, tomorrow or a weekday",
-                      param, ctx)  # fmt: skip
+            self.fail(f"{value!r} is not a date: use YYYY-MM-DD, today, tomorrow, a weekday, "
+                      "'within 2 days', 'this week' or 'next week'", param, ctx)  # fmt: skip
+
+
+IN_DAYS = re.compile(r"(?:in |within )?(\d{1,3}) days?")
 
 
 CATEGORY = Category()
