@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from podlink.cli import aid, demo, directory, export, handoff, organizers, pods
+from podlink.cli import aid, demo, directory, export, handoff, hours, organizers, pods
 from podlink.cli.session import OrderedGroup
 
 
@@ -29,7 +29,7 @@ def main() -> None:
 for command in (
     demo.demo, pods.init, pods.serve, pods.status,
     aid.member, aid.request, aid.offer, aid.claim, aid.accept, aid.decline,
-    handoff.handoff, handoff.inbox, aid.fulfil,
+    handoff.handoff, handoff.inbox, aid.fulfil, hours.hours,
     aid.match, aid.resource, organizers.organizer, directory.pod_group,
     pods.invite, pods.peer, pods.sync, pods.log,
     export.export, pods.backup, pods.restore,

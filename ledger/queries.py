@@ -244,6 +244,27 @@ async def list_claims(
     ]  # fmt: skip
 
 
+async def list_hours(db: aiosqlite.Connection) -> list[Row]:
+    """Time-bank hours: each fulfilment that recorded hours, with whom they helped (the
+    request's pod and member) and who gave them (the accepted claim's pod and member).
+
+    Requests and claims are found by their event's position (they have no index on id)."""
+    sql = (
+        "SELECT f.hours, f.ts, r.id, r.title, r.pod, r.for_member, c.pod, c.by_member "
+        "FROM fulfilments f "
+        "JOIN requests r ON r.rowid = (SELECT pos FROM events WHERE id = f.request) "
+        "LEFT JOIN claims c ON c.rowid = (SELECT pos FROM events WHERE id = r.accepted_claim) "
+        "WHERE f.hours IS NOT NULL ORDER BY f.ts, f.id"
+    )
+    names = await pod_names(db)
+    return [
+        {"hours": h, "ts": ts, "request": rid, "title": title, "pod": p,
+         "pod_name": names.get(p, ""), "for_member": fm, "helper_pod": hp,
+         "helper_pod_name": names.get(hp, "") if hp else "", "by_member": bm}
+        for h, ts, rid, title, p, fm, hp, bm in await rows(db, sql)
+    ]  # fmt: skip
+
+
 # ---------------------------------------------------------------- offers, resources
 
 

@@ -64,6 +64,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/resolve/{table}/{prefix}", "Expand a short id.", "organizer",
              response=ANY_OBJECT),
     Endpoint("GET", "/v1/pods", "The pod directory.", "organizer", response=ANY_ROWS),
+    Endpoint("GET", "/v1/hours", "Time-bank hours of fulfilled help, with who helped whom.",
+             "organizer", response=ANY_ROWS),
     Endpoint("GET", "/v1/roster", "This pod's organizers (or another pod's, or all).",
              "organizer", response=ANY_ROWS,
              query={"pod": "a pod key, or `all` (default: this pod)"}),

@@ -241,6 +241,11 @@ async def member_key(request: web.Request) -> web.Response:
     return reply({"member": member, "key": key})
 
 
+async def list_hours(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return reply(await queries.list_hours(node.ledger.reader))
+
+
 async def list_claims(request: web.Request) -> web.Response:
     node = request.app[NODE]
     db = node.ledger.reader
@@ -421,6 +426,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/v1/members", list_members)
     r.add_get("/v1/members/{id}/key", member_key)
     r.add_get("/v1/claims", list_claims)
+    r.add_get("/v1/hours", list_hours)
     r.add_get("/v1/resolve/{table}/{prefix}", resolve_id)
     r.add_get("/v1/pods", list_pods)
     r.add_get("/v1/roster", roster)

@@ -209,6 +209,7 @@ MALFORMED: dict[tuple[str, str], list[tuple[str, bytes]]] = {
     ],
     ("GET", "/v1/requests"): [("/v1/requests?status=maybe", b""), ("/v1/requests?lane=x", b"")],
     ("GET", "/v1/offers"): [("/v1/offers?status=maybe", b"")],
+    ("GET", "/v1/roster"): [("/v1/roster?pod=" + BAD_KEY, b""), ("/v1/roster?pod=ALL", b"")],
     ("GET", "/v1/claims"): [("/v1/claims?status=maybe", b"")],
     ("GET", "/v1/resolve/{table}/{prefix}"): [("/v1/resolve/secrets/AAAA", b"")],
     ("GET", "/v1/log"): [
@@ -256,8 +257,8 @@ NO_INPUT = {
     ("GET", "/v1/members"),
     ("GET", "/v1/members/{id}/key"),
     ("GET", "/v1/pods"),
-    ("GET", "/v1/roster"),
     ("GET", "/v1/resources"),
+    ("GET", "/v1/hours"),
     ("GET", "/v1/forks"),
     ("GET", "/v1/match"),
     ("GET", "/v1/inbox"),
