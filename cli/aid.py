@@ -33,8 +33,9 @@ from podlink.cli.session import (
     pod_options,
 )
 
-NEEDED_BY_HELP = ("YYYY-MM-DD, today, tomorrow, a weekday, 'within 2 days', 'this week' or "
-                  "'next week' (leave it out for 'anytime').")
+DATE_WORDS = "YYYY-MM-DD, today, tomorrow, a weekday, 'within 1-2 days', 'this week' or 'next week'"
+NEEDED_BY_HELP = f"{DATE_WORDS} (leave it out for 'anytime')."
+NEW_NEEDED_BY_HELP = f"A new date: {DATE_WORDS} (once set, a date cannot go back to 'anytime')."
 LIST_PAGE = 5000  # the most rows GET /v1/requests answers at once
 
 
@@ -229,7 +230,7 @@ def request_add(pod: Target, title: str, category: str, urgency: str, for_member
 @click.option("--category", type=CATEGORY, help="A new category.")
 @click.option("--urgency", type=URGENCY, help="How soon it is needed now.")
 @click.option("--details", help="New details (replaces them; \"\" empties them).")
-@click.option("--needed-by", type=NeededBy(), help=NEEDED_BY_HELP)
+@click.option("--needed-by", type=NeededBy(), help=NEW_NEEDED_BY_HELP)
 @click.option("--area", help="A rough area (a street, not an address).")
 @pod_options
 @json_option

@@ -9,6 +9,7 @@ here, and stay so): hours across pods are counted pod by pod.
 from __future__ import annotations
 
 from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
 import click
@@ -20,33 +21,55 @@ from podlink.cli.session import PodSession, Target, json_option, pod_options
 def tally(rows: list[dict[str, Any]], ours: str, names: dict[str, str]) -> dict[str, Any]:
     """The hours of ``rows`` (GET /v1/hours) as this pod sees them: given and received by
     its members (here: for this pod's own needs; elsewhere: across pods), and by pod."""
-    given: dict[str | None, dict[str, float]] = defaultdict(lambda: {"here": 0.0, "away": 0.0})
-    received: dict[str | None, dict[str, float]] = defaultdict(lambda: {"here": 0.0, "away": 0.0})
+    zero = Decimal(0)
+    given: dict[str | None, dict[str, Decimal]] = defaultdict(lambda: {"here": zero, "away": zero})
+    received: dict[str | None, dict[str, Decimal]] = defaultdict(
+        lambda: {"here": zero, "away": zero})  # fmt: skip
     pods: dict[str, dict[str, Any]] = {}
+    count, total = 0, zero
     for r in rows:
-        # No accepted claim: the pod that asked met the need itself.
-        hours, asked, helped = r["hours"], r["pod"], r["helper_pod"] or r["pod"]
+        # Summed as the decimals they were typed as (0.1 + 0.2 is 0.3, not 0.30000000000000004).
+        hours, asked, helped = Decimal(str(r["hours"])), r["pod"], r["helper_pod"]
+        if helped is None:
+            if r["accepted_claim"] is not None:
+                continue  # its claim never reached this node: who helped is not known here
+            helped = asked  # no claim accepted: the pod that asked met the need itself
+        if ours not in (asked, helped):
+            continue  # other pods' exchange, seen through the network lane
+        count, total = count + 1, total + hours
         if helped == ours:
             given[r["by_member"]]["here" if asked == ours else "away"] += hours
         if asked == ours:
             received[r["for_member"]]["here" if helped == ours else "away"] += hours
         other, name = (helped, r["helper_pod_name"]) if asked == ours else (asked, r["pod_name"])
-        if other and other != ours and ours in (asked, helped):
-            entry = pods.setdefault(other, {"pod": other, "name": name, "to_us": 0.0,
-                                            "from_us": 0.0})  # fmt: skip
+        if other != ours:
+            entry = pods.setdefault(other, {"pod": other, "name": name, "to_us": zero,
+                                            "from_us": zero})  # fmt: skip
             entry["to_us" if asked == ours else "from_us"] += hours
 
-    def people(found: dict[str | None, dict[str, float]]) -> list[dict[str, Any]]:
+    def people(found: dict[str | None, dict[str, Decimal]]) -> list[dict[str, Any]]:
         return sorted(
             ({"member": m, "name": names.get(m, "(a member no longer here)") if m else
-              "(the pod, no member named)", **v, "hours": v["here"] + v["away"]}
+              "(the pod, no member named)", "hours": _num(v["here"] + v["away"]),
+              "here": _num(v["here"]), "away": _num(v["away"])}
              for m, v in found.items()),
             key=lambda p: (-p["hours"], p["name"]))  # fmt: skip
 
-    total = sum(r["hours"] for r in rows if ours in (r["pod"], r["helper_pod"]))
-    return {"given": people(given), "received": people(received),
-            "pods": sorted(pods.values(), key=lambda p: (p["name"], p["pod"])),
-            "total": total}  # fmt: skip
+    by_pod = [{**p, "to_us": _num(p["to_us"]), "from_us": _num(p["from_us"])}
+              for p in sorted(pods.values(), key=lambda p: (p["name"], p["pod"]))]  # fmt: skip
+    return {"given": people(given), "received": people(received), "pods": by_pod,
+            "total": _num(total), "fulfilments": count}
+
+
+def _num(value: Decimal) -> float:
+    """A sum as JSON carries it (exact sums of at most 0.001 steps convert exactly)."""
+    return float(value)
+
+
+def _show(hours: float) -> str:
+    """Hours for a table: every digit the sum has (no 1e+06, no 10000.2)."""
+    text = f"{Decimal(str(hours)):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 @click.command()
@@ -72,7 +95,7 @@ def hours(pod: Target, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    if not data["total"]:
+    if not data["fulfilments"]:
         echo("No hours recorded yet (`podlink fulfil REQUEST --hours H` records them).")
         return
     for key, title, here, away in (("given", "Given by this pod's members", "FOR US",
@@ -82,11 +105,11 @@ def hours(pod: Target, as_json: bool) -> None:
         if data[key]:
             t = table("~MEMBER", ">HOURS", f">{here}", f">{away}", title=title)
             for p in data[key]:
-                t.add_row(p["name"], f"{p['hours']:g}", f"{p['here']:g}", f"{p['away']:g}")
+                t.add_row(p["name"], _show(p["hours"]), _show(p["here"]), _show(p["away"]))
             show(t)
     if data["pods"]:
         t = table("~POD", ">THEY GAVE US", ">WE GAVE THEM", title="Between pods")
         for p in data["pods"]:
-            t.add_row(p["name"] or p["pod"][:8], f"{p['to_us']:g}", f"{p['from_us']:g}")
+            t.add_row(p["name"] or p["pod"][:8], _show(p["to_us"]), _show(p["from_us"]))
         show(t)
-    echo(f"In all: {data['total']:g} hours.")
+    echo(f"In all: {_show(data['total'])} hours.")

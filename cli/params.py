@@ -40,7 +40,8 @@ class Category(click.ParamType):
 class NeededBy(click.ParamType):
     """A date, in the time frames people say (DOMAIN.md: "within 1-2 days", "this
     week"): YYYY-MM-DD, today, tomorrow, a weekday (the next one), "in N days" or
-    "within N days", "this week" (by Sunday), "next week" (by the Sunday after)."""
+    "within N days" (or "within 1-2 days": by the later), "this week" (by Sunday), "next
+    week" (by the Sunday after)."""
 
     name = "date"
 
@@ -57,7 +58,7 @@ class NeededBy(click.ParamType):
         elif text in ("this week", "next week"):
             days = 6 - today.weekday() + (7 if text == "next week" else 0)  # to Sunday
         elif found := IN_DAYS.fullmatch(text):
-            days = int(found.group(1))
+            days = int(found.group(1))  # "within 1-2 days": by the later one
         if days is not None:
             return (today + dt.timedelta(days=days)).isoformat()
         try:
@@ -67,7 +68,7 @@ class NeededBy(click.ParamType):
                       "'within 2 days', 'this week' or 'next week'", param, ctx)  # fmt: skip
 
 
-IN_DAYS = re.compile(r"(?:in |within )?(\d{1,3}) days?")
+IN_DAYS = re.compile(r"(?:in |within )?(?:\d{1,3} ?[-\u2013] ?)?(\d{1,3}) days?")
 
 
 CATEGORY = Category()

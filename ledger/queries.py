@@ -250,7 +250,8 @@ async def list_hours(db: aiosqlite.Connection) -> list[Row]:
 
     Requests and claims are found by their event's position (they have no index on id)."""
     sql = (
-        "SELECT f.hours, f.ts, r.id, r.title, r.pod, r.for_member, c.pod, c.by_member "
+        "SELECT f.hours, f.ts, r.id, r.title, r.pod, r.for_member, r.accepted_claim, c.pod, "
+        "c.by_member "
         "FROM fulfilments f "
         "JOIN requests r ON r.rowid = (SELECT pos FROM events WHERE id = f.request) "
         "LEFT JOIN claims c ON c.rowid = (SELECT pos FROM events WHERE id = r.accepted_claim) "
@@ -259,9 +260,10 @@ async def list_hours(db: aiosqlite.Connection) -> list[Row]:
     names = await pod_names(db)
     return [
         {"hours": h, "ts": ts, "request": rid, "title": title, "pod": p,
-         "pod_name": names.get(p, ""), "for_member": fm, "helper_pod": hp,
-         "helper_pod_name": names.get(hp, "") if hp else "", "by_member": bm}
-        for h, ts, rid, title, p, fm, hp, bm in await rows(db, sql)
+         "pod_name": names.get(p, ""), "for_member": fm, "accepted_claim": ac,
+         "helper_pod": hp, "helper_pod_name": names.get(hp, "") if hp else "",
+         "by_member": bm}
+        for h, ts, rid, title, p, fm, ac, hp, bm in await rows(db, sql)
     ]  # fmt: skip
 
 

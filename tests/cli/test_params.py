@@ -16,7 +16,7 @@ def needed_by(text: str) -> dt.date:
 
 @pytest.mark.parametrize(("text", "days"), [
     ("today", 0), ("tomorrow", 1), ("within 2 days", 2), ("in 1 day", 1), ("3 days", 3),
-    ("  Within   2   DAYS ", 2),
+    ("  Within   2   DAYS ", 2), ("within 1-2 days", 2), ("within 1\u20132 days", 2),
 ])  # fmt: skip
 def test_days_from_today(text: str, days: int) -> None:
     before = dt.date.today()
