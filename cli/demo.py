@@ -2,10 +2,12 @@
 
 Agatha, a member of Maple Street, needs a prescription picked up that her pod cannot
 manage. Maple Street shares the need with the network (without her name); it travels two
-hops to Hilltop, whose Jonny has a car; Hilltop claims it, Maple Street accepts, and marks
-it fulfilled. Every node must end up showing the same state, and Agatha's name must appear
-nowhere outside Maple Street. The nodes are real (real keys, SQLite files, HTTP, gossip),
-run in this process on free loopback ports.
+hops to Hilltop, whose Jonny has a car; Hilltop claims it, Maple Street accepts, Hilltop
+hands Jonny's contact to Maple Street sealed to it (Riverside carries it unread), and
+Maple Street marks it fulfilled. Every node must end up showing the same state, Agatha's
+name must appear nowhere outside Maple Street, and Jonny's number nowhere at Riverside.
+The nodes are real (real keys, SQLite files, HTTP, gossip), run in this process on free
+loopback ports.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import click
 from aiohttp import web
 
 from podlink.cli import ops
+from podlink.cli.handoff import send_handoff
 from podlink.cli.output import echo, emit, say, short, table
 from podlink.cli.session import PodSession, run_sync
 from podlink.node.client import ClientError, NodeClient
@@ -40,6 +43,7 @@ PODS = (
     ("Hilltop", "Hilltop estate"),
 )
 SECRET_NAME = "Agatha"
+HELPER_PHONE = "555 0199"
 WAIT_S = 15.0
 
 
@@ -158,7 +162,7 @@ class Story:
                              can=("childcare",))  # fmt: skip
         await ops.add_member(self.riverside.session, "Priya", contact="priya@example.org",
                              prefers="email", can=("food",))  # fmt: skip
-        await ops.add_member(self.hilltop.session, "Jonny", contact="555 0199", prefers="text",
+        await ops.add_member(self.hilltop.session, "Jonny", contact=HELPER_PHONE, prefers="text",
                              can=("transport", "medicine"), notes="has a car")  # fmt: skip
         await ops.add_offer(self.hilltop.session, "Rides and pickups in my car",
                             category="medicine", by="Jonny")  # fmt: skip
@@ -203,6 +207,17 @@ class Story:
         await self.until("everyone seeing 'accepted'", lambda: self.everyone("accepted"))
         await self.show_state()
 
+        self.step("Hilltop hands Jonny's contact to Maple Street, sealed to it (podlink handoff)")
+        await send_handoff(self.hilltop.session, claim["id"], member="Jonny",
+                           note=f"I'll text before I go; {SECRET_NAME} can expect me.")  # fmt: skip
+        took = await self.until("the contact reaching Maple Street's inbox", self.maple_has_it)
+        for item in await self.maple.session.get("/v1/inbox"):
+            m = item["message"]
+            say(f"Maple Street's inbox, {took:.2f} s later: {m['name']}, {m['contact']} "
+                f"(prefers {m['prefers']}): {m['note']!r}")  # fmt: skip
+        say("Riverside carried it on without being able to open it; Maple Street calls "
+            f"{SECRET_NAME}, whose number never left her pod.")  # fmt: skip
+
         self.step("Jonny delivers; Maple Street marks the need fulfilled")
         await ops.fulfil_request(self.maple.session, self.request_id,
                                  note="Delivered. Thank you, Hilltop!", hours=1.0)  # fmt: skip
@@ -217,9 +232,17 @@ class Story:
             if found:
                 raise DemoFailed(f"{SECRET_NAME}'s name leaked to {p.name}: {', '.join(found)}")
             say(f"{p.name}: nowhere (every API answer and its database files searched).")
+        found = await mentions(self.riverside, HELPER_PHONE)
+        if found:
+            raise DemoFailed(f"Jonny's sealed contact was read at Riverside: {', '.join(found)}")
+        say(f"Jonny's number ({HELPER_PHONE}), sealed to Maple Street: nowhere at Riverside, "
+            "which carried it.")  # fmt: skip
 
     async def hilltop_sees_request(self) -> bool:
         return await self.hilltop.status_of(self.request_id) is not None
+
+    async def maple_has_it(self) -> bool:
+        return bool(await self.maple.session.get("/v1/inbox"))
 
     async def maple_sees_claim(self) -> bool:
         r = await self.maple.status_of(self.request_id)

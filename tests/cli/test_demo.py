@@ -17,6 +17,9 @@ def test_demo_converges_and_keeps_agatha_private() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all three pods agree: fulfilled" in done.stdout
     assert "Riverside: nowhere" in done.stdout and "Hilltop: nowhere" in done.stdout
+    # Jonny's contact, handed over sealed, is read at Maple Street and nowhere between.
+    assert "Maple Street's inbox" in done.stdout and "Jonny, 555 0199" in done.stdout
+    assert "nowhere at Riverside" in done.stdout
     assert done.stderr == ""
     assert max(map(len, done.stdout.splitlines())) <= 80
     assert took < 30
