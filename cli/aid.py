@@ -568,7 +568,8 @@ def offer_withdraw(pod: Target, offer_ref: str, reason: str, as_json: bool) -> N
 
 @click.group(cls=OrderedGroup)
 def resource() -> None:
-    """The resource directory: food banks, clinics, tool libraries, shared between pods."""
+    """The resource directory: food banks, clinics, tool libraries, shared between pods:
+    add, list, withdraw."""
 
 
 @resource.command("add")
@@ -612,8 +613,27 @@ def resource_list(pod: Target, category: str | None, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    t = table("~NAME", "~CATEGORY", "~WHERE", "~WHEN", "~CONTACT", "~POD")
+    t = table("ID", "~NAME", "~CATEGORY", "~WHERE", "~WHEN", "~CONTACT", "~POD")
     for r in data:
-        t.add_row(r["name"], r["category"], r["where"], r["when"], r["contact"],
+        t.add_row(short(r["id"]), r["name"], r["category"], r["where"], r["when"], r["contact"],
                   r["pod_name"] or short(r["pod"]))  # fmt: skip
     show(t, "The directory is empty: `podlink resource add NAME --category food`.")
+
+
+@resource.command("withdraw", context_settings=ID_ARGUMENTS)
+@click.argument("resource_ref", metavar="RESOURCE")
+@click.option("--reason", default="", help="Why (closed, moved...); seen where it was shared.")
+@pod_options
+@json_option
+def resource_withdraw(pod: Target, resource_ref: str, reason: str, as_json: bool) -> None:
+    """Take one of this pod's entries out of the resource directory (it closed, it moved).
+
+    Pods running a podlink from before this command keep showing the entry.
+
+    \b
+    Example:
+      podlink resource withdraw 4Rt7 --reason "closed for good"
+    """
+    data = pod.call(lambda s: ops.withdraw_resource(s, resource_ref, reason))
+    _done(as_json, data, f"Withdrew {data['name']!r} ({short(data['resource'])}) from the "
+          "directory.")  # fmt: skip

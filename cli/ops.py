@@ -304,3 +304,20 @@ async def add_resource(
     resource_id = await session.write(body, share)
     return {"id": resource_id, "kind": "resource.share", "lane": share, "share": share,
             "name": body.name, "category": category}  # fmt: skip
+
+
+async def withdraw_resource(session: PodSession, ref: str, reason: str = "") -> Summary:
+    """Withdraw one of this pod's entries from the resource directory, in its lane."""
+    full = await session.resolve("resources", ref)
+    entry = next((r for r in await session.get("/v1/resources") if r["id"] == full), None)
+    if entry is None:
+        raise Refused("this resource is no longer in the directory")
+    await _our(session, entry, "resource", "withdraw")
+    body = kinds.ResourceWithdrawn(reason=reason.strip())
+    check_body(body)
+    warn_if_personal("reason", entry["lane"], reason)
+    event = await session.write(body, entry["lane"], (full,))
+    if any(r["id"] == full for r in await session.get("/v1/resources")):
+        raise click.ClickException("recorded, but it changed nothing: the entry is still listed")
+    return {"id": event, "kind": "resource.withdraw", "lane": entry["lane"], "resource": full,
+            "name": entry["name"]}  # fmt: skip

@@ -568,18 +568,26 @@ class ResourceState:
 
 
 def fold_resource(root: bytes, events: list[EventView], roster: Roster) -> ResourceState | None:
-    for ev in events:
+    """A resource entry, until its own pod withdraws it (as widely as it shared it: the
+    rule of offers); then no entry at all."""
+    state: ResourceState | None = None
+    for ev in sort_events(events):
         body = ev.body
-        if (
-            ev.id == root
-            and isinstance(body, k.ResourceShared)
-            and roster.authorised(ev.pod, ev.author, ev.ts)
-        ):
-            return ResourceState(
+        if not roster.authorised(ev.pod, ev.author, ev.ts):
+            continue
+        if ev.id == root and isinstance(body, k.ResourceShared):
+            state = ResourceState(
                 root, ev.pod, ev.lane, body.name, body.category, body.what, body.where,
                 body.when, body.contact, ev.ts,
             )  # fmt: skip
-    return None
+        elif (
+            isinstance(body, k.ResourceWithdrawn)
+            and state is not None
+            and ev.pod == state.pod
+            and not narrower(ev, state.lane)
+        ):
+            return None
+    return state
 
 
 # -------------------------------------------------------------------------------- roots
@@ -589,7 +597,7 @@ ANCHORS = frozenset({"request.open", "offer.open", "member.join", "resource.shar
 #: Kinds whose aggregate is the event in refs[0].
 FOLLOWERS = frozenset({
     "request.update", "request.cancel", "request.fulfil", "claim.make",
-    "offer.withdraw", "member.update", "member.forget",
+    "offer.withdraw", "member.update", "member.forget", "resource.withdraw",
 })  # fmt: skip
 #: Kinds that answer a claim: their aggregate is the claim's request.
 CLAIM_ANSWERS = frozenset({"claim.accept", "claim.decline"})

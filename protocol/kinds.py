@@ -252,6 +252,15 @@ class ResourceShared(Body, frozen=True, kw_only=True):
     contact: Short = ""
 
 
+class ResourceWithdrawn(Body, frozen=True, kw_only=True):
+    """The entry in refs[0] is gone (the food bank closed, the clinic moved); only the pod
+    that shared it withdraws it."""
+
+    KIND = "resource.withdraw"
+    REFS = 1
+    reason: Short = ""
+
+
 class SealedMessage(Body, frozen=True, kw_only=True):
     """A body only the pod ``to`` can read (NaCl sealed box to its key), e.g. a contact
     handoff once cross-pod help is accepted. Everyone else carries it and checks the header."""
@@ -277,7 +286,7 @@ KnownBody = (
     | MemberJoined | MemberUpdated | MemberForgotten
     | RequestOpened | RequestUpdated | RequestCancelled | RequestFulfilled
     | OfferOpened | OfferWithdrawn | ClaimMade | ClaimAccepted | ClaimDeclined
-    | ResourceShared | SealedMessage
+    | ResourceShared | ResourceWithdrawn | SealedMessage
 )  # fmt: skip
 
 BODY_TYPES: tuple[type[Body], ...] = KnownBody.__args__  # type: ignore[attr-defined]

@@ -673,6 +673,7 @@ SCHEMAS = {
         ("when", SHORT, ""),
         ("contact", SHORT, ""),
     ),
+    "ResourceWithdrawn": schema("ResourceWithdrawn", *REASON_ONLY),
     "SealedMessage": schema(
         "SealedMessage", ("to", KEY, REQUIRED), ("box", SEALED_BOX, REQUIRED)
     ),
@@ -717,6 +718,7 @@ KINDS: dict[str, tuple[str, tuple[str, ...], int]] = {
     "request.fulfil": ("RequestFulfilled", ALL, 1),
     "offer.open": ("OfferOpened", ALL, 0),
     "offer.withdraw": ("OfferWithdrawn", ALL, 1),
+    "resource.withdraw": ("ResourceWithdrawn", ALL, 1),
     "claim.make": ("ClaimMade", ALL, 1),
     "claim.accept": ("ClaimAccepted", ALL, 1),
     "claim.decline": ("ClaimDeclined", ALL, 1),

@@ -53,6 +53,7 @@ class Scenario:
     requests: list[Thing] = field(default_factory=list)
     claims: list[Thing] = field(default_factory=list)
     offers: list[Thing] = field(default_factory=list)
+    resources: list[Thing] = field(default_factory=list)
     members: list[tuple[Thing, bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -130,8 +131,8 @@ class Scenario:
         rng = self.rng
         action = rng.choices(
             ["open", "claim", "answer", "close", "update", "offer", "withdraw", "resource",
-             "info", "add", "remove", "readd", "member", "tick"],
-            weights=[8, 8, 8, 4, 3, 3, 2, 1, 1, 1, 1, 1, 3, 1],
+             "unshare", "info", "add", "remove", "readd", "member", "tick"],
+            weights=[8, 8, 8, 4, 3, 3, 2, 1, 1, 1, 1, 1, 1, 3, 1],
         )[0]  # fmt: skip
         if action == "open":
             pod, author = self.someone()
@@ -173,8 +174,14 @@ class Scenario:
             self.emit(author, k.OfferWithdrawn(), self.lane_for(pod, offer), [offer.event.id])
         elif action == "resource":
             pod, author = self.someone()
+            lane = self.lane_for(pod)
             body = k.ResourceShared(name=f"Bank {len(self.events)}", category="food")
-            self.emit(author, body, self.lane_for(pod))
+            self.resources.append(Thing(self.emit(author, body, lane), pod, lane))
+        elif action == "unshare" and self.resources:
+            entry = rng.choice(self.resources)
+            pod, author = self.owner_or_meddler(entry)
+            self.emit(author, k.ResourceWithdrawn(reason="closed"), self.lane_for(pod, entry),
+                      [entry.event.id])  # fmt: skip
         elif action == "info":
             pod, author = self.someone()
             self.emit(author, k.PodInfoChanged(name=f"Pod {pod} v{len(self.events)}"), "network")

@@ -27,6 +27,7 @@ from podlink.protocol.kinds import (
     RequestOpened,
     RequestUpdated,
     ResourceShared,
+    ResourceWithdrawn,
     SealedMessage,
     encode_body,
 )
@@ -94,6 +95,7 @@ SAMPLES: dict[str, tuple[Body, Lane]] = {
         ),
         "network",
     ),
+    "resource.withdraw": (ResourceWithdrawn(reason="Closed for good."), "network"),
     "sealed": (
         SealedMessage(
             to=OTHER_POD.public, box=boxes.seal_to(OTHER_POD.public, encode_body(HANDOFF)),

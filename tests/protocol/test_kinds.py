@@ -79,6 +79,7 @@ def test_refs_required_counts() -> None:
     assert needing == {
         "member.update", "member.forget", "request.update", "request.cancel",
         "request.fulfil", "offer.withdraw", "claim.make", "claim.accept", "claim.decline",
+        "resource.withdraw",
     }  # fmt: skip
     assert all(c.REFS in (0, 1) for c in KINDS.values())
 
