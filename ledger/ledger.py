@@ -27,9 +27,17 @@ from podlink.ledger import state as st
 from podlink.ledger.errors import LedgerError
 from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
 from podlink.ledger.schema import PROJECTIONS
-from podlink.ledger.store import connect, rows, run_to_end, scalar, transaction, translated
+from podlink.ledger.store import (
+    connect,
+    marks,
+    rows,
+    run_to_end,
+    scalar,
+    transaction,
+    translated,
+)
 from podlink.ledger.verifier import Verifier
-from podlink.protocol import clock
+from podlink.protocol import clock, kinds
 from podlink.protocol.boxes import MEMBER_KEY_LEN
 from podlink.protocol.envelope import decode_header, verify_signature_parts
 from podlink.protocol.errors import ProtocolError
@@ -39,6 +47,9 @@ if TYPE_CHECKING:
     from podlink.ledger.ingest import Batch
 
 log = logging.getLogger("podlink.ledger")
+#: The event kinds podlink knew before a ledger recorded them (meta 'kinds'): every kind
+#: but resource.withdraw, the first added after.
+KINDS_BEFORE_RECORD = frozenset(kinds.KINDS) - {"resource.withdraw"}
 Progress = Callable[[int, int], None]  # (done, total)
 # Batches of one ingest checked (decoded, verified) ahead of the one committing. Two keep
 # the verify processes fed while a commit holds the event loop; each is one batch of
@@ -145,6 +156,7 @@ class Ledger:
             raise
         try:
             await ledger._load()
+            await ledger._learn_kinds()
             if await scalar(db, "SELECT 1 FROM meta WHERE key = 'rebuild'"):
                 # A migration replaced projection tables: refill them from the log.
                 log.warning("rebuilding the read model of %s after a schema upgrade", path)
@@ -179,6 +191,32 @@ class Ledger:
                 db, "SELECT DISTINCT author, lane, why FROM pending"
             ):
                 self._note_pending(author, lane, why)
+
+    async def _learn_kinds(self) -> None:
+        """Ask for a rebuild when this code knows event kinds that the code which last
+        wrote the file did not, and the file holds events of them.
+
+        Unknown kinds are stored and forwarded as they are, filed under no aggregate and
+        with their bodies unchecked; a node upgraded to know one (resource.withdraw, say)
+        would otherwise leave the events it already holds out of its folds for good, and
+        differ from every node that received them after its upgrade. Files from before
+        this record knew the kinds of KINDS_BEFORE_RECORD."""
+        known = ",".join(sorted(kinds.KINDS)).encode()
+        stored = await scalar(self.db, "SELECT value FROM meta WHERE key = 'kinds'")
+        if stored == known:
+            return
+        before = set(stored.decode().split(",")) if stored is not None else KINDS_BEFORE_RECORD
+        learned = sorted(set(kinds.KINDS) - before)
+        async with translated("recording the event kinds this podlink knows"):
+            if learned and await scalar(
+                self.db, f"SELECT 1 FROM events WHERE kind IN ({marks(len(learned))}) LIMIT 1",
+                learned,
+            ):  # fmt: skip
+                log.warning("events of kinds this podlink now knows (%s) are in %s",
+                            ", ".join(learned), self.path)  # fmt: skip
+                await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('rebuild', x'01')")
+            await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('kinds', ?)", (known,))
+            await self.db.commit()
 
     async def close(self) -> None:
         """Close the database (waiting for the batch in flight), the verify threads and

@@ -19,6 +19,7 @@ from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import chunks, marks, of_roots, rows
 from podlink.protocol import kinds
 from podlink.protocol.envelope import decode_header
+from podlink.protocol.errors import ProtocolError
 
 # The signed header (payload) is read only for the kinds whose refs a fold reads: the
 # rest is bytes copied out of SQLite for nothing (a re-folded request reads all its events).
@@ -32,13 +33,21 @@ MEMBER_KINDS = ("member.join", "member.update", "member.forget")
 
 
 def view_from_row(row: tuple) -> st.EventView:
-    """An EventView from ``SELECT {EVENT_COLUMNS}`` (stored bodies were checked at ingest).
+    """An EventView from ``SELECT {EVENT_COLUMNS}``.
 
     Its refs are decoded only for the kinds whose fold reads them (st.REFS_READ): the
-    header decode was a tenth of the writer's Python time when a claim re-folds a request."""
+    header decode was a tenth of the writer's Python time when a claim re-folds a request.
+    Bodies were checked at ingest, except those of a kind this podlink did not know then
+    (stored and forwarded as they were): one that does not decode now is treated as a
+    dropped body, never as a reason to fail a fold or a rebuild."""
     id_, pod, author, lane, seq, ts, kind, payload, body, pos = row
     refs = tuple(decode_header(payload).refs) if kind in st.REFS_READ else ()
-    decoded = kinds.decode_body(kind, body) if body is not None else None
+    decoded = None
+    if body is not None:
+        try:  # a plain try: this runs for every event a re-fold reads
+            decoded = kinds.decode_body(kind, body)
+        except ProtocolError:
+            decoded = None
     return st.EventView(id_, pod, author, lane, seq, ts, kind, refs, decoded, pos)
 
 
