@@ -30,7 +30,6 @@ from podlink.cli.session import (
     PodSession,
     Target,
     check_body,
-    default_home,
     home_option,
     json_option,
     one_line,
@@ -57,10 +56,6 @@ def organizer() -> None:
     Organizers' names and keys are shared with every pod in the network: other pods must
     know which keys speak for this one. Members' details never are.
     """
-
-
-def _home_words(pod: Target) -> str:
-    return "" if pod.home == default_home() else f" --home {shlex.quote(str(pod.home))}"
 
 
 async def _roster(s: PodSession) -> list[dict[str, Any]]:
@@ -294,7 +289,7 @@ def organizer_setup(pod: Target, pod_key: str, name: str, as_json: bool) -> None
             "check the URL and the key with the pod's host")  # fmt: skip
     config = Config(home=pod.home, name=info.get("name") or "pod", node=url, pod=info["pod"])
     _make_folder(config, keypair)
-    home = _home_words(pod)
+    home = pod.home_words()
     add = _add_command(name or "YOUR NAME", keypair.public_text)
     if as_json:
         print_json({"home": str(pod.home), "key": keypair.public_text, "pod": info["pod"],

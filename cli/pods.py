@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import socket
 import sqlite3
 import time
@@ -34,7 +33,6 @@ from podlink.cli.session import (
     ID_TEXT,
     OrderedGroup,
     Target,
-    default_home,
     home_option,
     json_option,
     one_line,
@@ -82,7 +80,7 @@ def init(pod: Target, name: str, zone: str, listen: str, url: str, organizer_nam
         print_json({"home": str(config.home), "pod": key, "name": config.name,
                     "listen": config.listen, "url": config.public_url})  # fmt: skip
         return
-    home = "" if pod.home == default_home() else f" --home {shlex.quote(str(pod.home))}"
+    home = pod.home_words()
     echo(f"Created the pod {config.name!r} (pod {short(key)}) in {config.home}.")
     echo("Next:")
     echo(f"  podlink serve{home}      # start the node, and keep it running")
@@ -519,7 +517,7 @@ def restore(pod: Target, file: Path) -> None:
         raise click.ClickException(one_line(str(e))) from None
     with no_trace(file):  # SQLite leaves -shm and -wal beside a WAL database it reads
         _restore(file, live, node_key)
-    home = "" if pod.home == default_home() else f" --home {shlex.quote(str(pod.home))}"
+    home = pod.home_words()
     echo(f"Start the node with `podlink serve{home}`, then run `podlink sync{home}` before "
          "recording anything new (until the events written since the backup come back, a "
          "new one would fork its organizer's feed).")  # fmt: skip

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import re
+import shlex
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -107,6 +108,10 @@ class Target:
             host = "127.0.0.1"
         return f"http://[{host}]:{config.port}" if ":" in host else f"http://{host}:{config.port}"
 
+    def home_words(self) -> str:
+        """`` --home DIR`` to repeat in a command we print, or nothing for the default."""
+        return "" if self.home == default_home() else f" --home {shlex.quote(str(self.home))}"
+
     def own_folder(self, config: Config, command: str) -> None:
         """Refuse ``podlink COMMAND`` (serve, restore: work on the node's own files) in a
         folder on an organizer's laptop, which holds no node."""
@@ -175,10 +180,9 @@ class Target:
                             "runs on the machine that hosts the pod (`podlink serve` there), "
                             "or check the address (node in config.toml, or --node)"
                         ) from None
-                    home = "" if self.home == default_home() else f" --home {self.home}"
                     raise click.ClickException(
                         f"the pod's node is not running at {session.client.url}; "
-                        f"start it with `podlink serve{home}`"
+                        f"start it with `podlink serve{self.home_words()}`"
                     ) from None
 
         return run_sync(go())
