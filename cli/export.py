@@ -124,7 +124,7 @@ def export_csv(pod: Target, what: str, file: Path | None) -> None:
     \b
     Examples:
       podlink export csv requests -o needs.csv
-      podlink export csv members > members.csv     # personal details: keep it safe
+      podlink export csv members -o members.csv    # personal details: keep it safe
     """
     found = pod.call(lambda s: _rows(s, what))
     buffer = io.StringIO()

@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from podlink.cli.output import ago_ts, echo, print_json, short, show, table
+from podlink.cli.output import ago_ts, echo, print_json, short, show, table, warn
 from podlink.cli.session import (
     ID_ARGUMENTS,
     ID_TEXT,
@@ -38,7 +38,14 @@ from podlink.cli.session import (
     same_name,
 )
 from podlink.node.client import NodeClient
-from podlink.node.config import CONFIG_FILE, Config, ConfigError, load_config, save_config
+from podlink.node.config import (
+    CONFIG_FILE,
+    NODE_KEY_FILE,
+    Config,
+    ConfigError,
+    load_config,
+    save_config,
+)
 from podlink.protocol import kinds
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.keys import KeyFileError, Keypair, load_keypair, save_keypair
@@ -140,7 +147,23 @@ def organizer_add(pod: Target, name: str, key_text: str, as_json: bool) -> None:
         return {"id": event, "kind": "roster.add", "lane": "network", "key": key_text,
                 "name": name}  # fmt: skip
 
-    data = pod.call(go, pod_key_if_lost=True)
+    async def forked(s: PodSession) -> bool:
+        me = s.client.keypair.public_text
+        return any(f["author"] == me and f["lane"] == "network" for f in await s.get("/v1/forks"))
+
+    # A key that signed two histories in the network lane (a restore written on before it
+    # synced) is refused there by the pods holding the other one: a roster.add it signs
+    # would never reach them, nor anything of the organizer it adds.
+    use_pod_key = pod.call(forked, pod_key_if_lost=True)
+    if use_pod_key and not (pod.home / NODE_KEY_FILE).exists():
+        raise click.ClickException(
+            "this folder's organizer key signed two histories (`podlink log --forks`): the "
+            "pods holding the other refuse what it signs next. Add the new key from another "
+            "organizer's folder, or from the pod's own folder (it signs with the node key)")
+    data = pod.call(go, pod_key_if_lost=True, pod_key=use_pod_key)
+    if use_pod_key:
+        warn("this folder's organizer key is forked (`podlink log --forks`): the pod's node "
+             "key signed the addition instead; remove the forked key once the new one works")
     if as_json:
         print_json(data)
         return
@@ -245,7 +268,7 @@ def organizer_key(pod: Target, as_json: bool) -> None:
     "node_url",
     required=True,
     metavar="URL",
-    help="The pod's node, as its host gave it (`podlink status` there shows it).",
+    help="The pod's node, as other machines reach it (its `url`: docs/operations.md).",
 )
 @click.option(
     "--pod",

@@ -496,7 +496,8 @@ def restore(pod: Target, file: Path) -> None:
     What the current database holds and the backup lacks is carried over, if it can still
     be read: events (checked again), member keys, peers and invites. It is kept beside
     as ledger.db.before-restore-TIME. The store's epoch is rotated, so peers notice and
-    repair: they re-send what the backup missed.
+    repair; run `podlink sync` before writing, to fetch back from them what this pod
+    shared since the backup.
 
     \b
     Example:
