@@ -51,14 +51,15 @@ def pod_group() -> None:
     own entry."""
 
 
-async def _directory(s: PodSession) -> tuple[list[dict[str, Any]], str, set[str]]:
+async def _directory(s: PodSession) -> tuple[list[dict[str, Any]], str]:
+    """The pods this one knows of, each with its relation to this pod, and this pod's key."""
     pods = await s.get("/v1/pods")
     peers = {p["pod"] for p in await s.get("/v1/peers")}
-    return pods, await s.pod(), peers
-
-
-def _relation(pod: str, ours: str, peers: set[str]) -> str:
-    return "this pod" if pod == ours else "peer" if pod in peers else "network"
+    ours = await s.pod()
+    for p in pods:
+        p["relation"] = "this pod" if p["pod"] == ours else "peer" if p["pod"] in peers else (
+            "network")  # fmt: skip
+    return pods, ours
 
 
 @pod_group.command("list")
@@ -71,10 +72,8 @@ def pod_list(pod: Target, as_json: bool) -> None:
     Example:
       podlink pod list
     """
-    pods, ours, peers = pod.call(_directory)
+    pods, _ = pod.call(_directory)
     order = {"this pod": 0, "peer": 1, "network": 2}
-    for p in pods:
-        p["relation"] = _relation(p["pod"], ours, peers)
     pods.sort(key=lambda p: (order[p["relation"]], p["name"].casefold(), p["pod"]))
     if as_json:
         print_json(pods)
@@ -99,7 +98,7 @@ def pod_show(pod: Target, which: str, as_json: bool) -> None:
     Example:
       podlink pod show Riverside
     """
-    pods, ours, peers = pod.call(_directory)
+    pods, _ = pod.call(_directory)
     want = which.strip()
     # Names and key prefixes together: any pod publishes any name, one that looks like
     # another pod's key prefix too; both matching is an ambiguity, never a pick.
@@ -110,7 +109,7 @@ def pod_show(pod: Target, which: str, as_json: bool) -> None:
             f"no pod called {one_line(want)!r}, nor one whose key starts with it (see `podlink "
             "pod list`)" if not found else f"{len(found)} pods match {one_line(want)!r}; use a "
             "longer key: " + ", ".join(short(p["pod"]) for p in found))  # fmt: skip
-    entry = {**found[0], "relation": _relation(found[0]["pod"], ours, peers)}
+    entry = found[0]
     if as_json:
         print_json(entry)
         return
@@ -155,7 +154,7 @@ def pod_update(pod: Target, name: str | None, zone: str | None, description: str
         changes["name"] = unicodedata.normalize("NFC", changes["name"])
 
     async def go(s: PodSession) -> dict[str, Any]:
-        pods, ours, _ = await _directory(s)
+        pods, ours = await _directory(s)
         entry = next((p for p in pods if p["pod"] == ours), None)
         if entry is None:
             raise Refused("this pod has no directory entry yet (its genesis is missing)")

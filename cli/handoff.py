@@ -77,15 +77,11 @@ async def send_handoff(
     to_key = b64d(to, length=32)
     sealed = kinds.SealedMessage(to=to_key, box=boxes.seal_to(to_key, kinds.encode_body(handoff)))
     event = await session.write(sealed, request["lane"])
-    to_name = request["pod_name"] if to == request["pod"] else await _pod_name(session, to)
+    to_name = request["pod_name"] if to == request["pod"] else claim["pod_name"]
     return {"id": event, "kind": "sealed", "lane": request["lane"], "to": to,
             "to_name": to_name, "about": request["id"], "claim": claim["id"],
             "name": handoff.name, "contact": handoff.contact, "prefers": handoff.prefers,
             "note": handoff.note}  # fmt: skip
-
-
-async def _pod_name(session: PodSession, pod: str) -> str:
-    return next((p["name"] for p in await session.get("/v1/pods") if p["pod"] == pod), "")
 
 
 @click.command(context_settings=ID_ARGUMENTS)

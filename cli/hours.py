@@ -50,20 +50,15 @@ def tally(rows: list[dict[str, Any]], ours: str, names: dict[str, str]) -> dict[
     def people(found: dict[str | None, dict[str, Decimal]]) -> list[dict[str, Any]]:
         return sorted(
             ({"member": m, "name": names.get(m, "(a member no longer here)") if m else
-              "(the pod, no member named)", "hours": _num(v["here"] + v["away"]),
-              "here": _num(v["here"]), "away": _num(v["away"])}
+              "(the pod, no member named)", "hours": float(v["here"] + v["away"]),
+              "here": float(v["here"]), "away": float(v["away"])}
              for m, v in found.items()),
             key=lambda p: (-p["hours"], p["name"]))  # fmt: skip
 
-    by_pod = [{**p, "to_us": _num(p["to_us"]), "from_us": _num(p["from_us"])}
+    by_pod = [{**p, "to_us": float(p["to_us"]), "from_us": float(p["from_us"])}
               for p in sorted(pods.values(), key=lambda p: (p["name"], p["pod"]))]  # fmt: skip
     return {"given": people(given), "received": people(received), "pods": by_pod,
-            "total": _num(total), "fulfilments": count}
-
-
-def _num(value: Decimal) -> float:
-    """A sum as JSON carries it (exact sums of at most 0.001 steps convert exactly)."""
-    return float(value)
+            "total": float(total), "fulfilments": count}
 
 
 def _show(hours: float) -> str:

@@ -41,6 +41,7 @@ from podlink.node.client import NodeClient
 from podlink.node.config import (
     CONFIG_FILE,
     NODE_KEY_FILE,
+    ORGANIZER_KEY_FILE,
     Config,
     ConfigError,
     load_config,
@@ -114,8 +115,9 @@ def organizer_add(pod: Target, name: str, key_text: str, as_json: bool) -> None:
 
     They can then do everything you can: record members, needs and help, peer with
     pods, add and remove organizers. Their name and key are shared with every pod in
-    the network. In the pod's own folder, if its organizer.key was lost, the pod's node
-    key signs instead (so a pod whose only organizer lost their key gets a new one).
+    the network. In the pod's own folder, if its organizer.key was lost, or signed two
+    histories (`podlink log --forks`), the pod's node key signs instead (so a pod whose
+    only organizer lost their key, or forked it restoring a backup, gets a new one).
 
     \b
     Example:
@@ -151,17 +153,19 @@ def organizer_add(pod: Target, name: str, key_text: str, as_json: bool) -> None:
         me = s.client.keypair.public_text
         return any(f["author"] == me and f["lane"] == "network" for f in await s.get("/v1/forks"))
 
-    # A key that signed two histories in the network lane (a restore written on before it
-    # synced) is refused there by the pods holding the other one: a roster.add it signs
-    # would never reach them, nor anything of the organizer it adds.
-    use_pod_key = pod.call(forked, pod_key_if_lost=True)
+    # The node key signs in the pod's own folder when organizer.key is lost, or is a key
+    # that signed two histories in the network lane (a restore written on before it
+    # synced): the pods holding the other history refuse what it signs next there, so a
+    # roster.add it signed would never reach them, nor anything of the organizer it adds.
+    lost = not (pod.home / ORGANIZER_KEY_FILE).exists() and (pod.home / NODE_KEY_FILE).exists()
+    use_pod_key = lost or pod.call(forked)
     if use_pod_key and not (pod.home / NODE_KEY_FILE).exists():
         raise click.ClickException(
             "this folder's organizer key signed two histories (`podlink log --forks`): the "
             "pods holding the other refuse what it signs next. Add the new key from another "
             "organizer's folder, or from the pod's own folder (it signs with the node key)")
-    data = pod.call(go, pod_key_if_lost=True, pod_key=use_pod_key)
-    if use_pod_key:
+    data = pod.call(go, pod_key=use_pod_key)
+    if use_pod_key and not lost:
         warn("this folder's organizer key is forked (`podlink log --forks`): the pod's node "
              "key signed the addition instead; remove the forked key once the new one works")
     if as_json:

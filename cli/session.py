@@ -121,15 +121,13 @@ class Target:
                 f"`podlink {command}` runs in the pod's own folder, on the machine that hosts it"
             )
 
-    def session(self, *, pod_key_if_lost: bool = False, pod_key: bool = False) -> PodSession:
-        """``pod_key_if_lost``: in the pod's own folder whose organizer.key is gone, sign
-        with the pod's node key instead (always authorised: how a pod whose only
-        organizer lost their key adds a new one). ``pod_key``: sign with it whatever."""
+    def session(self, *, pod_key: bool = False) -> PodSession:
+        """``pod_key``: in the pod's own folder, sign with the pod's node key rather than
+        organizer.key (always authorised: how a pod whose organizer key is lost, or
+        forked, adds a new one)."""
         config = self.config()
         try:
-            if (pod_key or (pod_key_if_lost and not config.organizer_key_path.exists())) and (
-                config.node_key_path.exists()
-            ):
+            if pod_key and config.node_key_path.exists():
                 keypair = load_keypair(config.node_key_path)
             else:
                 keypair = load_keypair(config.organizer_key_path)
@@ -159,11 +157,10 @@ class Target:
         self,
         action: Callable[[PodSession], Awaitable[T]],
         *,
-        pod_key_if_lost: bool = False,
         pod_key: bool = False,
     ) -> T:
         """Open a session with the node, run ``action`` on it, close, translate errors."""
-        session = self.session(pod_key_if_lost=pod_key_if_lost, pod_key=pod_key)
+        session = self.session(pod_key=pod_key)
 
         async def go() -> T:
             async with session:
