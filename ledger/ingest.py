@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -88,6 +89,12 @@ class Batch:
     copies: list[tuple[Candidate, Candidate]] = field(default_factory=list)  # (copy, first)
     anchors: set[bytes] = field(default_factory=set)  # roots whose own event is stored here
     stored_ids: dict[bytes, bool] = field(default_factory=dict)  # id -> stored bodiless
+    roster_pods: set[bytes] = field(default_factory=set)  # pods whose roster to re-fold
+    # Events released by one just stored (its feed successor, or events of a key it
+    # named), offered by _settle: releasing by recursion overflowed Python's stack on a
+    # feed of ~1,000 events that arrived newest first, and wedged that feed for good.
+    ready: deque[Candidate] = field(default_factory=deque)
+    named_copied: set[bytes] = field(default_factory=set)  # pods whose named set is ours
     first_pos: int = 0
     stored: int = 0
     released: int = 0  # of those, events released from pending (index -1)
@@ -308,10 +315,13 @@ async def commit(
             await _load_heads(batch, candidates)
             for cand in refills:  # first: a refilled roster.add may authorise this batch
                 await _refill(batch, cand)
+                await _settle(batch)
             for cand in candidates:
                 await _offer(batch, cand)
+                await _settle(batch)
             await _park_waiting(batch)
             await _flush(batch)
+            await _refold_rosters(batch)
             fresh = await _fresh_roots(batch)
             forgot = await projections.refold(db, batch.roots, ledger.roster, fresh=fresh)
     except BaseException:
@@ -352,7 +362,7 @@ async def _refill(batch: Batch, cand: Candidate) -> None:
         batch.roots.add(root)
         batch.reload.add(root)  # its events in memory lack this body: fold from the table
     if ev.kind in st.ROSTER_KINDS:  # a roster event only counts with its body
-        await _roster_changed(batch, ev.pod)
+        await _roster_event(batch, ev.pod, cand.body)
 
 
 async def _fresh_roots(batch: Batch) -> dict[bytes, list[st.EventView]]:
@@ -475,6 +485,12 @@ async def _offer(batch: Batch, cand: Candidate) -> None:
         return
 
     await _store(batch, cand)
+
+
+async def _settle(batch: Batch) -> None:
+    """Offer the events that storing others released, and those they release in turn."""
+    while batch.ready:
+        await _offer(batch, batch.ready.popleft())
 
 
 def _wait(batch: Batch, cand: Candidate, why: str, message: str) -> None:
@@ -600,25 +616,45 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     ledger.clock.observe(h.ts, limit)
 
     if h.kind in st.ROSTER_KINDS:
-        await _flush(batch)  # the roster fold reads this event from the table
-        await _roster_changed(batch, h.pod)
+        await _roster_event(batch, h.pod, cand.body)
 
     # Successors that were waiting for exactly this event.
     nxt = (h.author, h.lane, h.seq + 1)
-    for waiter in batch.waiting_seq.pop(nxt, []):
-        await _offer(batch, waiter)
+    batch.ready.extend(batch.waiting_seq.pop(nxt, ()))
     if feed in ledger.pending_feeds:
-        for waiter in await _take_pending(batch, "seq = ? AND author = ? AND lane = ?",
-                                          (h.seq + 1, h.author, h.lane)):  # fmt: skip
-            await _offer(batch, waiter)
+        batch.ready.extend(await _take_pending(
+            batch, "seq = ? AND author = ? AND lane = ?", (h.seq + 1, h.author, h.lane)))
 
 
-async def _roster_changed(batch: Batch, pod: bytes) -> None:
-    """Re-fold ``pod``'s roster; refold what its changed keys wrote, release their waiters."""
-    changed = await projections.refold_roster(batch.ledger.db, batch.ledger.roster, pod)
-    if changed:
-        batch.roots.update(await _roots_by_authors(batch, changed))
-        await _release_roster_waiters(batch, changed)
+async def _roster_event(batch: Batch, pod: bytes, body: kinds.Body | None) -> None:
+    """A roster event of ``pod`` was stored (or got its body back): name its key now and
+    release the events that waited for it; re-fold the tenures once, at the batch's end.
+
+    Storing an event needs only naming (see state.Roster), and naming only grows, one
+    key per roster.add; the tenures matter to the folds, which run after every event of
+    the batch is stored. Re-folding the whole roster per roster event made an ingest of
+    thousands of them in one pod cubic (3,000 took over a minute)."""
+    batch.roster_pods.add(pod)
+    if not isinstance(body, kinds.OrganizerAdded):
+        return
+    roster = batch.ledger.roster
+    if roster.is_named(pod, body.key):
+        return
+    if pod not in batch.named_copied:  # never change in place what a snapshot holds
+        roster.named[pod] = set(roster.named.get(pod, ()))
+        batch.named_copied.add(pod)
+    roster.named[pod].add(body.key)
+    await _release_roster_waiters(batch, {body.key})
+
+
+async def _refold_rosters(batch: Batch) -> None:
+    """Re-fold the roster of each pod this batch touched; re-fold what the keys whose
+    tenures changed wrote (their events may now count, or no longer)."""
+    for pod in sorted(batch.roster_pods):
+        changed = await projections.refold_roster(batch.ledger.db, batch.ledger.roster, pod)
+        if changed:
+            batch.roots.update(await _roots_by_authors(batch, changed))
+    batch.roster_pods.clear()
 
 
 async def _roots_by_authors(batch: Batch, authors: set[bytes]) -> set[bytes]:
@@ -642,8 +678,7 @@ async def _release_roster_waiters(batch: Batch, keys: set[bytes]) -> None:
         waiters += await _take_pending(
             batch, f"why = 'roster' AND author IN ({marks(len(part))})", part
         )
-    for cand in waiters:
-        await _offer(batch, cand)
+    batch.ready.extend(waiters)
 
 
 async def _take_pending(batch: Batch, where: str, params: Sequence) -> list[Candidate]:

@@ -141,9 +141,10 @@ def named_keys(pod: bytes, events: list[EventView]) -> set[bytes]:
 def fold_roster(pod: bytes, events: list[EventView]) -> list[Tenure]:
     """Tenures of ``pod``'s organizers from its roster.add/remove events."""
     tenures: list[Tenure] = []
+    by_key: dict[bytes, list[Tenure]] = {}  # a roster of thousands folds in linear time
 
     def active(key: bytes, ts: int) -> bool:
-        return key == pod or any(t.key == key and t.covers(ts) for t in tenures)
+        return key == pod or any(t.covers(ts) for t in by_key.get(key, ()))
 
     for ev in sort_events(events):
         body = ev.body
@@ -151,10 +152,12 @@ def fold_roster(pod: bytes, events: list[EventView]) -> list[Tenure]:
             continue
         if isinstance(body, k.OrganizerAdded):
             if not active(body.key, ev.ts):
-                tenures.append(Tenure(pod, body.key, body.name, ev.ts, ev.id))
+                tenure = Tenure(pod, body.key, body.name, ev.ts, ev.id)
+                tenures.append(tenure)
+                by_key.setdefault(body.key, []).append(tenure)
         elif isinstance(body, k.OrganizerRemoved):
-            for t in tenures:
-                if t.key == body.key and t.until_ts is None:
+            for t in by_key.get(body.key, ()):
+                if t.until_ts is None:
                     t.until_ts, t.remove_id = ev.ts, ev.id
     return tenures
 
