@@ -325,6 +325,15 @@ async def test_a_rolled_back_roster_add_is_not_left_in_the_roster_in_memory(
         assert kay.keypair.public not in on_file.active_keys(pod.id)
         in_memory = kay.keypair.public in ledger.roster.active_keys(pod.id)
         assert not in_memory, "the roster in memory names an organizer that was rolled back"
+        # Naming is applied as a batch goes (test_roster_scale): it must be taken back
+        # too, or Kay's events would be stored on the strength of an unstored roster.add.
+        assert not ledger.roster.is_named(pod.id, kay.keypair.public)
+        world.tick()
+        by_kay = kay.write(kinds.OfferOpened(title="soup", category="food", details="a pot"),
+                           "network")  # fmt: skip
+        assert statuses(await ledger.ingest(wires([by_kay]))) == ["pending"]
+        assert statuses(await ledger.ingest(wires([add_kay]))) == ["stored"]
+        assert by_kay.id in await stored_ids(ledger)  # released once Kay is named
     finally:
         await ledger.close()
 

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from podlink.ledger import projections
-from podlink.ledger.errors import StorageError
 from podlink.ledger.ledger import Ledger, Limits
 from podlink.protocol import kinds
 from podlink.protocol.envelope import Event
-from tests.ledger.helpers import World, count, query, statuses, stored_ids, wires
+from tests.ledger.helpers import World, count, statuses, stored_ids, wires
 
 
 def offer() -> kinds.OfferOpened:
@@ -103,33 +102,3 @@ async def test_a_chain_of_organizers_arriving_backwards_is_stored_as_each_is_nam
     finally:
         await forward.close()
         await backward.close()
-
-
-async def test_a_rolled_back_batch_leaves_its_keys_unnamed(tmp_path: Path) -> None:
-    """Naming is applied to the roster in memory as the batch goes; a batch that fails
-    must take it back, or the key's events would be stored (not held as pending) on the
-    strength of a roster.add that was never stored."""
-    world = World()
-    pod, setup = world.pod()
-    ana, add_ana = world.organizer(pod, "Ana")
-    ledger = await Ledger.open(tmp_path / "pod.db")
-    try:
-        await ledger.set_pod(pod.id)
-        assert statuses(await ledger.ingest(wires([*setup, add_ana]))) == ["stored"] * 2
-        kay, add_kay = world.organizer(pod, "Kay")
-        big = [ana.write(kinds.RequestOpened(title="x", category="food", details="y" * 3000),
-                         "network") for _ in range(4)]  # fmt: skip
-        pages = (await query(ledger, "PRAGMA page_count"))[0][0]
-        await ledger.db.execute(f"PRAGMA max_page_count = {pages + 1}")
-        with pytest.raises(StorageError):
-            await ledger.ingest(wires([add_kay, *big]))
-        await ledger.db.execute("PRAGMA max_page_count = 1073741823")
-        assert add_kay.id not in await stored_ids(ledger)
-        assert not ledger.roster.is_named(pod.id, kay.keypair.public)
-        world.tick()
-        by_kay = kay.write(offer(), "network")
-        assert statuses(await ledger.ingest(wires([by_kay]))) == ["pending"]
-        assert statuses(await ledger.ingest(wires([add_kay]))) == ["stored"]
-        assert by_kay.id in await stored_ids(ledger)  # released once Kay is named
-    finally:
-        await ledger.close()
