@@ -76,3 +76,51 @@ async def test_a_parked_feed_is_released_by_a_later_ingest_of_its_first_event(
         assert report.ok and report.events == 3002, report.problems
     finally:
         await ledger.close()
+
+
+async def test_a_gap_in_a_parked_run_stops_the_release_there(tmp_path: Path) -> None:
+    """Parked: seq 2-10 and 12-20. Seq 1 releases 2-10 only; seq 11 then the rest."""
+    pod, setup, feed = long_feed(20)
+    ledger = await Ledger.open(tmp_path / "pod.db")
+    try:
+        await ledger.set_pod(pod)
+        await ledger.ingest(wires(setup))
+        parked = [*feed[1:10], *feed[11:]]
+        assert statuses(await ledger.ingest(wires(parked))) == ["pending"] * 18
+        assert statuses(await ledger.ingest(wires(feed[:1]))) == ["stored"]
+        assert await stored_ids(ledger) == {e.id for e in [*setup, *feed[:10]]}
+        assert await count(ledger, "pending") == 9
+        assert statuses(await ledger.ingest(wires(feed[10:11]))) == ["stored"]
+        assert await stored_ids(ledger) == {e.id for e in [*setup, *feed]}
+        assert await count(ledger, "pending") == 0
+    finally:
+        await ledger.close()
+
+
+async def test_more_parked_copies_at_one_seq_than_one_read_takes_are_all_released(
+    tmp_path: Path,
+) -> None:
+    """700 different events signed at seq 2 (an equivocating key) and parked, more than
+    one read of parked successors takes: when seq 1 comes, one of them is stored and the
+    others are refused as forks, none left waiting."""
+    world = World()
+    pod, setup = world.pod()
+    ana, add = world.organizer(pod, "Ana")
+    first = ana.write(kinds.OfferOpened(title="soup", category="food"), "network")
+    copies = []
+    for i in range(700):
+        world.tick()
+        copies.append(ana.write(kinds.OfferOpened(title=f"bread {i}", category="food"),
+                                "network"))  # fmt: skip
+        ana.set_head("network", 1, first.id)  # the next one again at seq 2
+    ledger = await Ledger.open(tmp_path / "pod.db")
+    try:
+        await ledger.set_pod(pod.id)
+        await ledger.ingest(wires([*setup, add]))
+        assert statuses(await ledger.ingest(wires(copies))) == ["pending"] * 700
+        assert statuses(await ledger.ingest(wires([first]))) == ["stored"]
+        assert await count(ledger, "pending") == 0
+        assert len(await stored_ids(ledger)) == 4  # genesis, roster.add, seq 1, one seq 2
+        assert await count(ledger, "forks") == 1  # one piece of evidence per position
+    finally:
+        await ledger.close()
