@@ -388,17 +388,29 @@ async def select_visible(
 
 
 async def visible_heads(
-    db: aiosqlite.Connection, *, pod: bytes | None, own: bytes | None = None
+    db: aiosqlite.Connection,
+    *,
+    pod: bytes | None,
+    own: bytes | None = None,
+    after: tuple[bytes, str] | None = None,
+    limit: int | None = None,
 ) -> list[tuple[bytes, str, int, bytes]]:
     """(author, lane, seq, id) of every feed a peer may see, for repair: the network lane,
-    this pod's peers lane, and the asking pod's ``own`` peers lane (it wrote it)."""
-    clause = "(lane = 'network' OR (lane = 'peers' AND pod IN (?, ?)))"
-    return list(
-        await rows(
-            db, f"SELECT author, lane, seq, id FROM feeds WHERE {clause}",
-            [pod or b"", own or b""],
-        )
+    this pod's peers lane, and the asking pod's ``own`` peers lane (it wrote it). In
+    (author, lane) order; with ``after``, only feeds after that one; at most ``limit``."""
+    sql = (
+        "SELECT author, lane, seq, id FROM feeds "
+        "WHERE (lane = 'network' OR (lane = 'peers' AND pod IN (?, ?)))"
     )
+    params: list[object] = [pod or b"", own or b""]
+    if after is not None:
+        sql += " AND (author, lane) > (?, ?)"
+        params += after
+    sql += " ORDER BY author, lane"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return list(await rows(db, sql, params))
 
 
 async def feed_range(

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -51,8 +52,15 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # twice the largest page a node serves
 UNREADABLE = (msgspec.MsgspecError, RecursionError, ValueError)
 
 
+HEADS_PAGE = 2000  # feed heads asked for at once in a repair (~160 kB)
+
+
 class PeerError(Exception):
     """Raised when a peer answers with an error status or bytes we cannot read."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status, when the peer answered with an error
 
 
 @dataclass
@@ -76,6 +84,10 @@ class PeerLink:
         self.record = record
         self.status = LinkStatus()
         self.source = b64e(record.pod)
+        # Where the last repair's walk of the peer's feeds stopped (the peer's rate limit,
+        # an error): the next walk starts there, so every feed is reached in the end.
+        self._walk_from: tuple[bytes, str] | None = None
+        self._repair_error: PeerError | None = None  # what cut the last walk short
         self._lock = asyncio.Lock()  # one pull at a time (the loop and `podlink sync`)
         self.task: asyncio.Task[None] | None = None
 
@@ -105,7 +117,10 @@ class PeerLink:
                 parts.append(part)
             data = b"".join(parts)
             if resp.status != 200:
-                raise PeerError(f"{path}: HTTP {resp.status} {data[:200].decode(errors='replace')}")
+                raise PeerError(
+                    f"{path}: HTTP {resp.status} {data[:200].decode(errors='replace')}",
+                    resp.status,
+                )
             return data
 
     # ------------------------------------------------------------ pulling
@@ -133,9 +148,26 @@ class PeerLink:
         return received
 
     async def _pull(self) -> tuple[int, int]:
+        self._repair_error = None
+        received, stored = await self._pull_changes()
+        # Then repair, if our store was restored, a repair left feeds behind, or events
+        # were refused for now. After the changes, not before: a repair is one request
+        # per feed we lack, and a long one could spend the peer's rate limit (429) before
+        # the changes, which bring most of what we lack in a few pages, were asked for.
+        if self.record.repair:
+            repaired = await self._repair_again()
+            received, stored = received + repaired, stored + repaired
+        self._raise_repair_error()  # what could be stored is: now report the peer's fault
+        return received, stored
+
+    def _raise_repair_error(self) -> None:
+        err, self._repair_error = self._repair_error, None
+        if err is not None:
+            raise PeerError(f"repair stopped: {err}", err.status)
+
+    async def _pull_changes(self) -> tuple[int, int]:
+        """Fetch pages of changes from our cursor until caught up."""
         received = stored = 0
-        if self.record.repair:  # a store was restored, a repair left feeds behind, or
-            received = stored = await self._repair_again()  # events were refused for now
         # Pipelined: the next page is fetched and its signatures checked while this
         # one is stored (a page's events chain onto the last page's, which the store
         # step takes in order).
@@ -225,51 +257,102 @@ class PeerLink:
         repair after a peer's restore skipped such events, and the cursor then moved past
         them for good.) A feed whose next event is refused for good (the other branch of
         a fork, a forgery) is done: fetching it again would only be refused again, at
-        every repair, for the life of the link."""
-        try:
-            theirs = heads_decoder.decode(await self._get("/v1/peer/heads"))
-        except UNREADABLE as err:
-            raise PeerError(f"unreadable heads: {err}") from None
+        every repair, for the life of the link.
+
+        The peer's heads are read a page at a time, and the walk goes once round them
+        from where the last one stopped. A walk the peer cuts short (its rate limit,
+        an error) ends the repair, incomplete, rather than the pull: the changes after
+        it still come, and the next repair goes on from that feed. (Ending the pull, a
+        walk that met the rate limit before the feed naming the authors of the feeds
+        before it failed the same way at every pull, and the link never synced again.)"""
         stored, complete = 0, True
-        for head in theirs:
-            have = await self._our_seq(head.author, head.lane)
-            if have >= head.seq > 0:
-                checked = await self._check_same_history(head)
-                if any(r.status == "pending" or r.reason in LATER for r in checked):
-                    complete = False  # refused for now (stamped ahead): check again later
-                continue
-            while have < head.seq:
-                try:
-                    page = page_decoder.decode(await self._get(
-                        "/v1/peer/feed", author=b64e(head.author), lane=head.lane,
-                        **{"from": have + 1, "to": head.seq}))  # fmt: skip
-                except UNREADABLE as err:
-                    raise PeerError(f"unreadable page: {err}") from None
-                if not page.events:
-                    complete = False  # it has them, but not for us, or not now
-                    break
-                results = await self.node.submit(
-                    [bytes(r) for r in page.events], source=self.source
-                )
-                self._count(results, repair=True)
-                now = await self._our_seq(head.author, head.lane)
-                if now == have:  # nothing of it stored: the rest waits, or was refused
-                    # Refused for good at the feed's next position (the rest of the page
-                    # waits behind it, in vain) is done; pending or refused for now is not.
-                    first = results[0] if results else None
-                    for_good = first is not None and first.status == "refused" and (
-                        first.reason not in LATER
-                    )  # fmt: skip
-                    if not for_good and any(
-                        r.status == "pending" or r.reason in LATER for r in results
-                    ):
-                        complete = False  # for now: a later repair fetches it again
-                    break
-                stored += now - have
-                have = now
+        done_to = self._walk_from  # the walk goes on after this feed
+        head: FeedHead | None = None
+        try:
+            async for head in self._walk(done_to):
+                got, done = await self._repair_feed(head)
+                stored += got
+                complete = complete and done
+                done_to = (head.author, head.lane)
+            self._walk_from = None
+        except PeerError as err:
+            # Rate-limited: this feed again next time. Anything else: the one after it,
+            # so that one feed the peer cannot serve does not stop every walk there.
+            if err.status != 429 and head is not None:
+                done_to = (head.author, head.lane)
+            self._walk_from = done_to
+            self._repair_error = err
+            complete = False
+            log.warning("peer %s: repair stopped after %d events (%s); the next one goes "
+                        "on from there", self.source[:8], stored, err)  # fmt: skip
         log.info("peer %s: repair stored %d events%s", self.source[:8], stored,
                  "" if complete else "; some feeds are left for the next one")  # fmt: skip
         return stored, complete
+
+    async def _walk(self, after: tuple[bytes, str] | None) -> AsyncIterator[FeedHead]:
+        """The peer's feed heads in (author, lane) order, once round from after ``after``."""
+        async for head in self._heads(after=after):
+            yield head
+        if after is not None:
+            async for head in self._heads(after=None):
+                if (head.author, head.lane) > after:
+                    return
+                yield head
+
+    async def _heads(self, after: tuple[bytes, str] | None) -> AsyncIterator[FeedHead]:
+        """The peer's feed heads after ``after``, HEADS_PAGE at a time.
+
+        A node from before paging answers every head at once, whatever is asked: more
+        than a page is then the whole list, and heads up to ``after`` are skipped."""
+        while True:
+            query: dict[str, object] = {"limit": HEADS_PAGE}
+            if after is not None:
+                query.update(after_author=b64e(after[0]), after_lane=after[1])
+            try:
+                page = heads_decoder.decode(await self._get("/v1/peer/heads", **query))
+            except UNREADABLE as err:
+                raise PeerError(f"unreadable heads: {err}") from None
+            fresh = [h for h in page if after is None or (h.author, h.lane) > after]
+            for head in fresh:
+                yield head
+            if len(page) != HEADS_PAGE or not fresh:
+                return
+            after = (fresh[-1].author, fresh[-1].lane)
+
+    async def _repair_feed(self, head: FeedHead) -> tuple[int, bool]:
+        """Fetch what we miss of one feed the peer holds; (events stored, complete)."""
+        have = await self._our_seq(head.author, head.lane)
+        if have >= head.seq > 0:
+            checked = await self._check_same_history(head)
+            # refused for now (stamped ahead): check again later
+            return 0, not any(r.status == "pending" or r.reason in LATER for r in checked)
+        stored = 0
+        while have < head.seq:
+            try:
+                page = page_decoder.decode(await self._get(
+                    "/v1/peer/feed", author=b64e(head.author), lane=head.lane,
+                    **{"from": have + 1, "to": head.seq}))  # fmt: skip
+            except UNREADABLE as err:
+                raise PeerError(f"unreadable page: {err}") from None
+            if not page.events:
+                return stored, False  # it has them, but not for us, or not now
+            results = await self.node.submit(
+                [bytes(r) for r in page.events], source=self.source
+            )
+            self._count(results, repair=True)
+            now = await self._our_seq(head.author, head.lane)
+            if now == have:  # nothing of it stored: the rest waits, or was refused
+                # Refused for good at the feed's next position (the rest of the page
+                # waits behind it, in vain) is done; pending or refused for now is not.
+                first = results[0] if results else None
+                for_good = first is not None and first.status == "refused" and (
+                    first.reason not in LATER
+                )  # fmt: skip
+                later = any(r.status == "pending" or r.reason in LATER for r in results)
+                return stored, for_good or not later
+            stored += now - have
+            have = now
+        return stored, True
 
     async def _check_same_history(self, head: FeedHead) -> list:
         """When we hold a feed as far as the peer does, or further, the peer's head must
@@ -327,6 +410,7 @@ class PeerLink:
                     if self.record.repair and time.monotonic() >= due:
                         async with self._lock:
                             await self._repair_again()
+                            self._raise_repair_error()
                         due = time.monotonic() + REPAIR_RETRY_S
                     wait = max(0.0, due - time.monotonic()) if self.record.repair else None
                     try:

@@ -39,6 +39,7 @@ from podlink.node.runtime import Node
 from podlink.protocol.envelope import LANES, SUPPORTED_VERSIONS, encode_wire
 from podlink.protocol.text import b64d, b64e
 
+HEADS_LIMIT = 10_000  # the most feed heads one answer holds when a page is asked for
 log = logging.getLogger("podlink.node")
 NODE: web.AppKey[Node] = web.AppKey("node", Node)
 STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams", set)
@@ -185,7 +186,18 @@ async def _drain(ws: web.WebSocketResponse) -> None:
 async def heads(request: web.Request) -> web.Response:
     node = request.app[NODE]
     # The asking peer's own feeds are included: after restoring a backup it gets them back.
-    found = await queries.visible_heads(node.ledger.reader, pod=node.pod, own=request[SIGNER])
+    # Paged when asked (``limit``, and the last feed of the page before): a network of
+    # ~100,000 feeds made one answer larger than any client takes, and every repair failed.
+    limit = int_param(request, "limit", 0, 1, HEADS_LIMIT) if "limit" in request.query else None
+    after = None
+    if "after_author" in request.query or "after_lane" in request.query:
+        lane = request.query.get("after_lane", "")
+        if lane not in LANES:
+            raise APIError("invalid", "after_lane must be a lane: pod, peers or network")
+        after = (b64d(request.query.get("after_author", ""), length=32, what="after_author"), lane)
+    found = await queries.visible_heads(
+        node.ledger.reader, pod=node.pod, own=request[SIGNER], after=after, limit=limit
+    )
     body = [FeedHead(a, ln, s, i) for a, ln, s, i in found]
     return web.Response(body=msgpack_encoder.encode(body), content_type=MSGPACK)
 

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger
-from podlink.node.api_types import Page, hello_decoder, msgpack_encoder
+from podlink.node.api_types import FeedHead, Page, hello_decoder, msgpack_encoder
 from podlink.node.app import create_app
 from podlink.node.client import NodeClient
 from podlink.node.config import Config, load_config, save_config, with_overrides
@@ -399,7 +399,11 @@ class FakePeer:
         self.events: list[bytes] = []
         self.raw_changes: bytes | None = None  # served instead of a page when set
         self.raw_heads: bytes | None = None  # served instead of the (empty) heads when set
+        self.heads: list[FeedHead] = []  # served paged as a node does, if raw_heads is None
         self.feed_events: list[bytes] = []  # what every /v1/peer/feed request gets
+        self.feeds: dict[bytes, list[bytes]] = {}  # author -> its events, served instead
+        self.refuse_feed_every = 0  # answer every Nth /v1/peer/feed with 429 (0: never)
+        self._feed_asked = 0
         self.calls: list[tuple[str, str, bytes | None]] = []  # (method, path, signer or None)
         self._sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
@@ -462,12 +466,26 @@ class FakePeer:
 
     async def _heads(self, request: web.Request) -> web.Response:
         self._check(request)
-        body = self.raw_heads if self.raw_heads is not None else msgpack_encoder.encode([])
-        return web.Response(body=body, content_type="application/msgpack")
+        if self.raw_heads is not None:
+            return web.Response(body=self.raw_heads, content_type="application/msgpack")
+        heads = sorted(self.heads, key=lambda h: (h.author, h.lane))
+        if "after_author" in request.query:
+            after = (b64d(request.query["after_author"]), request.query["after_lane"])
+            heads = [h for h in heads if (h.author, h.lane) > after]
+        if "limit" in request.query:
+            heads = heads[: int(request.query["limit"])]
+        return web.Response(body=msgpack_encoder.encode(heads), content_type="application/msgpack")
 
     async def _feed(self, request: web.Request) -> web.Response:
         self._check(request)
-        events = [msgspec.Raw(e) for e in self.feed_events]
+        self._feed_asked += 1
+        if self.refuse_feed_every and self._feed_asked % self.refuse_feed_every == 0:
+            return web.json_response(
+                {"error": "rate-limited", "message": "too many requests"}, status=429
+            )
+        author = request.query.get("author", "")
+        served = self.feeds.get(b64d(author), self.feed_events) if author else self.feed_events
+        events = [msgspec.Raw(e) for e in served]
         page = Page(epoch=self.epoch, cursor=0, head=len(self.events), events=events)
         return web.Response(body=msgpack_encoder.encode(page), content_type="application/msgpack")
 

@@ -237,6 +237,13 @@ MALFORMED: dict[tuple[str, str], list[tuple[str, bytes]]] = {
         ("/v1/peer/changes?limit=0", b""),
     ],
     ("GET", "/v1/peer/stream"): [("", b"")],  # a plain GET, not a WebSocket upgrade
+    ("GET", "/v1/peer/heads"): [
+        ("/v1/peer/heads?limit=0", b""),
+        ("/v1/peer/heads?limit=ten", b""),
+        ("/v1/peer/heads?limit=10001", b""),
+        ("/v1/peer/heads?limit=5&after_author=" + BAD_KEY + "&after_lane=network", b""),
+        ("/v1/peer/heads?limit=5&after_author=" + "A" * 43 + "&after_lane=moon", b""),
+    ],
     ("GET", "/v1/peer/feed"): [
         ("/v1/peer/feed?author=" + BAD_KEY + "&lane=network", b""),
         ("/v1/peer/feed?author=" + "A" * 43 + "&lane=pod", b""),
@@ -267,7 +274,6 @@ NO_INPUT = {
     ("DELETE", "/v1/peers/{key}"),
     ("POST", "/v1/invites"),
     ("POST", "/v1/sync"),
-    ("GET", "/v1/peer/heads"),
 }
 
 

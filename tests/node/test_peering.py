@@ -170,3 +170,38 @@ async def test_organizer_added_elsewhere_is_no_organizer_here(network: Any) -> N
 
 async def _has(node: PodNode, event_id: str) -> bool:
     return event_id in await node.event_ids()
+
+
+async def test_feed_heads_come_in_pages_that_cover_every_feed_once(network: Any) -> None:
+    """GET /v1/peer/heads?limit=N&after_author=K&after_lane=L: pages in (author, lane)
+    order which, walked to the end, hold exactly what the unpaged answer holds."""
+    from podlink.node.api_types import heads_decoder
+    from podlink.protocol.text import b64e
+
+    a, b = nodes = await network(2)
+    await peer_line(nodes)
+    for i in range(6):
+        await a.open_request(f"need {i}")
+        await b.open_request(f"offer {i}", "peers")
+    await wait_converged(nodes)
+
+    async def heads(path: str) -> list:
+        async with aiohttp.ClientSession() as session:
+            url = yarl.URL(a.url + path)
+            headers = sign_request(b.node.keypair, "GET", url.raw_path_qs, pod=a.pod)
+            async with session.get(url, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+                return heads_decoder.decode(await resp.read())
+
+    whole = await heads("/v1/peer/heads")
+    assert len(whole) >= 4  # pod keys and organizers, network and peers lanes
+    walked, query = [], "limit=1"
+    for _ in range(len(whole) + 1):
+        page = await heads("/v1/peer/heads?" + query)
+        assert len(page) <= 1
+        if not page:
+            break
+        walked += page
+        last = page[-1]
+        query = f"limit=1&after_author={b64e(last.author)}&after_lane={last.lane}"
+    assert walked == sorted(whole, key=lambda h: (h.author, h.lane))

@@ -11,6 +11,7 @@ import pytest
 from podlink.ledger import queries
 from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger
+from podlink.node import gossip
 from podlink.protocol import kinds
 from podlink.protocol.envelope import Event
 from podlink.protocol.text import b64e
@@ -115,9 +116,13 @@ async def write_offline(ledger: Ledger, node: PodNode) -> Event:
     return event
 
 
+@pytest.mark.parametrize("heads_page", [gossip.HEADS_PAGE, 1], ids=["one-page", "paged"])
 async def test_restored_node_gets_back_its_own_events_from_a_peer(
-    network: Any, tmp_path: Path
+    network: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, heads_page: int
 ) -> None:
+    """Paged: the repair reads the peer's feed heads one per request, as it reads ~2,000
+    at a time from a network too large for one answer."""
+    monkeypatch.setattr(gossip, "HEADS_PAGE", heads_page)
     a, b = nodes = await network(2)
     await peer_line(nodes)
     await b.open_request("before the backup")
