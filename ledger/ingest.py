@@ -64,6 +64,7 @@ class Candidate(msgspec.Struct, gc=False):
     wire: bytes
     body_dropped: bool = False
     origin: bytes | None = None  # the peer that delivered it, if a peer did
+    parked: tuple[str, int] | None = None  # taken from pending: (its source, received)
 
 
 @dataclass
@@ -99,6 +100,8 @@ class Batch:
     parked: dict[tuple[bytes, str], dict[int, list[tuple]]] = field(default_factory=dict)
     parked_to: dict[tuple[bytes, str], int] = field(default_factory=dict)
     taken: list[bytes] = field(default_factory=list)  # ids taken from pending, to delete
+    stored_at: dict[tuple[bytes, str, int], bytes] = field(default_factory=dict)  # -> id
+    fork_at: set[tuple[bytes, str, int]] = field(default_factory=set)  # evidence kept
     named_copied: set[bytes] = field(default_factory=set)  # pods whose named set is ours
     first_pos: int = 0
     stored: int = 0
@@ -501,10 +504,12 @@ async def _settle(batch: Batch) -> None:
 def _wait(batch: Batch, cand: Candidate, why: str, message: str) -> None:
     """Park ``cand`` (or refuse it as ``pending`` where nothing may wait: a local append).
 
-    An event released from pending never waits again: released by its predecessor, it
-    continues a stored feed, so its author is named; released by its author's naming, it
-    was next in its feed when parked, and nothing of that feed could be stored since."""
-    if not batch.allow_pending:
+    An event released from pending (``cand.parked``) waits again when its release did
+    not place it (a predecessor released with it was refused, say): it goes back to the
+    table under its own source and time, even in a local append, never refused for a
+    bound it was counted in already. (Refused there, with no result anyone saw, it was
+    lost, and its feed waited behind it until the pending TTL.)"""
+    if not batch.allow_pending and cand.parked is None:
         batch.result(cand, _refused(ProtocolError("pending", message), cand.event.id))
         return
     h = cand.event.header
@@ -517,9 +522,8 @@ def _wait(batch: Batch, cand: Candidate, why: str, message: str) -> None:
 
 async def _id_at(batch: Batch, author: bytes, lane: str, seq: int) -> bytes:
     """The id of the stored event at a feed position (this batch's unflushed rows too)."""
-    for r in batch.rows:
-        if r[3] == author and r[4] == lane and r[5] == seq:
-            return r[1]
+    if (found := batch.stored_at.get((author, lane, seq))) is not None:
+        return found
     kept = await rows(
         batch.ledger.db,
         "SELECT id FROM events WHERE author = ? AND lane = ? AND seq = ?",
@@ -537,6 +541,7 @@ async def _record_fork(batch: Batch, cand: Candidate, kept_id: bytes) -> None:
     and the log; the evidence is bounded by the positions of the feed, as its events are."""
     h = cand.event.header
     if not await _fork_known(batch, h.author, h.lane, h.seq):
+        batch.fork_at.add((h.author, h.lane, h.seq))
         batch.forks.append((
             h.author, h.lane, h.seq, kept_id, cand.event.id, cand.event.payload,
             cand.event.sig, batch.source, batch.now,
@@ -553,7 +558,7 @@ async def _record_fork(batch: Batch, cand: Candidate, kept_id: bytes) -> None:
 
 async def _fork_known(batch: Batch, author: bytes, lane: str, seq: int) -> bool:
     """Whether evidence of a fork at this feed position is kept (or about to be)."""
-    if any(f[0] == author and f[1] == lane and f[2] == seq for f in batch.forks):
+    if (author, lane, seq) in batch.fork_at:
         return True
     found = await rows(
         batch.ledger.db,
@@ -604,6 +609,7 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     if root == ev.id:
         batch.anchors.add(root)
     batch.stored_ids[ev.id] = ev.body is None
+    batch.stored_at[(h.author, h.lane, h.seq)] = ev.id
     batch.rows.append((
         pos, ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, root, ev.payload, ev.sig,
         ev.body, batch.now, cand.origin,
@@ -648,7 +654,7 @@ async def _roster_event(batch: Batch, pod: bytes, body: kinds.Body | None) -> No
         roster.named[pod] = set(roster.named.get(pod, ()))
         batch.named_copied.add(pod)
     roster.named[pod].add(body.key)
-    await _release_roster_waiters(batch, {body.key})
+    await _release_roster_waiters(batch, pod, body.key)
 
 
 async def _refold_rosters(batch: Batch) -> None:
@@ -674,13 +680,19 @@ async def _roots_by_authors(batch: Batch, authors: set[bytes]) -> set[bytes]:
     return found
 
 
-async def _release_roster_waiters(batch: Batch, keys: set[bytes]) -> None:
-    waiters = [c for c in batch.waiting_roster if c.event.author in keys]
-    batch.waiting_roster = [c for c in batch.waiting_roster if c.event.author not in keys]
-    if batch.ledger.pending_roster & keys:
-        part = list(keys)[:500]
+async def _release_roster_waiters(batch: Batch, pod: bytes, key: bytes) -> None:
+    """Offer again the events of ``key`` for ``pod`` that waited for its naming there.
+
+    Only that pod's: a key named by another pod (any pod may name any key) leaves them
+    parked, where they were."""
+    def named(c: Candidate) -> bool:
+        return c.event.author == key and c.event.pod == pod
+
+    waiters = [c for c in batch.waiting_roster if named(c)]
+    batch.waiting_roster = [c for c in batch.waiting_roster if not named(c)]
+    if key in batch.ledger.pending_roster:
         waiters += await _take_pending(
-            batch, f"why = 'roster' AND author IN ({marks(len(part))})", part
+            batch, "why = 'roster' AND author = ?", (key,), keep=named
         )
     batch.ready.extend(waiters)
 
@@ -702,25 +714,25 @@ async def _take_successors(
         await _flush_taken(batch)
         found = await rows(
             batch.ledger.db,
-            "SELECT id, wire, source, seq FROM pending WHERE author = ? AND lane = ? "
-            "AND seq >= ? ORDER BY seq LIMIT ?",
+            "SELECT id, wire, source, received, seq FROM pending WHERE author = ? "
+            "AND lane = ? AND seq >= ? ORDER BY seq LIMIT ?",
             (*feed, seq, PARKED_RUN),
         )
         run: dict[int, list[tuple]] = {}
-        for id_, wire, source, at in found:
-            run.setdefault(at, []).append((id_, wire, source))
+        for id_, wire, source, received, at in found:
+            run.setdefault(at, []).append((id_, wire, source, received))
         batch.parked[feed] = run
         # Complete up to the last seq read; short of it if the limit may have cut a seq.
-        complete = 2**63 if len(found) < PARKED_RUN else found[-1][3] - 1
+        complete = 2**63 if len(found) < PARKED_RUN else found[-1][4] - 1
         batch.parked_to[feed] = complete
         if complete < seq:  # the whole run is copies at this one seq: take them all
             del batch.parked[feed], batch.parked_to[feed]
             return await _take_pending(
                 batch, "seq = ? AND author = ? AND lane = ?", (seq, *feed)
             )
-    taken = batch.parked.get(feed, {}).pop(seq, [])
-    batch.taken += [r[0] for r in taken]
-    return _candidates(batch, taken)
+    taken = _candidates(batch, batch.parked.get(feed, {}).pop(seq, []))
+    batch.taken += [c.event.id for c in taken]
+    return taken
 
 
 async def _flush_taken(batch: Batch) -> None:
@@ -731,11 +743,21 @@ async def _flush_taken(batch: Batch) -> None:
         batch.taken = []
 
 
-async def _take_pending(batch: Batch, where: str, params: Sequence) -> list[Candidate]:
-    """Move parked events matching ``where`` out of the pending table, ready to retry."""
+async def _take_pending(
+    batch: Batch,
+    where: str,
+    params: Sequence,
+    keep: Callable[[Candidate], bool] | None = None,
+) -> list[Candidate]:
+    """Move parked events matching ``where`` (and ``keep``) out of the pending table,
+    ready to retry."""
     db = batch.ledger.db
     await _flush_taken(batch)
-    found = await rows(db, f"SELECT id, wire, source FROM pending WHERE {where}", params)
+    found = await rows(
+        db, f"SELECT id, wire, source, received FROM pending WHERE {where}", params
+    )
+    if keep is not None:
+        found = [r for r, c in zip(found, _decoded(found), strict=True) if keep(c)]
     if not found:
         return []
     await db.executemany("DELETE FROM pending WHERE id = ?", [(r[0],) for r in found])
@@ -746,17 +768,23 @@ async def _take_pending(batch: Batch, where: str, params: Sequence) -> list[Cand
     return _candidates(batch, found)
 
 
-def _candidates(batch: Batch, found: Sequence[tuple]) -> list[Candidate]:
-    """Events taken from the pending table (rows of id, wire, source) as candidates."""
-    for _, _, source in found:
-        batch.ledger.pending_count_changed(source, -1, [])
+def _decoded(found: Sequence[tuple]) -> list[Candidate]:
+    """Rows of the pending table (id, wire, source, received) as candidates."""
     out = []
-    for _, wire, source in found:
+    for _, wire, source, received in found:
         ev = decode_event(wire)  # verified before it was parked
         if ev.body is not None and not ev.body_matches():
             ev = ev.without_body()
-        out.append(Candidate(-1, ev, kinds.check_kind(ev), wire, origin=_origin(source)))
+        out.append(Candidate(-1, ev, kinds.check_kind(ev), wire, origin=_origin(source),
+                             parked=(source, received)))  # fmt: skip
     return out
+
+
+def _candidates(batch: Batch, found: Sequence[tuple]) -> list[Candidate]:
+    """Events taken from the pending table as candidates; no longer counted there."""
+    for r in found:
+        batch.ledger.pending_count_changed(r[2], -1, [])
+    return _decoded(found)
 
 
 async def _park_waiting(batch: Batch) -> None:
@@ -772,8 +800,11 @@ async def _park_waiting(batch: Batch) -> None:
     by_id: dict[bytes, Candidate] = {}
     for cand in waiting:
         first = by_id.setdefault(cand.event.id, cand)
+        if first is cand:
+            continue
         if first.event.body is None and cand.event.body is not None:
             by_id[cand.event.id] = cand
+        by_id[cand.event.id].parked = first.parked or cand.parked  # counted where it was
     parked = set()
     ids = list(by_id)
     for part in chunks(ids):
@@ -784,6 +815,8 @@ async def _park_waiting(batch: Batch) -> None:
         [(by_id[i].wire, i) for i in parked if by_id[i].event.body is not None],
     )
     waiting = [c for i, c in by_id.items() if i not in parked]
+    back = [c for c in waiting if c.parked is not None]  # released, waiting again
+    waiting = [c for c in waiting if c.parked is None]
     room = ledger.limits.pending_per_source - ledger.pending_count(batch.source)
     keep, over = waiting[: max(room, 0)], waiting[max(room, 0) :]
     for cand in over:
@@ -795,19 +828,19 @@ async def _park_waiting(batch: Batch) -> None:
             f"(limit {ledger.limits.pending_per_source}); send the missing ones first"),
             cand.event.id))  # fmt: skip
     rows_ = []
-    for cand in keep:
+    for cand in [*keep, *back]:
         h = cand.event.header
         why = "roster" if id(cand) in for_roster else "seq"
-        rows_.append((cand.event.id, batch.source, h.author, h.lane, h.seq, cand.wire, why,
-                      batch.now))  # fmt: skip
+        source, received = cand.parked or (batch.source, batch.now)
+        rows_.append((cand.event.id, source, h.author, h.lane, h.seq, cand.wire, why,
+                      received))  # fmt: skip
     await ledger.db.executemany(
         "INSERT OR IGNORE INTO pending (id, source, author, lane, seq, wire, why, received) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         rows_,
     )
-    ledger.pending_count_changed(
-        batch.source, len(rows_), [(r[2], r[3], r[6]) for r in rows_]
-    )
+    for r in rows_:
+        ledger.pending_count_changed(r[1], 1, [(r[2], r[3], r[6])])
 
 
 async def _rehome_answers(db, claims: dict[bytes, bytes]) -> None:
