@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Collection, Sequence
+from itertools import chain, islice
 from typing import Any
 
 import aiosqlite
@@ -544,22 +545,26 @@ async def suggest_matches(
     for req in requests:
         ours = req["pod"] == own_pod
         for_whom = req["for_member"] if ours else None  # a member id means something here only
-        helpers = [
+        # Generators, taken per_request at most: building every pairing of every need
+        # and keeping five was needs x offers of work (100,000 dicts for 100 needs and
+        # 1,000 offers), on the event loop.
+        helpers = (
             _match(req, "member", m["id"], m["name"], own_pod, 0 if ours else 2)
             for m in members if req["category"] in m.get("can", []) and m["id"] != for_whom
             and (req["id"], m["id"]) not in claimed
-        ]  # fmt: skip
+        )  # fmt: skip
         by_pod = offers.get(req["category"], {})
-        mine = [o for o in by_pod.get(own_pod, []) if not (ours and o["by_member"] == for_whom
-                                                           and for_whom)]  # fmt: skip
-        others = [o for pod, offs in by_pod.items() if pod != own_pod for o in offs]
-        if not ours:  # the needing pod's own offers before third parties'
-            others.sort(key=lambda o: o["pod"] != req["pod"])
-        found = helpers if ours else []
-        found += [_offer_match(req, o, 1) for o in mine]
-        found += [] if ours else helpers
-        found += [_offer_match(req, o, 2 if ours else 3) for o in others]
-        suggestions += found[:per_request]
+        mine = (_offer_match(req, o, 1) for o in by_pod.get(own_pod, [])
+                if not (ours and o["by_member"] == for_whom and for_whom))  # fmt: skip
+        # The needing pod's own offers before third parties'.
+        first = [] if ours else by_pod.get(req["pod"], [])
+        others = (
+            _offer_match(req, o, 2 if ours else 3)
+            for offs in (first, *(v for k, v in by_pod.items() if k not in (own_pod, req["pod"])))
+            for o in offs
+        )
+        found = chain(helpers, mine, others) if ours else chain(mine, helpers, others)
+        suggestions += islice(found, per_request)
     suggestions.sort(key=lambda s: (
         URGENCY_RANK.get(s["urgency"], 9), s["rank"], s["opened_ts"], s["request"],
     ))  # fmt: skip
