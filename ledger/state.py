@@ -12,6 +12,8 @@ that fail that test are kept in the log but *soft-failed*: shown in history, nev
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import singledispatch
 from typing import Literal
@@ -79,6 +81,14 @@ class Tenure:
         return self.from_ts <= ts and (self.until_ts is None or ts < self.until_ts)
 
 
+def _from_ts(t: Tenure) -> int:
+    return t.from_ts
+
+
+def _in_time(t: Tenure) -> tuple[int, float]:
+    return t.from_ts, math.inf if t.until_ts is None else t.until_ts
+
+
 class Roster:
     """Who may act for which pod, and when. A pod's own key always may.
 
@@ -104,10 +114,14 @@ class Roster:
     def authorised(self, pod: bytes, author: bytes, ts: int) -> bool:
         if author == pod:
             return True
-        for t in self._by_key.get((pod, author), ()):  # called per event: no generator
-            if t.from_ts <= ts and (t.until_ts is None or ts < t.until_ts):
-                return True
-        return False
+        tenures = self._by_key.get((pod, author))
+        if not tenures:
+            return False
+        # A key's tenures follow one another without overlap (fold_roster): only the last
+        # one begun by ``ts`` can cover it. Found by bisection, for a key added and removed
+        # thousands of times.
+        i = bisect_right(tenures, ts, key=_from_ts) - 1
+        return i >= 0 and tenures[i].covers(ts)
 
     def snapshot(self) -> tuple[dict, dict, dict]:
         """What ``restore`` needs to undo later ``set_pod`` calls (which replace a pod's
@@ -126,7 +140,9 @@ class Roster:
             self._by_key.pop((pod, key), None)
         self.tenures[pod] = tenures
         self.named[pod] = named
-        for t in tenures:
+        # Each key's tenures in time order (as loaded from the table they are not): an
+        # empty tenure [T, T) before the one that begins at T.
+        for t in sorted(tenures, key=_in_time):
             self._by_key.setdefault((pod, t.key), []).append(t)
 
     def active_keys(self, pod: bytes) -> set[bytes]:
@@ -141,10 +157,13 @@ def named_keys(pod: bytes, events: list[EventView]) -> set[bytes]:
 def fold_roster(pod: bytes, events: list[EventView]) -> list[Tenure]:
     """Tenures of ``pod``'s organizers from its roster.add/remove events."""
     tenures: list[Tenure] = []
-    by_key: dict[bytes, list[Tenure]] = {}  # a roster of thousands folds in linear time
+    # A key's last tenure only: events fold in (ts, id) order, so every earlier tenure of
+    # the key ended at or before ``ts`` and at most the last one is open. (Scanning them
+    # all, a key added and removed thousands of times made the fold quadratic.)
+    last: dict[bytes, Tenure] = {}
 
     def active(key: bytes, ts: int) -> bool:
-        return key == pod or any(t.covers(ts) for t in by_key.get(key, ()))
+        return key == pod or ((t := last.get(key)) is not None and t.covers(ts))
 
     for ev in sort_events(events):
         body = ev.body
@@ -154,11 +173,11 @@ def fold_roster(pod: bytes, events: list[EventView]) -> list[Tenure]:
             if not active(body.key, ev.ts):
                 tenure = Tenure(pod, body.key, body.name, ev.ts, ev.id)
                 tenures.append(tenure)
-                by_key.setdefault(body.key, []).append(tenure)
+                last[body.key] = tenure
         elif isinstance(body, k.OrganizerRemoved):
-            for t in by_key.get(body.key, ()):
-                if t.until_ts is None:
-                    t.until_ts, t.remove_id = ev.ts, ev.id
+            t = last.get(body.key)
+            if t is not None and t.until_ts is None:
+                t.until_ts, t.remove_id = ev.ts, ev.id
     return tenures
 
 

@@ -102,3 +102,27 @@ async def test_a_chain_of_organizers_arriving_backwards_is_stored_as_each_is_nam
     finally:
         await forward.close()
         await backward.close()
+
+
+def test_authorised_finds_the_covering_tenure_in_any_load_order() -> None:
+    """Roster.authorised bisects a key's tenures by start: it must hold whatever order
+    they come in (the roster table gives them by add id), empty tenures [T, T) included."""
+    from podlink.ledger.state import Roster, Tenure
+
+    pod, key = b"p" * 32, b"k" * 32
+    spans = [(10, 20), (20, 20), (20, 35), (40, 40), (40, None)]
+    tenures = [Tenure(pod, key, "x", a, bytes([i]) * 32, b) for i, (a, b) in enumerate(spans)]
+
+    def brute(ts: int) -> bool:
+        return any(t.covers(ts) for t in tenures)
+
+    rng = random.Random(5)
+    for _ in range(20):
+        shuffled = tenures[:]
+        rng.shuffle(shuffled)
+        roster = Roster({pod: shuffled})
+        assert [roster.authorised(pod, key, ts) for ts in range(0, 60)] == [
+            brute(ts) for ts in range(0, 60)
+        ]
+        assert roster.authorised(pod, pod, 0)  # the pod's own key, always
+        assert not roster.authorised(pod, b"o" * 32, 15)
