@@ -91,6 +91,8 @@ class Batch:
     anchors: set[bytes] = field(default_factory=set)  # roots whose own event is stored here
     stored_ids: dict[bytes, bool] = field(default_factory=dict)  # id -> stored bodiless
     roster_pods: set[bytes] = field(default_factory=set)  # pods whose roster to re-fold
+    roster_new: dict[bytes, list[st.EventView]] = field(default_factory=dict)  # stored here
+    roster_full: set[bytes] = field(default_factory=set)  # pods to fold from the table
     # Events released by one just stored (its feed successor, or events of a key it
     # named), offered by _settle: releasing by recursion overflowed Python's stack on a
     # feed of ~1,000 events that arrived newest first, and wedged that feed for good.
@@ -370,6 +372,7 @@ async def _refill(batch: Batch, cand: Candidate) -> None:
         batch.roots.add(root)
         batch.reload.add(root)  # its events in memory lack this body: fold from the table
     if ev.kind in st.ROSTER_KINDS:  # a roster event only counts with its body
+        batch.roster_full.add(ev.pod)  # it was folded bodiless: fold the pod's anew
         await _roster_event(batch, ev.pod, cand.body)
 
 
@@ -584,10 +587,12 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     ev, h = cand.event, cand.event.header
     ledger = batch.ledger
     root = st.root_of(h.kind, ev.id, h.pod, tuple(h.refs))
+    roster = h.kind in st.ROSTER_KINDS  # filed under its pod, folded by _refold_rosters
     if root is not None:
         if h.kind in st.CLAIM_ANSWERS:  # as rebuild and _flush do: if its root is a claim,
             root = await _resolve_root(batch, ev, root)  # the claim's request
-        batch.roots.add(root)
+        if not roster:  # the pod's directory entry does not depend on its roster events
+            batch.roots.add(root)
     if h.kind == "claim.make" and root is not None:
         batch.claim_roots[ev.id] = root
         # Answers stored earlier in this batch, before their claim, join its request too
@@ -604,8 +609,12 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     pos = ledger.next_pos
     ledger.next_pos += 1
     if root is not None:
-        batch.views.setdefault(root, []).append(st.EventView(
-            ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, tuple(h.refs), cand.body, pos))
+        view = st.EventView(
+            ev.id, h.pod, h.author, h.lane, h.seq, h.ts, h.kind, tuple(h.refs), cand.body, pos)
+        if roster:
+            batch.roster_new.setdefault(h.pod, []).append(view)
+        else:
+            batch.views.setdefault(root, []).append(view)
     if root == ev.id:
         batch.anchors.add(root)
     batch.stored_ids[ev.id] = ev.body is None
@@ -626,7 +635,7 @@ async def _store(batch: Batch, cand: Candidate) -> None:
     limit = clock.FUTURE_LIMIT_MS if h.pod == ledger.pod else clock.OBSERVE_LIMIT_MS
     ledger.clock.observe(h.ts, limit)
 
-    if h.kind in st.ROSTER_KINDS:
+    if roster:
         await _roster_event(batch, h.pod, cand.body)
 
     # Successors that were waiting for exactly this event.
@@ -658,25 +667,31 @@ async def _roster_event(batch: Batch, pod: bytes, body: kinds.Body | None) -> No
 
 
 async def _refold_rosters(batch: Batch) -> None:
-    """Re-fold the roster of each pod this batch touched; re-fold what the keys whose
-    tenures changed wrote (their events may now count, or no longer)."""
+    """Fold the roster of each pod this batch touched; re-fold what the keys whose tenures
+    changed wrote from the time the change starts (their events may now count, or no
+    longer; earlier ones cannot change: a late roster event re-folded everything its key
+    ever wrote)."""
     for pod in sorted(batch.roster_pods):
-        changed = await projections.refold_roster(batch.ledger.db, batch.ledger.roster, pod)
-        if changed:
-            batch.roots.update(await _roots_by_authors(batch, changed))
+        new = None if pod in batch.roster_full else batch.roster_new.get(pod, [])
+        since = await projections.refold_roster(
+            batch.ledger.db, batch.ledger.roster, pod, new
+        )
+        if since:
+            batch.roots.update(await _roots_by_authors(batch, since))
     batch.roster_pods.clear()
 
 
-async def _roots_by_authors(batch: Batch, authors: set[bytes]) -> set[bytes]:
+async def _roots_by_authors(batch: Batch, since: dict[bytes, int]) -> set[bytes]:
+    """The aggregates each key wrote to at or after its time (roster events aside: the
+    roster fold counts those)."""
     await _flush(batch)
-    keys = list(authors)
     found: set[bytes] = set()
-    for part in chunks(keys):
+    for key, ts in since.items():
         sql = (
-            f"SELECT DISTINCT root FROM events WHERE author IN ({marks(len(part))}) "
-            "AND root IS NOT NULL"
+            "SELECT DISTINCT root FROM events WHERE author = ? AND ts >= ? "
+            "AND root IS NOT NULL AND kind NOT IN ('roster.add', 'roster.remove')"
         )
-        found.update(r[0] for r in await rows(batch.ledger.db, sql, part))
+        found.update(r[0] for r in await rows(batch.ledger.db, sql, (key, ts)))
     return found
 
 

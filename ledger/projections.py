@@ -93,24 +93,66 @@ async def roster_views(db: aiosqlite.Connection, pod: bytes) -> list[st.EventVie
     return [view_from_row(r) for r in await rows(db, sql, (pod,))]
 
 
-async def refold_roster(db: aiosqlite.Connection, roster: st.Roster, pod: bytes) -> set[bytes]:
-    """Re-fold one pod's roster into ``roster`` and its table; return keys whose tenures
-    changed (their events may now be authorised, or soft-failed) or that are newly named
-    (their pending events may now be stored)."""
+async def refold_roster(
+    db: aiosqlite.Connection,
+    roster: st.Roster,
+    pod: bytes,
+    new: list[st.EventView] | None = None,
+) -> dict[bytes, int]:
+    """Fold one pod's roster into ``roster`` and its table; return, for each key whose
+    tenures changed, the earliest time from which its events may count differently (they
+    may now be authorised, or soft-failed); none before it can.
+
+    ``new``: the pod's roster events stored since the last fold. When they all sort after
+    it, they are folded onto the tenures in memory and only the rows that changed are
+    written (Roster.extend_pod); else, or without them, the pod's every roster event is
+    read and folded again."""
+    if new is not None and (change := roster.extend_pod(pod, new)) is not None:
+        added, closed = change
+        await _write_tenures(db, added)
+        await db.executemany(
+            "UPDATE roster SET until_ts = ?, remove_id = ? WHERE pod = ? AND key = ? "
+            "AND add_id = ?",
+            [(t.until_ts, t.remove_id, t.pod, t.key, t.add_id) for _, t in closed],
+        )
+        since: dict[bytes, int] = {}
+        for t, at in [*((t, t.from_ts) for t in added), *((t, t.until_ts) for _, t in closed)]:
+            since[t.key] = min(since.get(t.key, at), at)  # type: ignore[type-var]
+        return since
     views = await roster_views(db, pod)
     before = {(t.key, t.from_ts, t.until_ts) for t in roster.tenures.get(pod, [])}
-    named_before = roster.named.get(pod, set())
     tenures = st.fold_roster(pod, views)
-    named = st.named_keys(pod, views)
-    roster.set_pod(pod, tenures, named)
+    last = max(((v.ts, v.id) for v in views), default=None)
+    roster.set_pod(pod, tenures, st.named_keys(pod, views), last)
     after = {(t.key, t.from_ts, t.until_ts) for t in tenures}
     await db.execute("DELETE FROM roster WHERE pod = ?", (pod,))
+    await _write_tenures(db, tenures)
+    return changed_since(before, after)
+
+
+def changed_since(
+    before: set[tuple[bytes, int, int | None]], after: set[tuple[bytes, int, int | None]]
+) -> dict[bytes, int]:
+    """For each key whose tenures differ, the earliest time at which they cover differently:
+    a tenure added or gone counts from its start; one whose end moved, from the earlier end."""
+    ends: dict[tuple[bytes, int], list[int | None]] = defaultdict(list)
+    for key, start, end in before ^ after:
+        ends[(key, start)].append(end)
+    since: dict[bytes, int] = {}
+    for (key, start), moved in ends.items():
+        at = start
+        if len(moved) > 1:  # the same tenure on both sides, its end moved (set, lifted)
+            at = min((e for e in moved if e is not None), default=start)
+        since[key] = min(since.get(key, at), at)
+    return since
+
+
+async def _write_tenures(db: aiosqlite.Connection, tenures: list[st.Tenure]) -> None:
     await db.executemany(
         "INSERT INTO roster (pod, key, name, from_ts, until_ts, add_id, remove_id) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         [(t.pod, t.key, t.name, t.from_ts, t.until_ts, t.add_id, t.remove_id) for t in tenures],
     )
-    return {key for key, _, _ in before ^ after} | (named - named_before)
 
 
 class Writer:

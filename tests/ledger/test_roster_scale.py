@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from podlink.ledger import projections
+from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger, Limits
 from podlink.protocol import kinds
 from podlink.protocol.envelope import Event
+from podlink.protocol.keys import Keypair
 from tests.ledger.helpers import World, count, statuses, stored_ids, wires
 
 
@@ -54,9 +56,9 @@ async def test_thousands_of_roster_events_fold_the_roster_once_per_batch(
     folds: list[bytes] = []
     real = projections.refold_roster
 
-    async def counted(db, roster, pod_key):  # the real fold, counted
+    async def counted(db, roster, pod_key, new=None):  # the real fold, counted
         folds.append(pod_key)
-        return await real(db, roster, pod_key)
+        return await real(db, roster, pod_key, new)
 
     monkeypatch.setattr(projections, "refold_roster", counted)
     ledger = await Ledger.open(tmp_path / "pod.db", limits=Limits(batch_size=300))
@@ -126,3 +128,55 @@ def test_authorised_finds_the_covering_tenure_in_any_load_order() -> None:
         ]
         assert roster.authorised(pod, pod, 0)  # the pod's own key, always
         assert not roster.authorised(pod, b"o" * 32, 15)
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_a_roster_folded_a_few_events_at_a_time_equals_one_fold(
+    tmp_path: Path, seed: int
+) -> None:
+    """Roster events folded onto the tenures in memory (Roster.extend_pod, when they sort
+    after the last folded) or from the table (when they do not) give the state one fold
+    of them all gives: keys added, removed, re-added, by the pod's key and by organizers
+    (some no longer in office), with offers in between, delivered in random small batches
+    in random order, against the same events in one ingest and against a rebuild."""
+    rng = random.Random(seed)
+    world = World()
+    pod, events = world.pod()
+    keys = [Keypair.generate() for _ in range(5)]
+    writers = {k.public: Author(k, pod.id, world.clock) for k in keys}
+    for _ in range(80):
+        world.tick(rng.choice([0, 1, 1, 2]))
+        key = rng.choice(keys).public
+        signer = rng.choice([pod.author, *writers.values()])
+        action = rng.random()
+        if action < 0.4:
+            events.append(signer.write(kinds.OrganizerAdded(key=key, name="o"), "network"))
+        elif action < 0.65:
+            events.append(signer.write(kinds.OrganizerRemoved(key=key), "network"))
+        else:
+            events.append(writers[key].write(offer(), "network"))
+    whole = await Ledger.open(tmp_path / "whole.db")
+    parts = await Ledger.open(tmp_path / "parts.db")
+    try:
+        for led in (whole, parts):
+            await led.set_pod(pod.id)
+        await whole.ingest(wires(events))
+        shuffled = events[:]  # in order (a stream), or nearly, or in any order
+        if seed % 3 == 1:
+            for i in rng.sample(range(len(shuffled) - 1), 10):
+                shuffled[i], shuffled[i + 1] = shuffled[i + 1], shuffled[i]
+        elif seed % 3 == 2:
+            rng.shuffle(shuffled)
+        start = 0
+        while start < len(shuffled):
+            size = rng.randint(1, 6)
+            await parts.ingest(wires(shuffled[start : start + size]))
+            start += size
+        assert await stored_ids(parts) == await stored_ids(whole)
+        live = await parts.dump()
+        assert live == await whole.dump()
+        await parts.rebuild()
+        assert await parts.dump() == live
+    finally:
+        await whole.close()
+        await parts.close()
