@@ -333,7 +333,10 @@ async def commit(
             await _flush(batch)
             await _refold_rosters(batch)
             fresh = await _fresh_roots(batch)
-            forgot = await projections.refold(db, batch.roots, ledger.roster, fresh=fresh)
+            forgot = await projections.refold(
+                db, batch.roots, ledger.roster, fresh=fresh, folds=ledger.folds,
+                new=batch.views, reload=batch.reload,
+            )  # fmt: skip
     except BaseException:
         ledger.roster.restore(roster)
         ledger.forget_caches()
@@ -858,7 +861,7 @@ async def _park_waiting(batch: Batch) -> None:
         ledger.pending_count_changed(r[1], 1, [(r[2], r[3], r[6])])
 
 
-async def _rehome_answers(db, claims: dict[bytes, bytes]) -> None:
+async def _rehome_answers(db, claims: dict[bytes, bytes]) -> set[bytes]:
     """Move the answers filed under each stored claim (claim id -> its root) to that root.
 
     Only answers that name the claim themselves (root_of gives the claim): one filed
@@ -876,6 +879,7 @@ async def _rehome_answers(db, claims: dict[bytes, bytes]) -> None:
                 moves.append((claims[root], pos))
     if moves:
         await db.executemany("UPDATE events SET root = ? WHERE pos = ?", moves)
+    return {root for root, _ in moves}
 
 
 async def _flush(batch: Batch) -> None:
@@ -890,8 +894,8 @@ async def _flush(batch: Batch) -> None:
         )
         # Answers that arrived before their claim now join the claim's request.
         claims = {row[1]: row[8] for row in batch.rows if row[7] == "claim.make" and row[8]}
-        if claims:
-            await _rehome_answers(db, claims)
+        if claims:  # the requests gain events stored before: fold them from the table
+            batch.reload.update(await _rehome_answers(db, claims))
         batch.rows = []
     if batch.dirty_heads:
         await db.executemany(

@@ -129,6 +129,7 @@ class Ledger:
         # checked for copies against the reader before those commits need not ask again.
         self.generation = 0
         self.recent: deque[tuple[int, dict[bytes, bool]]] = deque(maxlen=8)
+        self.folds = projections.FoldCache()  # requests folded, to continue next batch
         self.stored_listeners: list[Callable[[int], None]] = []
         self.released_stored = 0  # events stored after waiting in pending (no result of theirs)
 
@@ -473,6 +474,7 @@ class Ledger:
         self._stale_caches = True
         self.generation += 1
         self.recent.clear()
+        self.folds.clear()  # they may hold events the rollback took back
 
     def after_commit(self, batch: Batch) -> None:
         self.heads.update(batch.heads)
@@ -589,6 +591,7 @@ class Ledger:
                 progress(total, total)
             await db.execute("DELETE FROM meta WHERE key = 'rebuild'")
         self.roster = roster
+        self.folds.clear()  # folded under the roster before; the log may have changed too
 
     async def verify(self, progress: Progress | None = None) -> VerifyReport:
         """Re-check every stored signature, body hash and feed chain, that each row's

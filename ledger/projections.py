@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import aiosqlite
 
@@ -155,12 +156,68 @@ async def _write_tenures(db: aiosqlite.Connection, tenures: list[st.Tenure]) -> 
     )
 
 
+@dataclass
+class Folded:
+    """A request's fold kept between batches: under which roster it was made, and the
+    store positions of its anchor and claims (where their rows are)."""
+
+    fold: st.RequestFold
+    roster_version: int
+    pos: dict[bytes, int]
+
+
+class FoldCache:
+    """The requests folded last, by root, to continue with their next events (bounded:
+    the least recently used go; a request not kept is folded from the table)."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self.size = size
+        self._kept: OrderedDict[bytes, Folded] = OrderedDict()
+
+    def keep(self, root: bytes, folded: Folded) -> None:
+        self._kept[root] = folded
+        self._kept.move_to_end(root)
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+
+    def get(self, root: bytes) -> Folded | None:
+        found = self._kept.get(root)
+        if found is not None:
+            self._kept.move_to_end(root)
+        return found
+
+    def drop(self, root: bytes) -> None:
+        self._kept.pop(root, None)
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+
+def _request_row(req: st.RequestState, pos: int) -> tuple:
+    return (
+        pos, req.id, req.pod, req.author, req.lane, req.title, req.details, req.category,
+        req.urgency, req.needed_by, req.area, req.for_member, req.status, req.accepted_claim,
+        req.opened_ts, req.updated_ts, req.closed_ts, len(req.claims),
+        URGENCY_RANK.get(req.urgency, 9), req.cancel_reason,
+    )  # fmt: skip
+
+
+def _claim_row(c: st.ClaimState, pos: int) -> tuple:
+    return (pos, c.id, c.request, c.pod, c.author, c.lane, c.by_member, c.note, c.status,
+            c.ts, c.decided_ts, c.reason)  # fmt: skip
+
+
+def _fulfilment_row(f: st.FulfilmentState) -> tuple:
+    return (f.id, f.request, f.pod, f.note, f.hours, f.ts)
+
+
 class Writer:
     """Collects the rows of re-folded aggregates and writes them with executemany."""
 
-    def __init__(self, *, fresh: bool = False) -> None:
+    def __init__(self, *, fresh: bool = False, folds: FoldCache | None = None) -> None:
         # fresh: the roots have no rows yet (all their events are new), so skip the deletes
         self.fresh = fresh
+        self.folds = folds  # where to keep the requests folded, to continue them later
         self.deletes: dict[str, list[tuple]] = defaultdict(list)  # table -> [(root,)]
         self.inserts: dict[str, list[tuple]] = defaultdict(list)
         self.anchor_pos: dict[bytes, int] = {}  # root -> store position of its own event
@@ -197,28 +254,51 @@ class Writer:
     def _request(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
         for table in ("requests", "claims", "fulfilments"):
             self.deletes[table].append((root,))
-        pos_of = {e.id: e.pos for e in events}
+        pos_of = {e.id: e.pos for e in events if e.id == root or e.kind == "claim.make"}
         if root in pos_of:
             self.anchor_pos[root] = pos_of[root]
         # A claim row sits at its claim.make event's position: every row this request may
         # have had is at one of these (a claim's root never changes once stored).
-        self.claim_pos += [e.pos for e in events if e.kind == "claim.make"]
-        req = st.fold_request(root, events, roster, history=False)
-        if req is None:
+        self.claim_pos += [pos for id_, pos in pos_of.items() if id_ != root]
+        fold = st.RequestFold.start(root, events, roster, history=False)
+        if fold is None:
+            if self.folds is not None:
+                self.folds.drop(root)
             return
-        self.inserts["requests"].append((
-            pos_of[req.id], req.id, req.pod, req.author, req.lane, req.title, req.details,
-            req.category, req.urgency, req.needed_by, req.area, req.for_member, req.status,
-            req.accepted_claim, req.opened_ts, req.updated_ts, req.closed_ts, len(req.claims),
-            URGENCY_RANK.get(req.urgency, 9), req.cancel_reason,
-        ))  # fmt: skip
-        for c in req.claims.values():
-            self.inserts["claims"].append((
-                pos_of[c.id], c.id, c.request, c.pod, c.author, c.lane, c.by_member, c.note,
-                c.status, c.ts, c.decided_ts, c.reason,
-            ))  # fmt: skip
-        for f in req.fulfilments:
-            self.inserts["fulfilments"].append((f.id, f.request, f.pod, f.note, f.hours, f.ts))
+        req = fold.req
+        self.inserts["requests"].append(_request_row(req, pos_of[req.id]))
+        self.inserts["claims"] += [_claim_row(c, pos_of[c.id]) for c in req.claims.values()]
+        self.inserts["fulfilments"] += [_fulfilment_row(f) for f in req.fulfilments]
+        if self.folds is not None:
+            self.folds.keep(root, Folded(fold, roster.version, pos_of))
+
+    def extend_request(
+        self, root: bytes, kept: Folded, events: list[st.EventView], roster: st.Roster
+    ) -> None:
+        """Continue a kept fold with later events and write the rows they can change:
+        the request's, the claims they make or name (all of them for a fulfil or
+        cancel), and its fulfilments if one came. A claim on a request of thousands
+        re-read and re-folded them all, and re-read their rows."""
+        req = kept.fold.req
+        touched = {req.accepted_claim}
+        kept.fold.extend(events, roster)
+        kept.pos.update((e.id, e.pos) for e in events if e.kind == "claim.make")
+        touched.add(req.accepted_claim)
+        closing = any(e.kind in ("request.fulfil", "request.cancel") for e in events)
+        touched.update(e.id for e in events if e.kind == "claim.make")
+        touched.update(e.refs[0] for e in events if e.kind in st.CLAIM_ANSWERS and e.refs)
+        claims = req.claims.values() if closing else [
+            c for id_ in touched if id_ is not None and (c := req.claims.get(id_)) is not None
+        ]  # fmt: skip
+        self.deletes["requests"].append((root,))
+        self.anchor_pos[root] = kept.pos[root]
+        self.inserts["requests"].append(_request_row(req, kept.pos[root]))
+        self.deletes["claims"].append((root,))
+        self.claim_pos += [kept.pos[c.id] for c in claims]
+        self.inserts["claims"] += [_claim_row(c, kept.pos[c.id]) for c in claims]
+        if closing:
+            self.deletes["fulfilments"].append((root,))
+            self.inserts["fulfilments"] += [_fulfilment_row(f) for f in req.fulfilments]
 
     def _anchor(self, root: bytes, events: list[st.EventView]) -> int:
         """The store position of ``root``'s own event (0 if absent: then no row is made)."""
@@ -371,27 +451,49 @@ async def refold(
     *,
     fresh: dict[bytes, list[st.EventView]] | None = None,
     empty: bool = False,
+    folds: FoldCache | None = None,
+    new: dict[bytes, list[st.EventView]] | None = None,
+    reload: set[bytes] = frozenset(),  # type: ignore[assignment]
 ) -> bool:
     """Re-fold the given aggregates from the log and replace their rows; True if that
     forgot a member.
 
     ``fresh`` maps roots whose every event is new (in this batch) to those events: they
     are folded from memory, with no read and no delete (the ingest fast path). ``empty``:
-    the tables hold no rows of these roots (a rebuild), so rows are only inserted."""
+    the tables hold no rows of these roots (a rebuild), so rows are only inserted.
+    ``folds``: requests folded before, kept; one whose ``new`` events (this batch's) all
+    sort after what it folded, under the same roster, and none of whose events changed
+    otherwise (``reload``: a body put back, answers moved to it), is continued from
+    there rather than folded from the table."""
     forgot = False
     if fresh:
-        writer = Writer(fresh=True)
+        writer = Writer(fresh=True, folds=folds)
         for root, events in fresh.items():
             writer.fold(root, events, roster)
         forgot = await writer.write(db)
     roots = [r for r in roots if not fresh or r not in fresh]
+    if folds is not None and new is not None:
+        writer, rest = Writer(folds=folds), []
+        for root in roots:
+            kept = folds.get(root)
+            events = new.get(root)
+            if (kept is not None and events and root not in reload
+                    and kept.roster_version == roster.version
+                    and kept.fold.can_extend(events)):  # fmt: skip
+                writer.extend_request(root, kept, events, roster)
+            else:
+                rest.append(root)
+        forgot = await writer.write(db) or forgot
+        roots = rest
     for part in chunks(roots, 2000):
         grouped = await load_roots(db, part)
-        writer = Writer(fresh=empty)
+        writer = Writer(fresh=empty, folds=folds)
         for root in part:
             events = grouped.get(root)
             if events:
                 writer.fold(root, events, roster)
+            elif folds is not None:
+                folds.drop(root)
         forgot = await writer.write(db) or forgot
     return forgot
 

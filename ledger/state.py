@@ -12,6 +12,7 @@ that fail that test are kept in the log but *soft-failed*: shown in history, nev
 
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field, replace
@@ -81,6 +82,9 @@ class Tenure:
         return self.from_ts <= ts and (self.until_ts is None or ts < self.until_ts)
 
 
+_VERSIONS = itertools.count(1)
+
+
 def _from_ts(t: Tenure) -> int:
     return t.from_ts
 
@@ -111,6 +115,9 @@ class Roster:
         # pod -> (ts, id) of the last roster event its tenures were folded from (a full
         # fold sets it): later events fold onto the tenures (extend_pod), not from scratch
         self.folded_to: dict[bytes, tuple[int, bytes]] = {}
+        # Changes whenever some tenure does (and differs between Roster objects): a fold
+        # kept from before is only continued under the roster it was made with.
+        self.version = next(_VERSIONS)
         for pod in {*(tenures or {}), *(named or {})}:
             self.set_pod(pod, (tenures or {}).get(pod, []), (named or {}).get(pod, set()))
 
@@ -145,6 +152,9 @@ class Roster:
         named: set[bytes],
         folded_to: tuple[int, bytes] | None = None,
     ) -> None:
+        old = {(t.key, t.from_ts, t.until_ts) for t in self.tenures.get(pod, ())}
+        if old != {(t.key, t.from_ts, t.until_ts) for t in tenures}:
+            self.version = next(_VERSIONS)
         for key in {t.key for t in self.tenures.get(pod, ())}:
             self._by_key.pop((pod, key), None)
         self.tenures[pod] = tenures
@@ -221,6 +231,8 @@ class Roster:
             before = self._by_key.get((pod, key), [])
             self._by_key[(pod, key)] = [swap.get(id(t), t) for t in before] + fresh
         self.folded_to[pod] = (ordered[-1].ts, ordered[-1].id)
+        if added or closed:
+            self.version = next(_VERSIONS)
         return added, closed
 
 
@@ -491,74 +503,119 @@ def fold_request(
     pod may claim it. Conflicts resolve by (ts, id): the first accept wins, later ones are
     ignored, so one need is never matched twice.
     """
-    ordered = sort_events(events)
-    opening = next(
-        (
-            e
-            for e in ordered
-            if e.id == root and isinstance(e.body, k.RequestOpened)
-            and roster.authorised(e.pod, e.author, e.ts)
-        ),
-        None,
-    )
-    if opening is None:
-        return None
-    body = opening.body
-    assert isinstance(body, k.RequestOpened)
-    req = RequestState(
-        id=root, pod=opening.pod, author=opening.author, lane=opening.lane, title=body.title,
-        details=body.details, category=body.category, urgency=body.urgency,
-        needed_by=body.needed_by, area=body.area, for_member=body.for_member,
-        opened_ts=opening.ts, updated_ts=opening.ts,
-    )  # fmt: skip
-    # An answer naming its request changes it at its own place in the order (_answer).
-    # One naming only its claim (an older writer's) is applied after that claim even if
-    # stamped before it: a claim from a pod whose clock runs ahead (by less than the
-    # acceptance limit, more than what clocks follow) must still be acceptable by its
-    # owner, whose answer is stamped on a slower clock. Still a function of the set.
-    claims: set[bytes] | None = None  # ids of the claims among the events, when needed
-    answers: dict[bytes, list[tuple[EventView, Step]]] = {}
-    for ev in ordered:
-        step = Step(ev.id, ev.kind, ev.pod, ev.author, ev.ts, "applied")
-        if history:
-            req.history.append(step)
-        if ev is opening:
-            continue
-        if not roster.authorised(ev.pod, ev.author, ev.ts):
-            step.outcome, step.why = "soft-failed", "author not on its pod's roster then"
-            continue
-        if ev.body is None:
-            step.outcome, step.why = "ignored", "body dropped or kind unknown"
-            continue
-        if ev.kind != "claim.make" and ev.pod != req.pod:
-            step.outcome, step.why = "ignored", "only the request's own pod may do this"
-            continue
-        if (ev.pod == req.pod or ev.kind == "claim.make") and narrower(ev, req.lane):
-            # A claim too: help offered where some of the request's readers cannot see
-            # it is not counted, so no pod accepts an offer the others never heard of.
-            step.outcome, step.why = "ignored", f"shared less widely than the request ({req.lane})"
-            continue
-        if ev.kind in CLAIM_ANSWERS and ev.refs[1:2] == (req.id,):  # names its request too
-            try:
-                _answer(req, ev)
-            except _Ignore as why:
-                step.outcome, step.why = "ignored", str(why)
-            else:
-                req.updated_ts = max(req.updated_ts, ev.ts)
-            continue
-        if ev.kind in CLAIM_ANSWERS and ev.refs and ev.refs[0] not in req.claims:
-            if claims is None:
-                claims = {e.id for e in events if e.kind == "claim.make"}
-            if ev.refs[0] in claims:  # its claim sorts later: apply it after that
-                answers.setdefault(ev.refs[0], []).append((ev, step))
+    fold = RequestFold.start(root, events, roster, history=history)
+    return None if fold is None else fold.req
+
+
+@dataclass
+class RequestFold:
+    """A request folded so far, which later events (in (ts, id) order) can continue.
+
+    ``extend`` with events that all sort after ``last`` gives the state ``start`` would
+    give for all of them, unless ``can_extend`` says no: a claim that an earlier answer
+    named (then ignored, its claim unknown) would have made that answer count."""
+
+    req: RequestState
+    history: bool
+    last: tuple[int, bytes]  # (ts, id) of the last event folded
+    claim_ids: set[bytes]  # every claim.make among the events
+    # Answers naming only their claim, waiting for it (it sorts later); and the claims
+    # named by answers that were ignored because no such claim was among the events.
+    answers: dict[bytes, list[tuple[EventView, Step]]] = field(default_factory=dict)
+    orphans: set[bytes] = field(default_factory=set)
+
+    @classmethod
+    def start(
+        cls, root: bytes, events: list[EventView], roster: Roster, *, history: bool = True
+    ) -> RequestFold | None:
+        ordered = sort_events(events)
+        opening = next(
+            (
+                e
+                for e in ordered
+                if e.id == root and isinstance(e.body, k.RequestOpened)
+                and roster.authorised(e.pod, e.author, e.ts)
+            ),
+            None,
+        )
+        if opening is None:
+            return None
+        body = opening.body
+        assert isinstance(body, k.RequestOpened)
+        req = RequestState(
+            id=root, pod=opening.pod, author=opening.author, lane=opening.lane,
+            title=body.title, details=body.details, category=body.category,
+            urgency=body.urgency, needed_by=body.needed_by, area=body.area,
+            for_member=body.for_member, opened_ts=opening.ts, updated_ts=opening.ts,
+        )  # fmt: skip
+        fold = cls(req, history, (opening.ts, opening.id), set())
+        fold._fold(ordered, roster, opening)
+        return fold
+
+    def can_extend(self, events: list[EventView]) -> bool:
+        """Whether ``extend`` with ``events`` gives what a fold from the start would."""
+        return all(
+            (e.ts, e.id) > self.last and not (e.kind == "claim.make" and e.id in self.orphans)
+            for e in events
+        )
+
+    def extend(self, events: list[EventView], roster: Roster) -> None:
+        """Fold later events onto the state (see ``can_extend``)."""
+        self._fold(sort_events(events), roster, None)
+
+    def _fold(
+        self, ordered: list[EventView], roster: Roster, opening: EventView | None
+    ) -> None:
+        req, answers = self.req, self.answers
+        # An answer naming its request changes it at its own place in the order
+        # (_answer). One naming only its claim (an older writer's) is applied after that
+        # claim even if stamped before it: a claim from a pod whose clock runs ahead (by
+        # less than the acceptance limit, more than what clocks follow) must still be
+        # acceptable by its owner, whose answer is stamped on a slower clock. Still a
+        # function of the set.
+        self.claim_ids.update(e.id for e in ordered if e.kind == "claim.make")
+        for ev in ordered:
+            step = Step(ev.id, ev.kind, ev.pod, ev.author, ev.ts, "applied")
+            if self.history:
+                req.history.append(step)
+            if ev is opening:
                 continue
-        if _step(req, ev, step) and ev.id in answers:
-            for answer, answer_step in answers.pop(ev.id):
-                _step(req, answer, answer_step)
-    for waited in answers.values():  # their claims never counted (soft-failed, dropped)
-        for _, step in waited:
-            step.outcome, step.why = "ignored", "claim not known"
-    return req
+            if not roster.authorised(ev.pod, ev.author, ev.ts):
+                step.outcome, step.why = "soft-failed", "author not on its pod's roster then"
+                continue
+            if ev.body is None:
+                step.outcome, step.why = "ignored", "body dropped or kind unknown"
+                continue
+            if ev.kind != "claim.make" and ev.pod != req.pod:
+                step.outcome, step.why = "ignored", "only the request's own pod may do this"
+                continue
+            if (ev.pod == req.pod or ev.kind == "claim.make") and narrower(ev, req.lane):
+                # A claim too: help offered where some of the request's readers cannot see
+                # it is not counted, so no pod accepts an offer the others never heard of.
+                step.outcome = "ignored"
+                step.why = f"shared less widely than the request ({req.lane})"
+                continue
+            if ev.kind in CLAIM_ANSWERS and ev.refs[1:2] == (req.id,):  # names its request
+                try:
+                    _answer(req, ev)
+                except _Ignore as why:
+                    step.outcome, step.why = "ignored", str(why)
+                else:
+                    req.updated_ts = max(req.updated_ts, ev.ts)
+                continue
+            if ev.kind in CLAIM_ANSWERS and ev.refs and ev.refs[0] not in req.claims:
+                if ev.refs[0] in self.claim_ids:  # its claim sorts later: apply it after that
+                    answers.setdefault(ev.refs[0], []).append((ev, step))
+                    continue
+                self.orphans.add(ev.refs[0])  # ignored below: "claim not known"
+            if _step(req, ev, step) and ev.id in answers:
+                for answer, answer_step in answers.pop(ev.id):
+                    _step(req, answer, answer_step)
+        for waited in answers.values():  # their claims never counted (soft-failed, dropped)
+            for _, step in waited:
+                step.outcome, step.why = "ignored", "claim not known"
+        if ordered:
+            self.last = max(self.last, (ordered[-1].ts, ordered[-1].id))
 
 
 def _step(req: RequestState, ev: EventView, step: Step) -> bool:
