@@ -254,12 +254,12 @@ class Writer:
     def _request(self, root: bytes, events: list[st.EventView], roster: st.Roster) -> None:
         for table in ("requests", "claims", "fulfilments"):
             self.deletes[table].append((root,))
-        pos_of = {e.id: e.pos for e in events if e.id == root or e.kind == "claim.make"}
+        pos_of = {e.id: e.pos for e in events}
         if root in pos_of:
             self.anchor_pos[root] = pos_of[root]
         # A claim row sits at its claim.make event's position: every row this request may
         # have had is at one of these (a claim's root never changes once stored).
-        self.claim_pos += [pos for id_, pos in pos_of.items() if id_ != root]
+        self.claim_pos += [e.pos for e in events if e.kind == "claim.make"]
         fold = st.RequestFold.start(root, events, roster, history=False)
         if fold is None:
             if self.folds is not None:
@@ -269,7 +269,10 @@ class Writer:
         self.inserts["requests"].append(_request_row(req, pos_of[req.id]))
         self.inserts["claims"] += [_claim_row(c, pos_of[c.id]) for c in req.claims.values()]
         self.inserts["fulfilments"] += [_fulfilment_row(f) for f in req.fulfilments]
-        if self.folds is not None:
+        # Kept when folded from the table: a request whose events were all new (most,
+        # in a catch-up) is folded from memory again as cheaply, and would only crowd out
+        # the ones that are being claimed or answered.
+        if self.folds is not None and not self.fresh:
             self.folds.keep(root, Folded(fold, roster.version, pos_of))
 
     def extend_request(

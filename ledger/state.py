@@ -127,6 +127,8 @@ class Roster:
         tenures = self._by_key.get((pod, author))
         if not tenures:
             return False
+        if len(tenures) == 1:  # the common case, checked per event
+            return tenures[0].covers(ts)
         # A key's tenures follow one another without overlap (fold_roster): only the last
         # one begun by ``ts`` can cover it. Found by bisection, for a key added and removed
         # thousands of times.
@@ -507,7 +509,7 @@ def fold_request(
     return None if fold is None else fold.req
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestFold:
     """A request folded so far, which later events (in (ts, id) order) can continue.
 
@@ -521,8 +523,8 @@ class RequestFold:
     claim_ids: set[bytes]  # every claim.make among the events
     # Answers naming only their claim, waiting for it (it sorts later); and the claims
     # named by answers that were ignored because no such claim was among the events.
-    answers: dict[bytes, list[tuple[EventView, Step]]] = field(default_factory=dict)
-    orphans: set[bytes] = field(default_factory=set)
+    answers: dict[bytes, list[tuple[EventView, Step]]]
+    orphans: set[bytes]
 
     @classmethod
     def start(
@@ -548,7 +550,8 @@ class RequestFold:
             urgency=body.urgency, needed_by=body.needed_by, area=body.area,
             for_member=body.for_member, opened_ts=opening.ts, updated_ts=opening.ts,
         )  # fmt: skip
-        fold = cls(req, history, (opening.ts, opening.id), set())
+        claim_ids = {e.id for e in ordered if e.kind == "claim.make"}
+        fold = cls(req, history, (opening.ts, opening.id), claim_ids, {}, set())
         fold._fold(ordered, roster, opening)
         return fold
 
@@ -561,7 +564,9 @@ class RequestFold:
 
     def extend(self, events: list[EventView], roster: Roster) -> None:
         """Fold later events onto the state (see ``can_extend``)."""
-        self._fold(sort_events(events), roster, None)
+        ordered = sort_events(events)
+        self.claim_ids.update(e.id for e in ordered if e.kind == "claim.make")
+        self._fold(ordered, roster, None)
 
     def _fold(
         self, ordered: list[EventView], roster: Roster, opening: EventView | None
@@ -573,7 +578,6 @@ class RequestFold:
         # less than the acceptance limit, more than what clocks follow) must still be
         # acceptable by its owner, whose answer is stamped on a slower clock. Still a
         # function of the set.
-        self.claim_ids.update(e.id for e in ordered if e.kind == "claim.make")
         for ev in ordered:
             step = Step(ev.id, ev.kind, ev.pod, ev.author, ev.ts, "applied")
             if self.history:
