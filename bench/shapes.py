@@ -13,6 +13,11 @@ rounds. A ratio far below 1 is work that grows faster than the input:
   them recursed once per event, and ~1,000 overflowed Python's stack);
 * ``one-request``: a single request with thousands of claims on it.
 
+And streamed, one event per ``ingest`` (a live stream sends a page per event written),
+against the ordinary corpus streamed the same way: a roster, and claims on one request
+(each batch re-read and re-folded the whole roster, or request: 2,000 took 22 s and
+12.6 s).
+
 The target is 0.5: no shape may cost more than twice an ordinary event.
 """
 
@@ -87,14 +92,20 @@ def one_request(n: int) -> tuple[list[Event], list[Event]]:
     return setup, [request, *claims]
 
 
-async def _ingest(setup: list[Event], events: list[bytes], path: Path) -> Timed:
-    """A fresh ledger holding ``setup``; the timed part is one ingest of ``events``."""
+async def _ingest(
+    setup: list[Event], events: list[bytes], path: Path, *, each: bool = False
+) -> Timed:
+    """A fresh ledger holding ``setup``; the timed part is one ingest of ``events`` (or,
+    with ``each``, one ingest per event)."""
     ledger = await Ledger.open(path, limits=Limits(batch_size=BATCH), workers=2)
     try:
         await ledger.verifier.start()
         await ledger.ingest([e.to_wire() for e in setup])
         with Stopwatch() as sw:
-            results = await ledger.ingest(events)
+            if each:
+                results = [r for wire in events for r in await ledger.ingest([wire])]
+            else:
+                results = await ledger.ingest(events)
         held = await scalar(ledger.db, "SELECT count(*) FROM events")
     finally:
         await ledger.close()
@@ -105,6 +116,7 @@ async def _ingest(setup: list[Event], events: list[bytes], path: Path) -> Timed:
 
 async def run(quick: bool) -> list[Result]:
     n = 2_000 if quick else 10_000
+    m = 200 if quick else 2_000  # streamed: one ingest per event
     repeats = 1 if quick else 3
     ordinary = pod_wires(n)
     shapes = {
@@ -112,13 +124,17 @@ async def run(quick: bool) -> list[Result]:
         "backwards": backwards_feed(n),
         "one-request": one_request(n),
     }
+    streams = {"roster.streamed": roster_chain(m), "one-request.streamed": one_request(m)}
+    ordinary_m = pod_wires(m)
     with tempfile.TemporaryDirectory(prefix="bench-shapes-") as tmp:
         path = Path(tmp) / "shapes.db"
 
-        def variant(setup: list[Event], wires: list[bytes]) -> Callable[[], Awaitable[Timed]]:
+        def variant(
+            setup: list[Event], wires: list[bytes], each: bool = False
+        ) -> Callable[[], Awaitable[Timed]]:
             async def go() -> Timed:
                 try:
-                    return await _ingest(setup, wires, path)
+                    return await _ingest(setup, wires, path, each=each)
                 finally:
                     remove_db(path)
 
@@ -127,6 +143,9 @@ async def run(quick: bool) -> list[Result]:
         variants = {"ordinary": variant([], ordinary)}
         for name, (setup, events) in shapes.items():
             variants[name] = variant(setup, [e.to_wire() for e in events])
+        variants["ordinary.streamed"] = variant([], ordinary_m, each=True)
+        for name, (setup, events) in streams.items():
+            variants[name] = variant(setup, [e.to_wire() for e in events], each=True)
         t = await rounds(variants, repeats)
     base = ("shapes.ordinary", rates(t["ordinary"]))
     out = [result("shapes.ordinary", "ops/s", base[1],
@@ -141,4 +160,15 @@ async def run(quick: bool) -> list[Result]:
     for name in shapes:
         out.append(result(f"shapes.{name}", "ops/s", rates(t[name]), baseline=base,
                           target=">= 0.5", note=f"{notes[name]}; {busy(t[name])}"))  # fmt: skip
+    base_m = ("shapes.ordinary.streamed", rates(t["ordinary.streamed"]))
+    out.append(result("shapes.ordinary.streamed", "ops/s", base_m[1],
+                      note=f"{len(ordinary_m):,} events of the ordinary corpus, one ingest "
+                      "(one transaction) each"))  # fmt: skip
+    notes_m = {
+        "roster.streamed": f"{m:,} roster.adds in one pod, one ingest each",
+        "one-request.streamed": f"one request and {m - 1:,} claims on it, one ingest each",
+    }
+    for name in streams:
+        out.append(result(f"shapes.{name}", "ops/s", rates(t[name]), baseline=base_m,
+                          target=">= 0.5", note=notes_m[name]))  # fmt: skip
     return out

@@ -689,12 +689,15 @@ async def _roots_by_authors(batch: Batch, since: dict[bytes, int]) -> set[bytes]
     roster fold counts those)."""
     await _flush(batch)
     found: set[bytes] = set()
-    for key, ts in since.items():
+    for part in chunks(list(since.items()), 250):  # a batch may add a thousand keys
         sql = (
-            "SELECT DISTINCT root FROM events WHERE author = ? AND ts >= ? "
-            "AND root IS NOT NULL AND kind NOT IN ('roster.add', 'roster.remove')"
+            f"WITH k (author, ts) AS (VALUES {', '.join(['(?, ?)'] * len(part))}) "
+            "SELECT DISTINCT e.root FROM k JOIN events e ON e.author = k.author "
+            "AND e.ts >= k.ts WHERE e.root IS NOT NULL "
+            "AND e.kind NOT IN ('roster.add', 'roster.remove')"
         )
-        found.update(r[0] for r in await rows(batch.ledger.db, sql, (key, ts)))
+        params = [x for pair in part for x in pair]
+        found.update(r[0] for r in await rows(batch.ledger.db, sql, params))
     return found
 
 

@@ -75,7 +75,11 @@ QUICK_NAMES = {
         for what in ("ingest", "db_bytes", "open_requests", "ingest.rss", "sync.rss")
         for n in ("1k", "3k")
     },
-    "shapes": {f"shapes.{s}" for s in ("ordinary", "roster", "backwards", "one-request")},
+    "shapes": {
+        f"shapes.{s}"
+        for s in ("ordinary", "roster", "backwards", "one-request", "ordinary.streamed",
+                  "roster.streamed", "one-request.streamed")
+    },
     "sync": {
         "sync.ingest",
         "sync.pull",
