@@ -838,7 +838,10 @@ async def _park_waiting(batch: Batch) -> None:
     waiting = [c for i, c in by_id.items() if i not in parked]
     back = [c for c in waiting if c.parked is not None]  # released, waiting again
     waiting = [c for c in waiting if c.parked is None]
-    room = ledger.limits.pending_per_source - ledger.pending_count(batch.source)
+    # Those going back under this batch's source count against its room for new ones
+    # (taking them out of pending uncounted them).
+    again = sum(c.parked is not None and c.parked[0] == batch.source for c in back)
+    room = ledger.limits.pending_per_source - ledger.pending_count(batch.source) - again
     keep, over = waiting[: max(room, 0)], waiting[max(room, 0) :]
     for cand in over:
         if cand.index >= 0 and (batch.results[cand.index] or _PENDING).status != "pending":

@@ -266,6 +266,7 @@ class PeerLink:
         walk that met the rate limit before the feed naming the authors of the feeds
         before it failed the same way at every pull, and the link never synced again.)"""
         stored, complete = 0, True
+        self._repair_error = None  # it says how the last walk ended
         done_to = self._walk_from  # the walk goes on after this feed
         head: FeedHead | None = None
         try:
@@ -275,9 +276,12 @@ class PeerLink:
                 complete = complete and done
                 done_to = (head.author, head.lane)
             self._walk_from = None
-        except PeerError as err:
-            # Rate-limited: this feed again next time. Anything else: the one after it,
-            # so that one feed the peer cannot serve does not stop every walk there.
+        except (PeerError, aiohttp.ClientError, TimeoutError) as cut:
+            # Rate-limited: this feed again next time. Anything else (an error answer,
+            # a connection reset, a timeout): the one after it, so that one feed the
+            # peer cannot serve does not stop every walk there.
+            err = cut if isinstance(cut, PeerError) else PeerError(
+                f"{type(cut).__name__}: {cut}")  # fmt: skip
             if err.status != 429 and head is not None:
                 done_to = (head.author, head.lane)
             self._walk_from = done_to

@@ -52,13 +52,11 @@ async def test_a_walk_stopped_by_429_resumes_at_the_feed_it_could_not_fetch(
         peer.feeds[pod.pod] = [e.to_wire() for e in feed]
         peer.refuse_feed_every = 3  # the third feed asked for in a row meets the rate limit
         peer.epoch = os.urandom(16)  # the peer's store was restored: its events come by repair
+        # One sync, two walks: the one that found the peer's restore stops at the 429,
+        # the pull's own repair goes on from there and ends (so the sync is ok).
         report = await node.client.post("/v1/sync")
-        [mine] = [p for p in report["peers"] if p["pod"] == peer.key]
-        assert mine["ok"] is False and "429" in mine["error"]  # reported, not hidden
-        for _ in range(3):  # (the walk before the 429 found the peer's restore: two walks)
-            if {e.id_text for e in everything} <= await node.event_ids():
-                break
-            await node.client.post("/v1/sync")
         assert {e.id_text for e in everything} <= await node.event_ids()
+        [mine] = [p for p in report["peers"] if p["pod"] == peer.key]
+        assert mine["ok"] is True, mine
     finally:
         await peer.stop()
