@@ -394,8 +394,14 @@ class PeerLink:
 
     # ------------------------------------------------------------ live stream
 
-    async def stream(self) -> None:
-        """Keep the WebSocket open and ingest pages as the peer pushes them."""
+    async def stream(self) -> bool:
+        """Keep the WebSocket open and ingest pages as the peer pushes them; True when it
+        ends for a repair that is due.
+
+        While feeds are left behind (events refused for now), it ends every REPAIR_RETRY_S
+        (whether pages keep coming or not) so that ``run`` pulls and repairs, then comes
+        back. The repair ran here, holding the link without reading the socket: pings
+        went unanswered, and the peer dropped a stream whose repair took over ~12 s."""
         session = self.node.session
         assert session is not None
         url = self._url("/v1/peer/stream")
@@ -407,22 +413,17 @@ class PeerLink:
             self.status.state, self.status.connected = "live", True
             self.node.metrics.set("peer_connected", 1, peer=self.source[:8])
             try:
-                # While feeds are left behind (events refused for now), repair again every
-                # REPAIR_RETRY_S, whether pages keep coming (a busy peer) or not.
                 due = time.monotonic() + REPAIR_RETRY_S
                 while True:
                     if self.record.repair and time.monotonic() >= due:
-                        async with self._lock:
-                            await self._repair_again()
-                            self._raise_repair_error()
-                        due = time.monotonic() + REPAIR_RETRY_S
+                        return True
                     wait = max(0.0, due - time.monotonic()) if self.record.repair else None
                     try:
                         msg = await ws.receive(wait)
                     except TimeoutError:
                         continue
                     if msg.type != aiohttp.WSMsgType.BINARY:
-                        break
+                        return False
                     try:
                         page = page_decoder.decode(msg.data)
                     except UNREADABLE as err:
@@ -431,6 +432,10 @@ class PeerLink:
                         rec = self.record
                         if page.epoch == rec.epoch and page.cursor <= rec.cursor:
                             continue  # a pull (`podlink sync`) took it while this one waited
+                        if (rec.epoch is not None and page.epoch != rec.epoch) or (
+                            page.head < rec.cursor
+                        ):
+                            return True  # the peer's store was restored: a pull repairs
                         await self._take(page)
             finally:
                 self.status.connected = False
@@ -449,7 +454,8 @@ class PeerLink:
                 )
                 self.status.last_error = ""
                 delay = 1.0
-                await self.stream()
+                if await self.stream():
+                    continue  # a repair is due: pull (changes, then the repair) at once
                 self.status.last_error = "stream closed by peer"
             except asyncio.CancelledError:
                 self.status.state = "stopped"
