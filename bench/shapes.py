@@ -115,8 +115,8 @@ async def _ingest(
 
 
 async def run(quick: bool) -> list[Result]:
-    n = 2_000 if quick else 10_000
-    m = 200 if quick else 2_000  # streamed: one ingest per event
+    n = 1_000 if quick else 10_000
+    m = 100 if quick else 2_000  # streamed: one ingest per event
     repeats = 1 if quick else 3
     ordinary = pod_wires(n)
     shapes = {

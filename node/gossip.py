@@ -63,6 +63,15 @@ class PeerError(Exception):
         self.status = status  # the HTTP status, when the peer answered with an error
 
 
+class RepairStopped(PeerError):
+    """A pull whose changes were taken but whose repair the peer cut short; what the pull
+    received and stored comes with it."""
+
+    def __init__(self, cut: PeerError, received: int, stored: int) -> None:
+        super().__init__(f"repair stopped: {cut}", cut.status)
+        self.received, self.stored = received, stored
+
+
 @dataclass
 class LinkStatus:
     state: str = "starting"  # starting | syncing | live | backoff | stopped
@@ -87,6 +96,9 @@ class PeerLink:
         # Where the last repair's walk of the peer's feeds stopped (the peer's rate limit,
         # an error): the next walk starts there, so every feed is reached in the end.
         self._walk_from: tuple[bytes, str] | None = None
+        # (epoch, cursor) when the stream ended on a page saying the peer's store was
+        # restored: the pull after it must see that, or the peer contradicts itself.
+        self._restore_seen: tuple[bytes | None, int] | None = None
         self._repair_error: PeerError | None = None  # what cut the last walk short
         self._lock = asyncio.Lock()  # one pull at a time (the loop and `podlink sync`)
         self.task: asyncio.Task[None] | None = None
@@ -128,14 +140,19 @@ class PeerLink:
     async def pull(self) -> tuple[int, int]:
         """Fetch pages until caught up; returns (events received, events stored)."""
         async with self._lock:
-            state, self.status.state = self.status.state, "syncing"
-            try:
-                return await self._pull()
-            finally:
-                # A pull on a live link (`podlink sync`) leaves it shown as live, not
-                # "syncing" until the connection happens to drop.
-                if self.status.state == "syncing":
-                    self.status.state = "live" if self.status.connected else state
+            return await self.pull_locked()
+
+    async def pull_locked(self) -> tuple[int, int]:
+        """``pull``, the caller holding ``_lock`` (`podlink sync` takes it apart, so that
+        its time limit is not spent waiting for the link's own pull)."""
+        state, self.status.state = self.status.state, "syncing"
+        try:
+            return await self._pull()
+        finally:
+            # A pull on a live link (`podlink sync`) leaves it shown as live, not
+            # "syncing" until the connection happens to drop.
+            if self.status.state == "syncing":
+                self.status.state = "live" if self.status.connected else state
 
     async def _repair_again(self) -> int:
         """Repair from this peer; end the repair once one finds nothing more."""
@@ -157,13 +174,10 @@ class PeerLink:
         if self.record.repair:
             repaired = await self._repair_again()
             received, stored = received + repaired, stored + repaired
-        self._raise_repair_error()  # what could be stored is: now report the peer's fault
-        return received, stored
-
-    def _raise_repair_error(self) -> None:
         err, self._repair_error = self._repair_error, None
-        if err is not None:
-            raise PeerError(f"repair stopped: {err}", err.status)
+        if err is not None:  # what could be stored is: now report the peer's fault
+            raise RepairStopped(err, received, stored)
+        return received, stored
 
     async def _pull_changes(self) -> tuple[int, int]:
         """Fetch pages of changes from our cursor until caught up."""
@@ -417,7 +431,8 @@ class PeerLink:
                 while True:
                     if self.record.repair and time.monotonic() >= due:
                         return True
-                    wait = max(0.0, due - time.monotonic()) if self.record.repair else None
+                    # (at least 1 ms: aiohttp takes a timeout of 0 for "none")
+                    wait = max(1e-3, due - time.monotonic()) if self.record.repair else None
                     try:
                         msg = await ws.receive(wait)
                     except TimeoutError:
@@ -434,8 +449,9 @@ class PeerLink:
                             continue  # a pull (`podlink sync`) took it while this one waited
                         if (rec.epoch is not None and page.epoch != rec.epoch) or (
                             page.head < rec.cursor
-                        ):
-                            return True  # the peer's store was restored: a pull repairs
+                        ):  # the peer's store was restored: a pull repairs
+                            self._restore_seen = (rec.epoch, rec.cursor)
+                            return True
                         await self._take(page)
             finally:
                 self.status.connected = False
@@ -448,11 +464,19 @@ class PeerLink:
         while True:
             try:
                 started = time.monotonic()
-                await self.pull()
+                try:
+                    await self.pull()
+                    self.status.last_error = ""
+                except RepairStopped as err:
+                    # The changes are in; the repair goes on at the stream's next pause
+                    # (REPAIR_RETRY_S). Backing off instead kept a peer with one feed it
+                    # could not serve off its stream for good.
+                    self.status.last_error = describe(err, self.node.config.peer_timeout_s)
+                    log.info("peer %s: %s", self.source[:8], self.status.last_error)
+                self._check_restore_seen()
                 self.node.metrics.set(
                     "peer_sync_seconds", time.monotonic() - started, peer=self.source[:8]
                 )
-                self.status.last_error = ""
                 delay = 1.0
                 if await self.stream():
                     continue  # a repair is due: pull (changes, then the repair) at once
@@ -471,6 +495,17 @@ class PeerLink:
             self.status.state = "backoff"
             await asyncio.sleep(random.uniform(0.5, 1.0) * min(delay, cap))
             delay *= 2
+
+
+    def _check_restore_seen(self) -> None:
+        """After a stream that ended on the peer's restore, the pull must have seen it
+        (a new epoch, or the cursor moved back); else the peer's stream and changes
+        disagree, and streaming again at once would loop: back off."""
+        seen, self._restore_seen = self._restore_seen, None
+        if seen is not None and seen == (self.record.epoch, self.record.cursor):
+            raise PeerError(
+                "its live stream says its store was restored, and its changes do not"
+            )
 
 
 class Gossip:
@@ -513,7 +548,17 @@ class Gossip:
         async def one(link: PeerLink) -> PeerSync:
             name = names.get(link.record.pod) or link.record.name
             try:
-                received, stored = await asyncio.wait_for(link.pull(), seconds)
+                await asyncio.wait_for(link._lock.acquire(), seconds)
+            except TimeoutError:  # the link's own pull (a long repair): not the peer's fault
+                return PeerSync(pod=link.source, name=name, ok=False, received=0, stored=0,
+                                error="a pull from this peer was already under way (a "
+                                "repair can take a while); its status shows how it goes")
+            try:
+                received, stored = await asyncio.wait_for(link.pull_locked(), seconds)
+            except RepairStopped as err:  # the changes are in: say what they brought
+                link.status.last_error = describe(err, seconds)
+                return PeerSync(pod=link.source, name=name, ok=False, received=err.received,
+                                stored=err.stored, error=link.status.last_error)  # fmt: skip
             except Exception as err:
                 if not isinstance(err, (aiohttp.ClientError, PeerError, TimeoutError, OSError)):
                     # A bug: logged, and this peer's row says so; the others still sync.
@@ -521,6 +566,8 @@ class Gossip:
                 link.status.last_error = describe(err, seconds)
                 return PeerSync(pod=link.source, name=name, ok=False, received=0, stored=0,
                                 error=link.status.last_error)  # fmt: skip
+            finally:
+                link._lock.release()
             link.status.last_error = ""  # it answered: an older failure is no longer news
             return PeerSync(pod=link.source, name=name, ok=True, received=received, stored=stored)
 
