@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import singledispatch
 from typing import Literal
@@ -188,40 +189,11 @@ class Roster:
         ordered = sort_events(events)
         if to is None or not ordered or (ordered[0].ts, ordered[0].id) <= to:
             return None
-        added: list[Tenure] = []
-        mine: set[int] = set()  # ids of tenures made here (changed in place)
-        closed: list[tuple[Tenure, Tenure]] = []
-        last: dict[bytes, Tenure] = {}
-
         def last_of(key: bytes) -> Tenure | None:
-            if key in last:
-                return last[key]
             tenures = self._by_key.get((pod, key))
             return tenures[-1] if tenures else None
 
-        def active(key: bytes, ts: int) -> bool:
-            return key == pod or ((t := last_of(key)) is not None and t.covers(ts))
-
-        for ev in ordered:
-            body = ev.body
-            if ev.pod != pod or not active(ev.author, ev.ts):
-                continue
-            if isinstance(body, k.OrganizerAdded):
-                if not active(body.key, ev.ts):
-                    tenure = Tenure(pod, body.key, body.name, ev.ts, ev.id)
-                    added.append(tenure)
-                    mine.add(id(tenure))
-                    last[body.key] = tenure
-            elif isinstance(body, k.OrganizerRemoved):
-                t = last_of(body.key)
-                if t is None or t.until_ts is not None:
-                    continue
-                if id(t) in mine:
-                    t.until_ts, t.remove_id = ev.ts, ev.id
-                else:
-                    new = replace(t, until_ts=ev.ts, remove_id=ev.id)
-                    closed.append((t, new))
-                    last[body.key] = new
+        added, closed = _fold_tenures(pod, ordered, last_of)
         swap = {id(old): new for old, new in closed}
         self.tenures[pod] = [swap.get(id(t), t) for t in self.tenures.get(pod, ())] + added
         touched: dict[bytes, list[Tenure]] = {}
@@ -245,29 +217,51 @@ def named_keys(pod: bytes, events: list[EventView]) -> set[bytes]:
 
 def fold_roster(pod: bytes, events: list[EventView]) -> list[Tenure]:
     """Tenures of ``pod``'s organizers from its roster.add/remove events."""
-    tenures: list[Tenure] = []
-    # A key's last tenure only: events fold in (ts, id) order, so every earlier tenure of
-    # the key ended at or before ``ts`` and at most the last one is open. (Scanning them
-    # all, a key added and removed thousands of times made the fold quadratic.)
-    last: dict[bytes, Tenure] = {}
+    return _fold_tenures(pod, sort_events(events), lambda key: None)[0]
+
+
+def _fold_tenures(
+    pod: bytes, ordered: list[EventView], last_before: Callable[[bytes], Tenure | None]
+) -> tuple[list[Tenure], list[tuple[Tenure, Tenure]]]:
+    """Fold roster events, in (ts, id) order, onto the tenures folded before them, of
+    which ``last_before`` gives each key's last: the tenures added, and (old, new) for
+    those of before that these events close (never changed in place).
+
+    A key's last tenure only: events fold in (ts, id) order, so every earlier tenure of
+    the key ended at or before ``ts`` and at most the last one is open. (Scanning them
+    all, a key added and removed thousands of times made the fold quadratic.)"""
+    added: list[Tenure] = []
+    mine: set[int] = set()  # ids of the tenures made here (closed in place)
+    closed: list[tuple[Tenure, Tenure]] = []
+    last: dict[bytes, Tenure | None] = {}
+
+    def last_of(key: bytes) -> Tenure | None:
+        return last[key] if key in last else last_before(key)
 
     def active(key: bytes, ts: int) -> bool:
-        return key == pod or ((t := last.get(key)) is not None and t.covers(ts))
+        return key == pod or ((t := last_of(key)) is not None and t.covers(ts))
 
-    for ev in sort_events(events):
+    for ev in ordered:
         body = ev.body
         if ev.pod != pod or not active(ev.author, ev.ts):
             continue
         if isinstance(body, k.OrganizerAdded):
             if not active(body.key, ev.ts):
                 tenure = Tenure(pod, body.key, body.name, ev.ts, ev.id)
-                tenures.append(tenure)
+                added.append(tenure)
+                mine.add(id(tenure))
                 last[body.key] = tenure
         elif isinstance(body, k.OrganizerRemoved):
-            t = last.get(body.key)
-            if t is not None and t.until_ts is None:
+            t = last_of(body.key)
+            if t is None or t.until_ts is not None:
+                continue
+            if id(t) in mine:
                 t.until_ts, t.remove_id = ev.ts, ev.id
-    return tenures
+            else:
+                new = replace(t, until_ts=ev.ts, remove_id=ev.id)
+                closed.append((t, new))
+                last[body.key] = new
+    return added, closed
 
 
 # -------------------------------------------------------------------------------- pods
