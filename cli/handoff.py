@@ -128,7 +128,8 @@ def _parties(need: dict[str, Any]) -> set[str]:
 @pod_options
 @json_option
 def inbox(pod: Target, as_json: bool) -> None:
-    """Contacts other pods handed to this one (sealed to this pod): the last 100 to arrive.
+    """Contacts other pods handed to this one (sealed to this pod): the last 100 to arrive,
+    at most 10 from any one pod.
 
     A contact is filed under the need it names only if its sender is a party to that
     help (the pod that asked, or the one whose claim was accepted); the others are shown

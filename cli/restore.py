@@ -159,9 +159,8 @@ async def _replace_table(
     merge = table in KEPT_TABLES
     if not merge:
         await ledger.write(f"DELETE FROM {table}")
-    for row in rows:
-        await ledger.write(f"INSERT {'OR IGNORE ' if merge else ''}INTO {table} ({names}) "
-                           f"VALUES ({marks})", [row[i] for i in kept])  # fmt: skip
+    insert = f"INSERT {'OR IGNORE ' if merge else ''}INTO {table} ({names}) VALUES ({marks})"
+    await ledger.write_many(insert, [[row[i] for i in kept] for row in rows])
     return len(rows) if table == "peers" else 0
 
 

@@ -281,6 +281,11 @@ class KeyNames:
     def __init__(self, roster: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
         self.organizers = {(r["pod"], r["key"]): r["name"] for r in roster if r["name"]}
         self.pods = {p["pod"]: p["name"] for p in pods}
+        # key -> [(pod, name)]: a fork's author is named per fork, and a scan of every
+        # organizer for each made `log --forks` quadratic in a pod of thousands
+        self._by_key: dict[str, list[tuple[str, str]]] = {}
+        for (pod, key), name in self.organizers.items():
+            self._by_key.setdefault(key, []).append((pod, name))
 
     def of(self, key: str, pod: str) -> str:
         """Who ``key`` is in ``pod`` ("the pod" for its own key); "" when unknown."""
@@ -293,7 +298,7 @@ class KeyNames:
         naming the pod too when it is another pod's organizer; "" when unknown."""
         if key in self.pods:
             return self.pods[key]
-        found = sorted((pod, name) for (pod, k), name in self.organizers.items() if k == key)
+        found = sorted(self._by_key.get(key, ()))
         return "; ".join(f"{name} of {self.pods.get(pod) or pod[:8]}" for pod, name in found)
 
 

@@ -265,6 +265,14 @@ class Ledger:
             await self.db.commit()
             return cursor.rowcount
 
+    async def write_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """``sql`` once per row, in one transaction (a restore's carried tables: one
+        commit and fsync per row took ~40 s for 100,000 parked events)."""
+        async with self._write, translated("writing local state"):
+            self._check_open()
+            await self.db.executemany(sql, rows)
+            await self.db.commit()
+
     async def put_member_key(self, member: bytes, key: bytes) -> None:
         """Keep the SecretBox key of ``member`` (the id of its member.join event).
 

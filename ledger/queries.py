@@ -481,15 +481,23 @@ async def list_forks(db: aiosqlite.Connection) -> list[Row]:
 
 
 async def sealed_for(
-    db: aiosqlite.Connection, pod: bytes, limit: int = 100, page: int = 1000
+    db: aiosqlite.Connection,
+    pod: bytes,
+    limit: int = 100,
+    page: int = 1000,
+    *,
+    per_sender: int = 10,
 ) -> list[Row]:
     """The newest ``limit`` sealed events addressed to ``pod`` (opened by the node, which
-    holds the pod key), newest stored first.
+    holds the pod key), newest stored first, at most ``per_sender`` from any one pod.
 
     The recipient is inside the body, so every sealed event is read, newest first, a
     page at a time, until ``limit`` are found: the sealed messages other pods exchange
-    through this one must not push this pod's own out of reach."""
+    through this one must not push this pod's own out of reach. Nor may one pod's
+    messages to this one push the others' out: any pod can seal to any other, and a
+    hundred from one stranger hid every contact that came before them."""
     out: list[Row] = []
+    sent: dict[bytes, int] = {}
     before = (1 << 63) - 1
     while len(out) < limit:
         found = await rows(
@@ -503,6 +511,9 @@ async def sealed_for(
                 continue
             sealed = kinds.decode_body("sealed", body)
             if isinstance(sealed, kinds.SealedMessage) and sealed.to == pod:
+                sent[sender] = sent.get(sender, 0) + 1
+                if sent[sender] > per_sender:
+                    continue
                 out.append({"id": id_, "from": sender, "ts": ts, "box": sealed.box})
                 if len(out) >= limit:
                     break
