@@ -219,15 +219,17 @@ async def test_one_feed_the_peer_cannot_serve_keeps_the_link_off_its_stream_for_
         before = peer.connects()
         await peer.push(peer.stream_page(0))
         shown: set[tuple[str, bool]] = set()
-        for _ in range(20):
+        for _ in range(50):  # until it streams again with the error shown, 5 s at most
             row = (await node.peers())[peer.key]
             shown.add((row["status"], row["connected"]))
+            if peer.connects() > before and row["connected"] and row["last_error"]:
+                break
             await asyncio.sleep(0.1)
         connects, pulls = peer.connects() - before, peer.asked("/v1/peer/changes")
     finally:
         await peer.stop()
     assert connects >= 1 and (row["status"], row["connected"]) == ("live", True), (
-        f"{connects} stream connects in 2 s ({pulls} pulls meanwhile); GET /v1/peers "
+        f"{connects} stream connects in 5 s ({pulls} pulls meanwhile); GET /v1/peers "
         f"showed {sorted(shown)}; last_error {row['last_error'][:80]!r}"
     )
     assert "HTTP 500" in row["last_error"]  # the repair's trouble is shown, not hidden
