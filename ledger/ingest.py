@@ -325,10 +325,12 @@ async def commit(
             await _load_heads(batch, candidates)
             for cand in refills:  # first: a refilled roster.add may authorise this batch
                 await _refill(batch, cand)
-                await _settle(batch)
+                if batch.ready:
+                    await _settle(batch)
             for cand in candidates:
                 await _offer(batch, cand)
-                await _settle(batch)
+                if batch.ready:  # (no coroutine per event when nothing was released)
+                    await _settle(batch)
             await _park_waiting(batch)
             await _flush(batch)
             await _refold_rosters(batch)
@@ -751,9 +753,10 @@ async def _take_successors(
             return await _take_pending(
                 batch, "seq = ? AND author = ? AND lane = ?", (seq, *feed)
             )
-    taken = _candidates(batch, batch.parked.get(feed, {}).pop(seq, []))
-    batch.taken += [c.event.id for c in taken]
-    return taken
+    found = batch.parked.get(feed, {}).pop(seq, [])
+    _uncount(batch, found)
+    batch.taken += [r[0] for r in found]
+    return _decoded(found)
 
 
 async def _flush_taken(batch: Batch) -> None:
@@ -777,8 +780,10 @@ async def _take_pending(
     found = await rows(
         db, f"SELECT id, wire, source, received FROM pending WHERE {where}", params
     )
+    taken = _decoded(found)
     if keep is not None:
-        found = [r for r, c in zip(found, _decoded(found), strict=True) if keep(c)]
+        kept = [(r, c) for r, c in zip(found, taken, strict=True) if keep(c)]
+        found, taken = [r for r, _ in kept], [c for _, c in kept]
     if not found:
         return []
     await db.executemany("DELETE FROM pending WHERE id = ?", [(r[0],) for r in found])
@@ -786,7 +791,8 @@ async def _take_pending(
     for run in batch.parked.values():  # read ahead for a feed, taken here: not twice
         for at, parked in list(run.items()):
             run[at] = [r for r in parked if r[0] not in gone]
-    return _candidates(batch, found)
+    _uncount(batch, found)
+    return taken
 
 
 def _decoded(found: Sequence[tuple]) -> list[Candidate]:
@@ -801,11 +807,10 @@ def _decoded(found: Sequence[tuple]) -> list[Candidate]:
     return out
 
 
-def _candidates(batch: Batch, found: Sequence[tuple]) -> list[Candidate]:
-    """Events taken from the pending table as candidates; no longer counted there."""
+def _uncount(batch: Batch, found: Sequence[tuple]) -> None:
+    """Rows taken out of the pending table no longer count against their sources."""
     for r in found:
         batch.ledger.pending_count_changed(r[2], -1, [])
-    return _decoded(found)
 
 
 async def _park_waiting(batch: Batch) -> None:

@@ -63,6 +63,10 @@ class PeerError(Exception):
         self.status = status  # the HTTP status, when the peer answered with an error
 
 
+class LinkBusy(Exception):
+    """`podlink sync` found the link's own pull (a long repair) still under way."""
+
+
 class RepairStopped(PeerError):
     """A pull whose changes were taken but whose repair the peer cut short; what the pull
     received and stored comes with it."""
@@ -140,11 +144,22 @@ class PeerLink:
     async def pull(self) -> tuple[int, int]:
         """Fetch pages until caught up; returns (events received, events stored)."""
         async with self._lock:
-            return await self.pull_locked()
+            return await self._pull_held()
 
-    async def pull_locked(self) -> tuple[int, int]:
-        """``pull``, the caller holding ``_lock`` (`podlink sync` takes it apart, so that
-        its time limit is not spent waiting for the link's own pull)."""
+    async def pull_within(self, seconds: float) -> tuple[int, int]:
+        """`podlink sync`'s pull: ``seconds`` to wait for the link's own pull (else
+        LinkBusy), then ``seconds`` for this one. One limit for both spent the organizer's
+        time waiting for our own lock, and then called the peer down."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), seconds)
+        except TimeoutError:
+            raise LinkBusy from None
+        try:
+            return await asyncio.wait_for(self._pull_held(), seconds)
+        finally:
+            self._lock.release()
+
+    async def _pull_held(self) -> tuple[int, int]:
         state, self.status.state = self.status.state, "syncing"
         try:
             return await self._pull()
@@ -548,13 +563,11 @@ class Gossip:
         async def one(link: PeerLink) -> PeerSync:
             name = names.get(link.record.pod) or link.record.name
             try:
-                await asyncio.wait_for(link._lock.acquire(), seconds)
-            except TimeoutError:  # the link's own pull (a long repair): not the peer's fault
+                received, stored = await link.pull_within(seconds)
+            except LinkBusy:  # the link's own pull (a long repair): not the peer's fault
                 return PeerSync(pod=link.source, name=name, ok=False, received=0, stored=0,
                                 error="a pull from this peer was already under way (a "
                                 "repair can take a while); its status shows how it goes")
-            try:
-                received, stored = await asyncio.wait_for(link.pull_locked(), seconds)
             except RepairStopped as err:  # the changes are in: say what they brought
                 link.status.last_error = describe(err, seconds)
                 return PeerSync(pod=link.source, name=name, ok=False, received=err.received,
@@ -566,8 +579,6 @@ class Gossip:
                 link.status.last_error = describe(err, seconds)
                 return PeerSync(pod=link.source, name=name, ok=False, received=0, stored=0,
                                 error=link.status.last_error)  # fmt: skip
-            finally:
-                link._lock.release()
             link.status.last_error = ""  # it answered: an older failure is no longer news
             return PeerSync(pod=link.source, name=name, ok=True, received=received, stored=stored)
 
