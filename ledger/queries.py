@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from itertools import chain, islice
 from typing import Any
 
@@ -23,12 +23,15 @@ from podlink.ledger.projections import (
     load_roster,
     view_from_row,
 )
-from podlink.ledger.store import marks, of_roots, rows, scalar
+from podlink.ledger.store import chunks, marks, of_roots, rows, scalar
 from podlink.protocol import boxes, kinds
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.text import b64e
 
 Row = dict[str, Any]
+
+#: SQLite reads LIMIT -1 as "no limit": what the ledger's own readers ask for.
+NO_LIMIT = -1
 
 
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -97,30 +100,124 @@ async def resolve(db: aiosqlite.Connection, table: str, prefix: str, what: str) 
 # ---------------------------------------------------------------- pods and roster
 
 
-async def pod_names(db: aiosqlite.Connection) -> dict[bytes, str]:
-    return {pod: name for pod, name in await rows(db, "SELECT pod, name FROM pods")}
+async def pod_names(
+    db: aiosqlite.Connection, pods: Iterable[bytes | None] | None = None
+) -> dict[bytes, str]:
+    """Directory names of ``pods`` (None: of every pod). A page of a list names only the
+    pods in it: reading the whole directory for each page made every page cost as much
+    as the network is large."""
+    if pods is None:
+        return {pod: name for pod, name in await rows(db, "SELECT pod, name FROM pods")}
+    wanted = sorted({p for p in pods if p is not None})
+    out: dict[bytes, str] = {}
+    for part in chunks(wanted):
+        sql = f"SELECT pod, name FROM pods WHERE pod IN ({marks(len(part))})"
+        out.update(await rows(db, sql, part))
+    return out
 
 
-async def list_pods(db: aiosqlite.Connection) -> list[Row]:
-    sql = (
-        "SELECT pod, name, zone, description, categories, contact, founded_ts, updated_ts "
-        "FROM pods ORDER BY name, pod"
-    )
-    return [
+def _where(conditions: Sequence[str]) -> str:
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _at_event(table: str = "") -> str:
+    """The condition for the one row of a positioned table made by event ``?`` (its id
+    given twice): such rows sit at their event's store position and have no id index."""
+    prefix = f"{table}." if table else ""
+    return f"{prefix}rowid = (SELECT pos FROM events WHERE id = ?) AND {prefix}id = ?"
+
+
+async def _positioned_page(
+    db: aiosqlite.Connection,
+    table: str,
+    columns: str,
+    where: list[str],
+    params: list[Any],
+    *,
+    order: str,
+    limit: int,
+    offset: int,
+    after: int | None,
+) -> list[tuple[int | None, Sequence[Any]]]:
+    """(pos, row) of a page of a table whose rowid is its row's store position.
+
+    ``after`` None: in ``order``, ``offset`` rows skipped (what the lists show; pos None).
+    Else the rows stored after that position, in store order (keyset pages that never
+    skip nor repeat a row, whatever changes between them)."""
+    if after is not None:
+        sql = (f"SELECT rowid, {columns} FROM {table} {_where([*where, 'rowid > ?'])} "
+               "ORDER BY rowid LIMIT ?")  # fmt: skip
+        return [(r[0], r[1:]) for r in await rows(db, sql, [*params, after, limit])]
+    sql = f"SELECT {columns} FROM {table} {_where(where)} ORDER BY {order} LIMIT ? OFFSET ?"
+    return [(None, r) for r in await rows(db, sql, [*params, limit, offset])]
+
+
+def _with_pos(row: Row, pos: int | None) -> Row:
+    if pos is not None:
+        row["pos"] = pos
+    return row
+
+
+def roster_cursor(pod: bytes, key: bytes, add_id: bytes) -> str:
+    """A roster row's place in key order (its primary key), as ``after`` takes it."""
+    return f"{b64e(pod)}.{b64e(key)}.{b64e(add_id)}"
+
+
+async def list_pods(
+    db: aiosqlite.Connection,
+    *,
+    limit: int = NO_LIMIT,
+    offset: int = 0,
+    after: bytes | None = None,
+) -> list[Row]:
+    """The directory, by name. ``after``: instead, the pods whose key sorts after it
+    (b"": from the first), in key order, each with its ``cursor``."""
+    columns = "pod, name, zone, description, categories, contact, founded_ts, updated_ts"
+    if after is not None:
+        sql = f"SELECT {columns} FROM pods WHERE pod > ? ORDER BY pod LIMIT ?"
+        params: list[Any] = [after, limit]
+    else:
+        sql = f"SELECT {columns} FROM pods ORDER BY name, pod LIMIT ? OFFSET ?"
+        params = [limit, offset]
+    out = [
         {"pod": p, "name": n, "zone": z, "description": d, "categories": json.loads(c),
          "contact": ct, "founded_ts": f, "updated_ts": u}
-        for p, n, z, d, c, ct, f, u in await rows(db, sql)
+        for p, n, z, d, c, ct, f, u in await rows(db, sql, params)
     ]  # fmt: skip
+    if after is not None:
+        for row in out:
+            row["cursor"] = b64e(row["pod"])
+    return out
 
 
-async def list_roster(db: aiosqlite.Connection, pod: bytes | None) -> list[Row]:
-    """The organizers of ``pod`` (None: of every pod this node knows), oldest first."""
-    where, params = ("WHERE pod = ?", (pod,)) if pod is not None else ("", ())
-    sql = f"SELECT pod, key, name, from_ts, until_ts FROM roster {where} ORDER BY from_ts"
-    return [
-        {"pod": p, "key": k, "name": n, "from_ts": f, "until_ts": u, "active": u is None}
-        for p, k, n, f, u in await rows(db, sql, params)
-    ]
+async def list_roster(
+    db: aiosqlite.Connection,
+    pod: bytes | None,
+    *,
+    limit: int = NO_LIMIT,
+    offset: int = 0,
+    after: tuple[bytes, bytes, bytes] | None = None,
+) -> list[Row]:
+    """The organizers of ``pod`` (None: of every pod this node knows), oldest first.
+    ``after`` (pod, key, add_id): instead, the tenures after that one in primary-key
+    order, each with its ``cursor`` (:func:`roster_cursor`)."""
+    where, params = (["pod = ?"], [pod]) if pod is not None else ([], [])
+    columns = "pod, key, name, from_ts, until_ts, add_id"
+    if after is not None:
+        where.append("(pod, key, add_id) > (?, ?, ?)")
+        sql = f"SELECT {columns} FROM roster {_where(where)} ORDER BY pod, key, add_id LIMIT ?"
+        params += [*after, limit]
+    else:
+        sql = (f"SELECT {columns} FROM roster {_where(where)} "
+               "ORDER BY from_ts, pod, key, add_id LIMIT ? OFFSET ?")  # fmt: skip
+        params += [limit, offset]
+    out = []
+    for p, k, n, f, u, add in await rows(db, sql, params):
+        row = {"pod": p, "key": k, "name": n, "from_ts": f, "until_ts": u, "active": u is None}
+        if after is not None:
+            row["cursor"] = roster_cursor(p, k, add)
+        out.append(row)
+    return out
 
 
 # ---------------------------------------------------------------- requests
@@ -166,22 +263,13 @@ async def list_requests(
     if categories is not None:
         where.append(f"category IN ({marks(len(categories))})" if categories else "0")
         params += list(categories)
-    names = await pod_names(db)
-    if after is not None:  # keyset: the table's rowid is the request's own store position
-        where.append("rowid > ?")
-        clause = f"WHERE {' AND '.join(where)}"
-        sql = f"SELECT rowid, {REQUEST_COLUMNS} FROM requests {clause} ORDER BY rowid LIMIT ?"
-        return [
-            {**_request_row(r[1:], names), "pos": r[0]}
-            for r in await rows(db, sql, [*params, after, limit])
-        ]
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
     active = "" if status else "status NOT IN ('open', 'accepted'), "  # closed ones last
-    sql = (
-        f"SELECT {REQUEST_COLUMNS} FROM requests {clause} "
-        f"ORDER BY {active}urgency_rank, opened_ts, id LIMIT ? OFFSET ?"
-    )
-    return [_request_row(r, names) for r in await rows(db, sql, [*params, limit, offset])]
+    found = await _positioned_page(
+        db, "requests", REQUEST_COLUMNS, where, params,
+        order=f"{active}urgency_rank, opened_ts, id", limit=limit, offset=offset, after=after,
+    )  # fmt: skip
+    names = await pod_names(db, (r[1] for _, r in found))
+    return [_with_pos(_request_row(r, names), pos) for pos, r in found]
 
 
 async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
@@ -194,7 +282,9 @@ async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
     )
     if not found:
         raise NotFound(f"no request {b64e(request)[:10]}")
-    names = await pod_names(db)
+    events = await load_roots_one(db, request)
+    folded = st.fold_request(request, events, await load_roster(db))
+    names = await pod_names(db, [found[0][1], *(e.pod for e in events)])
     row = _request_row(found[0], names)
     row["claims"] = await list_claims(db, request=request)
     row["fulfilments"] = [
@@ -203,8 +293,6 @@ async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
             db, "SELECT id, pod, note, hours, ts FROM fulfilments WHERE request = ?", (request,)
         )
     ]
-    events = await load_roots_one(db, request)
-    folded = st.fold_request(request, events, await load_roster(db))
     row["history"] = [
         {"id": s.id, "kind": s.kind, "pod": s.pod, "pod_name": names.get(s.pod, ""),
          "author": s.author, "ts": s.ts, "outcome": s.outcome, "why": s.why}
@@ -218,9 +306,21 @@ async def load_roots_one(db: aiosqlite.Connection, root: bytes) -> list[st.Event
     return [view_from_row(r) for r in await rows(db, sql, (root, root))]
 
 
+CLAIM_COLUMNS = "id, request, pod, author, lane, by_member, note, status, ts, decided_ts, reason"
+
+
 async def list_claims(
-    db: aiosqlite.Connection, *, request: bytes | None = None, status: str | None = None
+    db: aiosqlite.Connection,
+    *,
+    request: bytes | None = None,
+    status: str | None = None,
+    id: bytes | None = None,
+    limit: int = NO_LIMIT,
+    offset: int = 0,
+    after: int | None = None,
 ) -> list[Row]:
+    """Claims by time (``after``: by store position, each with its ``pos``); ``id``: the
+    one claim made by that event."""
     where, params = [], []
     if request is not None:  # through the events' root index (claims have none by request)
         where.append(
@@ -228,75 +328,149 @@ async def list_claims(
             "AND kind = 'claim.make') AND request = ?"
         )
         params += [request, request]
+    if id is not None:
+        where.append(_at_event())
+        params += [id, id]
     if status is not None:
         where.append("status = ?")
         params.append(status)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    names = await pod_names(db)
-    sql = (
-        "SELECT id, request, pod, author, lane, by_member, note, status, ts, decided_ts, "
-        f"reason FROM claims {clause} ORDER BY ts, id"
-    )
+    found = await _positioned_page(db, "claims", CLAIM_COLUMNS, where, params, order="ts, id",
+                                   limit=limit, offset=offset, after=after)  # fmt: skip
+    names = await pod_names(db, (r[2] for _, r in found))
     return [
-        {"id": i, "request": rq, "pod": p, "pod_name": names.get(p, ""), "author": a,
-         "lane": ln, "by_member": bm, "note": n, "status": s, "ts": t, "decided_ts": d,
-         "reason": why}
-        for i, rq, p, a, ln, bm, n, s, t, d, why in await rows(db, sql, params)
+        _with_pos(
+            {"id": i, "request": rq, "pod": p, "pod_name": names.get(p, ""), "author": a,
+             "lane": ln, "by_member": bm, "note": n, "status": s, "ts": t, "decided_ts": d,
+             "reason": why},
+            pos,
+        )
+        for pos, (i, rq, p, a, ln, bm, n, s, t, d, why) in found
     ]  # fmt: skip
 
 
-async def list_hours(db: aiosqlite.Connection) -> list[Row]:
+async def list_hours(
+    db: aiosqlite.Connection,
+    *,
+    limit: int = NO_LIMIT,
+    offset: int = 0,
+    after: bytes | None = None,
+) -> list[Row]:
     """Time-bank hours: each fulfilment that recorded hours, with whom they helped (the
     request's pod and member) and who gave them (the accepted claim's pod and member).
+    ``id`` is the fulfilment's. ``after``: instead, the fulfilments whose id sorts after
+    it (b"": from the first), in id order, each with its ``cursor``: fulfilments are not
+    kept at a store position, and their id (the primary key) never changes.
 
     Requests and claims are found by their event's position (they have no index on id)."""
+    where, params = ["f.hours IS NOT NULL"], []
+    if after is not None:
+        where.append("f.id > ?")
+        params.append(after)
     sql = (
-        "SELECT f.hours, f.ts, r.id, r.title, r.pod, r.for_member, r.accepted_claim, c.pod, "
-        "c.by_member "
+        "SELECT f.id, f.hours, f.ts, r.id, r.title, r.pod, r.for_member, r.accepted_claim, "
+        "c.pod, c.by_member "
         "FROM fulfilments f "
         "JOIN requests r ON r.rowid = (SELECT pos FROM events WHERE id = f.request) "
         "LEFT JOIN claims c ON c.rowid = (SELECT pos FROM events WHERE id = r.accepted_claim) "
-        "WHERE f.hours IS NOT NULL ORDER BY f.ts, f.id"
+        f"{_where(where)} ORDER BY "
     )
-    names = await pod_names(db)
-    return [
-        {"hours": h, "ts": ts, "request": rid, "title": title, "pod": p,
+    if after is not None:
+        sql += "f.id LIMIT ?"
+        params.append(limit)
+    else:
+        sql += "f.ts, f.id LIMIT ? OFFSET ?"
+        params += [limit, offset]
+    found = await rows(db, sql, params)
+    names = await pod_names(db, chain((r[5] for r in found), (r[8] for r in found)))
+    out = [
+        {"id": fid, "hours": h, "ts": ts, "request": rid, "title": title, "pod": p,
          "pod_name": names.get(p, ""), "for_member": fm, "accepted_claim": ac,
          "helper_pod": hp, "helper_pod_name": names.get(hp, "") if hp else "",
          "by_member": bm}
-        for h, ts, rid, title, p, fm, ac, hp, bm in await rows(db, sql)
+        for fid, h, ts, rid, title, p, fm, ac, hp, bm in found
     ]  # fmt: skip
+    if after is not None:
+        for row in out:
+            row["cursor"] = b64e(row["id"])
+    return out
 
 
 # ---------------------------------------------------------------- offers, resources
 
 
-async def list_offers(db: aiosqlite.Connection, *, status: str | None = "open") -> list[Row]:
-    clause, params = ("WHERE status = ?", [status]) if status else ("", [])
-    names = await pod_names(db)
-    sql = (
-        "SELECT id, pod, author, lane, title, category, details, by_member, availability, "
-        f"capacity, status, opened_ts, closed_ts FROM offers {clause} ORDER BY opened_ts, id"
-    )
+OFFER_COLUMNS = (
+    "id, pod, author, lane, title, category, details, by_member, availability, capacity, "
+    "status, opened_ts, closed_ts"
+)
+
+
+async def list_offers(
+    db: aiosqlite.Connection,
+    *,
+    status: str | None = "open",
+    id: bytes | None = None,
+    limit: int = NO_LIMIT,
+    offset: int = 0,
+    after: int | None = None,
+) -> list[Row]:
+    """Offers, oldest first (``after``: by store position, each with its ``pos``);
+    ``id``: the one offer opened by that event."""
+    where, params = [], []
+    if status:
+        where.append("status = ?")
+        params.append(status)
+    if id is not None:
+        where.append(_at_event())
+        params += [id, id]
+    found = await _positioned_page(db, "offers", OFFER_COLUMNS, where, params,
+                                   order="opened_ts, id", limit=limit, offset=offset,
+                                   after=after)  # fmt: skip
+    names = await pod_names(db, (r[1] for _, r in found))
     return [
-        {"id": i, "pod": p, "pod_name": names.get(p, ""), "author": a, "lane": ln,
-         "share": ln, "title": t, "category": c, "details": d, "by_member": bm,
-         "availability": av, "capacity": cap, "status": s, "opened_ts": o, "closed_ts": cl}
-        for i, p, a, ln, t, c, d, bm, av, cap, s, o, cl in await rows(db, sql, params)
+        _with_pos(
+            {"id": i, "pod": p, "pod_name": names.get(p, ""), "author": a, "lane": ln,
+             "share": ln, "title": t, "category": c, "details": d, "by_member": bm,
+             "availability": av, "capacity": cap, "status": s, "opened_ts": o,
+             "closed_ts": cl},
+            pos,
+        )
+        for pos, (i, p, a, ln, t, c, d, bm, av, cap, s, o, cl) in found
     ]  # fmt: skip
 
 
-async def list_resources(db: aiosqlite.Connection, *, category: str | None = None) -> list[Row]:
-    clause, params = ("WHERE category = ?", [category]) if category else ("", [])
-    names = await pod_names(db)
-    sql = (
-        'SELECT id, pod, lane, name, category, what, "where", "when", contact, ts '
-        f"FROM resources {clause} ORDER BY category, name, id"
-    )
+RESOURCE_COLUMNS = 'id, pod, lane, name, category, what, "where", "when", contact, ts'
+
+
+async def list_resources(
+    db: aiosqlite.Connection,
+    *,
+    category: str | None = None,
+    id: bytes | None = None,
+    limit: int = NO_LIMIT,
+    offset: int = 0,
+    after: int | None = None,
+) -> list[Row]:
+    """The resource directory by category and name (``after``: by store position, each
+    with its ``pos``); ``id``: the one entry shared by that event."""
+    where, params = [], []
+    if category:
+        where.append("category = ?")
+        params.append(category)
+    if id is not None:
+        where.append(_at_event())
+        params += [id, id]
+    found = await _positioned_page(db, "resources", RESOURCE_COLUMNS, where, params,
+                                   order="category, name, id", limit=limit, offset=offset,
+                                   after=after)  # fmt: skip
+    names = await pod_names(db, (r[1] for _, r in found))
     return [
-        {"id": i, "pod": p, "pod_name": names.get(p, ""), "lane": ln, "share": ln, "name": n,
-         "category": c, "what": w, "where": wh, "when": wn, "contact": ct, "ts": t}
-        for i, p, ln, n, c, w, wh, wn, ct, t in await rows(db, sql, params)
+        _with_pos(
+            {"id": i, "pod": p, "pod_name": names.get(p, ""), "lane": ln, "share": ln,
+             "name": n, "category": c, "what": w, "where": wh, "when": wn, "contact": ct,
+             "ts": t},
+            pos,
+        )
+        for pos, (i, p, ln, n, c, w, wh, wn, ct, t) in found
     ]  # fmt: skip
 
 
@@ -307,15 +481,37 @@ async def member_key(db: aiosqlite.Connection, member: bytes) -> bytes | None:
     return await scalar(db, "SELECT key FROM member_keys WHERE member = ?", (member,))
 
 
-async def list_members(db: aiosqlite.Connection, *, include_forgotten: bool = False) -> list[Row]:
-    """Members with their details opened with their keys (pod lane only; never gossiped)."""
-    clause = "" if include_forgotten else "WHERE m.status = 'active'"
+async def list_members(
+    db: aiosqlite.Connection,
+    *,
+    include_forgotten: bool = False,
+    id: bytes | None = None,
+    limit: int = NO_LIMIT,
+    offset: int = 0,
+    after: bytes | None = None,
+) -> list[Row]:
+    """Members with their details opened with their keys (pod lane only; never gossiped),
+    in joining order. ``after``: instead, the members whose id sorts after it (b"": from
+    the first), in id order, each with its ``cursor`` (a member's id never changes; the
+    table's rowid would, were the read model rebuilt between two pages). Only the rows
+    of the page are opened."""
+    where, params = ([] if include_forgotten else ["m.status = 'active'"]), []
+    if id is not None:
+        where.append("m.id = ?")
+        params.append(id)
     sql = (
         "SELECT m.id, m.status, m.box, m.joined_ts, m.updated_ts, k.key FROM members m "
-        f"LEFT JOIN member_keys k ON k.member = m.id {clause} ORDER BY m.joined_ts"
+        "LEFT JOIN member_keys k ON k.member = m.id "
     )
+    if after is not None:
+        where.append("m.id > ?")
+        sql += f"{_where(where)} ORDER BY m.id LIMIT ?"
+        params += [after, limit]
+    else:
+        sql += f"{_where(where)} ORDER BY m.joined_ts, m.id LIMIT ? OFFSET ?"
+        params += [limit, offset]
     out = []
-    for id_, status, box, joined, updated, key in await rows(db, sql):
+    for id_, status, box, joined, updated, key in await rows(db, sql, params):
         row: Row = {"id": id_, "status": status, "joined_ts": joined, "updated_ts": updated}
         details = _open_member(box, key)
         if details is not None:
@@ -326,6 +522,8 @@ async def list_members(db: aiosqlite.Connection, *, include_forgotten: bool = Fa
             )  # fmt: skip
         else:
             row.update(name="(forgotten)" if status == "forgotten" else "(no key)")
+        if after is not None:
+            row["cursor"] = b64e(id_)
         out.append(row)
     return out
 
@@ -487,34 +685,45 @@ async def sealed_for(
     page: int = 1000,
     *,
     per_sender: int = 10,
+    before: int | None = None,
+    sender: bytes | None = None,
 ) -> list[Row]:
     """The newest ``limit`` sealed events addressed to ``pod`` (opened by the node, which
-    holds the pod key), newest stored first, at most ``per_sender`` from any one pod.
+    holds the pod key) stored before position ``before`` (None: all), newest stored first,
+    each with its ``pos``; at most ``per_sender`` from any one pod, unless ``sender`` says
+    whose messages to read (then all of theirs).
 
     The recipient is inside the body, so every sealed event is read, newest first, a
     page at a time, until ``limit`` are found: the sealed messages other pods exchange
     through this one must not push this pod's own out of reach. Nor may one pod's
     messages to this one push the others' out: any pod can seal to any other, and a
-    hundred from one stranger hid every contact that came before them."""
+    hundred from one stranger hid every contact that came before them.
+
+    Nothing is out of reach: the next page is ``before`` the oldest ``pos`` of this one
+    (every message to ``pod`` between the two was either listed or held back by the
+    per-sender cap), and a sender that hit the cap is read whole with ``sender``."""
     out: list[Row] = []
     sent: dict[bytes, int] = {}
-    before = (1 << 63) - 1
+    before = (1 << 63) - 1 if before is None else before
+    cap = per_sender if sender is None else limit
+    where, extra = ("AND pod = ?", [sender]) if sender is not None else ("", [])
     while len(out) < limit:
         found = await rows(
             db,
             "SELECT pos, id, pod, ts, body FROM events INDEXED BY events_sealed "
-            "WHERE kind = 'sealed' AND pos < ? ORDER BY pos DESC LIMIT ?",
-            (before, page),
+            f"WHERE kind = 'sealed' AND pos < ? {where} ORDER BY pos DESC LIMIT ?",
+            (before, *extra, page),
         )
-        for _pos, id_, sender, ts, body in found:
+        for pos, id_, from_pod, ts, body in found:
             if body is None:
                 continue
             sealed = kinds.decode_body("sealed", body)
             if isinstance(sealed, kinds.SealedMessage) and sealed.to == pod:
-                sent[sender] = sent.get(sender, 0) + 1
-                if sent[sender] > per_sender:
+                sent[from_pod] = sent.get(from_pod, 0) + 1
+                if sent[from_pod] > cap:
                     continue
-                out.append({"id": id_, "from": sender, "ts": ts, "box": sealed.box})
+                out.append({"id": id_, "from": from_pod, "ts": ts, "box": sealed.box,
+                            "pos": pos})  # fmt: skip
                 if len(out) >= limit:
                     break
         if len(found) < page:

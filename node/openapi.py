@@ -19,6 +19,18 @@ ANY_ROWS = {"type": "array", "items": {"type": "object"}}
 ANY_OBJECT = {"type": "object"}
 MSGPACK = {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}}
 
+#: The paging parameters of every organizer list (at most 5000 rows an answer).
+PAGE = {"limit": "1..5000 rows (default 5000)",
+        "offset": "rows to skip, in the list's own order (not with `after`)"}  # fmt: skip
+AFTER_POS = {"after": "a row's pos (0: from the first): the rows stored after it, in "
+                      "store order, each with its pos"}  # fmt: skip
+
+
+def after_key(what: str) -> dict[str, str]:
+    return {"after": f"a row's cursor (empty: from the first): the {what} after it in key "
+                     "order, each with its cursor"}  # fmt: skip
+
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -47,37 +59,49 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "then most urgent, oldest; at most `limit` (5000) from `offset`.", "organizer",
              response=ANY_ROWS, query={"status": "open|accepted|fulfilled|cancelled",
                                        "category": "a category", "pod": "pod key prefix",
-                                       "lane": "pod|peers|network", "limit": "1..5000",
-                                       "offset": "rows to skip",
-                                       "after": "a row's pos: the rows stored after it, "
-                                                "in store order, each with its pos"}),
+                                       "lane": "pod|peers|network", **PAGE, **AFTER_POS}),
     Endpoint("GET", "/v1/requests/{id}", "One request, its claims and history.", "organizer",
              response=ANY_OBJECT),
-    Endpoint("GET", "/v1/offers", "Offers.", "organizer", response=ANY_ROWS,
-             query={"status": "open|withdrawn|all"}),
-    Endpoint("GET", "/v1/members", "Members (personal data: pod only).", "organizer",
-             response=ANY_ROWS, query={"all": "1 to include forgotten members"}),
+    Endpoint("GET", "/v1/offers", "Offers, oldest first; at most `limit` (5000).",
+             "organizer", response=ANY_ROWS,
+             query={"status": "open|withdrawn|all", "id": "one offer: its id or a prefix",
+                    **PAGE, **AFTER_POS}),
+    Endpoint("GET", "/v1/members", "Members (personal data: pod only), in joining order; at "
+             "most `limit` (5000).", "organizer", response=ANY_ROWS,
+             query={"all": "1 to include forgotten members",
+                    "id": "one member: their id or a prefix", **PAGE, **after_key("members")}),
     Endpoint("GET", "/v1/members/{id}/key", "A member's key, to write an update.", "organizer",
              response=ANY_OBJECT),
-    Endpoint("GET", "/v1/claims", "Claims.", "organizer", response=ANY_ROWS,
-             query={"request": "request id prefix", "status": "pending|accepted|declined|closed"}),
+    Endpoint("GET", "/v1/claims", "Claims, oldest first; at most `limit` (5000).",
+             "organizer", response=ANY_ROWS,
+             query={"request": "request id prefix", "status": "pending|accepted|declined|closed",
+                    "id": "one claim: its id or a prefix", **PAGE, **AFTER_POS}),
     Endpoint("GET", "/v1/resolve/{table}/{prefix}", "Expand a short id.", "organizer",
              response=ANY_OBJECT),
-    Endpoint("GET", "/v1/pods", "The pod directory.", "organizer", response=ANY_ROWS),
-    Endpoint("GET", "/v1/hours", "Time-bank hours of fulfilled help, with who helped whom.",
-             "organizer", response=ANY_ROWS),
-    Endpoint("GET", "/v1/roster", "This pod's organizers (or another pod's, or all).",
-             "organizer", response=ANY_ROWS,
-             query={"pod": "a pod key, or `all` (default: this pod)"}),
-    Endpoint("GET", "/v1/resources", "The shared resource database.", "organizer",
-             response=ANY_ROWS, query={"category": "a category"}),
+    Endpoint("GET", "/v1/pods", "The pod directory, by name; at most `limit` (5000).",
+             "organizer", response=ANY_ROWS, query={**PAGE, **after_key("pods")}),
+    Endpoint("GET", "/v1/hours", "Time-bank hours of fulfilled help, with who helped whom, "
+             "oldest first; at most `limit` (5000).", "organizer", response=ANY_ROWS,
+             query={**PAGE, **after_key("fulfilments")}),
+    Endpoint("GET", "/v1/roster", "This pod's organizers (or another pod's, or all), oldest "
+             "first; at most `limit` (5000).", "organizer", response=ANY_ROWS,
+             query={"pod": "a pod key, or `all` (default: this pod)", **PAGE,
+                    **after_key("tenures")}),
+    Endpoint("GET", "/v1/resources", "The shared resource database, by category and name; "
+             "at most `limit` (5000).", "organizer", response=ANY_ROWS,
+             query={"category": "a category", "id": "one entry: its id or a prefix", **PAGE,
+                    **AFTER_POS}),
     Endpoint("GET", "/v1/forks", "Equivocation evidence.", "organizer", response=ANY_ROWS),
     Endpoint("GET", "/v1/log", "The event log.", "organizer", response=ANY_ROWS,
              query={"since": "store position", "limit": "max rows", "order": "newest"}),
     Endpoint("GET", "/v1/match", "Suggested matches of needs and offers.", "organizer",
              response=ANY_ROWS),
-    Endpoint("GET", "/v1/inbox", "Sealed messages to this pod, opened.", "organizer",
-             response=ANY_ROWS),
+    Endpoint("GET", "/v1/inbox", "Sealed messages to this pod, opened: the newest `limit` "
+             "(100), each with its pos; at most 10 from any one pod unless `from`.",
+             "organizer", response=ANY_ROWS,
+             query={"before": "a message's pos: the page of older ones",
+                    "limit": "1..100 messages (default 100)",
+                    "from": "a pod key: only (and all of) that pod's messages"}),
     Endpoint("POST", "/v1/verify", "Re-check every signature and chain.", "organizer",
              response=t.VerifyOut),
     Endpoint("GET", "/v1/peers", "Peers and their sync status.", "organizer",

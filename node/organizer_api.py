@@ -64,6 +64,63 @@ def reply(body: Any, status: int = 200) -> web.Response:
     )
 
 
+def _page(request: web.Request) -> tuple[int, int]:
+    """``limit`` (1..MAX_LIST, default MAX_LIST) and ``offset``: every list answers at
+    most MAX_LIST rows, however large the network that filled it."""
+    if "offset" in request.query and "after" in request.query:
+        raise APIError("invalid", "give offset or after, not both")
+    return (int_param(request, "limit", MAX_LIST, 1, MAX_LIST),
+            int_param(request, "offset", 0, 0, MAX_POSITION))  # fmt: skip
+
+
+def _after_pos(request: web.Request) -> int | None:
+    """``after``: a store position (the ``pos`` of the last row of the page before)."""
+    if "after" not in request.query:
+        return None
+    return int_param(request, "after", 0, 0, MAX_POSITION)
+
+
+def _after_key(request: web.Request, what: str) -> bytes | None:
+    """``after``: a row's ``cursor`` (its key, base64url), or empty for the first page."""
+    raw = request.query.get("after")
+    if raw is None:
+        return None
+    if raw == "":
+        return b""
+    try:
+        return b64d(raw, length=32)
+    except ProtocolError:
+        raise APIError("invalid", f"after must be the cursor of a {what} (43 base64url "
+                       "characters, as the page before gave it), or empty for the "
+                       "first page") from None  # fmt: skip
+
+
+def _after_roster(request: web.Request) -> tuple[bytes, bytes, bytes] | None:
+    """``after``: a roster row's ``cursor`` (POD.KEY.ADD_ID), or empty for the first page."""
+    raw = request.query.get("after")
+    if raw is None:
+        return None
+    if raw == "":
+        return (b"", b"", b"")
+    try:
+        pod, key, add = raw.split(".")
+        return (b64d(pod, length=32), b64d(key, length=32), b64d(add, length=32))
+    except (ValueError, ProtocolError):
+        raise APIError("invalid", "after must be the cursor of a roster row (POD.KEY.ADD_ID, "
+                       "as the page before gave it), or empty for the first page") from None
+
+
+async def _id_param(request: web.Request, table: str, what: str) -> bytes | None:
+    """``id``: one row by id. A whole id filters (no such row: an empty list); a shorter
+    prefix is expanded as GET /v1/resolve does (none, or several: 404, 409)."""
+    raw = request.query.get("id")
+    if raw is None:
+        return None
+    if len(raw) == 43:
+        return b64d(raw, length=32, what="id")
+    return await queries.resolve(request.app[NODE].ledger.reader, table, raw, what)
+
+
 def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
     value = request.query.get(name)
     if value is not None and value not in allowed:
@@ -198,14 +255,13 @@ async def list_requests(request: web.Request) -> web.Response:
     node = request.app[NODE]
     q = request.query
     pod = await queries.resolve(node.ledger.reader, "pods", q["pod"], "pod") if "pod" in q else None
+    limit, offset = _page(request)
     found = await queries.list_requests(
         node.ledger.reader,
         status=_choice(request, "status", ("open", "accepted", "fulfilled", "cancelled")),
         category=q.get("category"), pod=pod,
         lane=_choice(request, "lane", ("pod", "peers", "network")),
-        limit=int_param(request, "limit", MAX_LIST, 1, MAX_LIST),
-        offset=int_param(request, "offset", 0, 0, MAX_POSITION),
-        after=int_param(request, "after", 0, 0, MAX_POSITION) if "after" in q else None,
+        limit=limit, offset=offset, after=_after_pos(request),
     )  # fmt: skip
     return reply(found)
 
@@ -220,16 +276,25 @@ async def show_request(request: web.Request) -> web.Response:
 async def list_offers(request: web.Request) -> web.Response:
     node = request.app[NODE]
     wanted = _choice(request, "status", ("open", "withdrawn", "all")) or "open"
+    limit, offset = _page(request)
     found = await queries.list_offers(
-        node.ledger.reader, status=None if wanted == "all" else wanted
-    )
+        node.ledger.reader, status=None if wanted == "all" else wanted,
+        id=await _id_param(request, "offers", "offer"), limit=limit, offset=offset,
+        after=_after_pos(request),
+    )  # fmt: skip
     return reply(found)
 
 
 async def list_members(request: web.Request) -> web.Response:
     node = request.app[NODE]
     everyone = _choice(request, "all", ("1", "true", "0", "false")) in ("1", "true")
-    return reply(await queries.list_members(node.ledger.reader, include_forgotten=everyone))
+    limit, offset = _page(request)
+    found = await queries.list_members(
+        node.ledger.reader, include_forgotten=everyone,
+        id=await _id_param(request, "members", "member"), limit=limit, offset=offset,
+        after=_after_key(request, "member"),
+    )  # fmt: skip
+    return reply(found)
 
 
 async def member_key(request: web.Request) -> web.Response:
@@ -245,7 +310,10 @@ async def member_key(request: web.Request) -> web.Response:
 
 async def list_hours(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return reply(await queries.list_hours(node.ledger.reader))
+    limit, offset = _page(request)
+    found = await queries.list_hours(node.ledger.reader, limit=limit, offset=offset,
+                                     after=_after_key(request, "fulfilment"))  # fmt: skip
+    return reply(found)
 
 
 async def list_claims(request: web.Request) -> web.Response:
@@ -255,7 +323,12 @@ async def list_claims(request: web.Request) -> web.Response:
     if "request" in request.query:
         rid = await queries.resolve(db, "requests", request.query["request"], "request")
     wanted = _choice(request, "status", ("pending", "accepted", "declined", "closed"))
-    return reply(await queries.list_claims(db, request=rid, status=wanted))
+    limit, offset = _page(request)
+    found = await queries.list_claims(
+        db, request=rid, status=wanted, id=await _id_param(request, "claims", "claim"),
+        limit=limit, offset=offset, after=_after_pos(request),
+    )  # fmt: skip
+    return reply(found)
 
 
 async def resolve_id(request: web.Request) -> web.Response:
@@ -273,7 +346,10 @@ async def resolve_id(request: web.Request) -> web.Response:
 
 async def list_pods(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return reply(await queries.list_pods(node.ledger.reader))
+    limit, offset = _page(request)
+    found = await queries.list_pods(node.ledger.reader, limit=limit, offset=offset,
+                                    after=_after_key(request, "pod"))  # fmt: skip
+    return reply(found)
 
 
 async def roster(request: web.Request) -> web.Response:
@@ -285,13 +361,21 @@ async def roster(request: web.Request) -> web.Response:
         pod = None
     else:
         pod = b64d(which, length=32, what="pod")
-    return reply(await queries.list_roster(node.ledger.reader, pod))
+    limit, offset = _page(request)
+    found = await queries.list_roster(node.ledger.reader, pod, limit=limit, offset=offset,
+                                      after=_after_roster(request))  # fmt: skip
+    return reply(found)
 
 
 async def list_resources(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    category = request.query.get("category")
-    return reply(await queries.list_resources(node.ledger.reader, category=category))
+    limit, offset = _page(request)
+    found = await queries.list_resources(
+        node.ledger.reader, category=request.query.get("category"),
+        id=await _id_param(request, "resources", "resource"), limit=limit, offset=offset,
+        after=_after_pos(request),
+    )  # fmt: skip
+    return reply(found)
 
 
 async def list_forks(request: web.Request) -> web.Response:
@@ -313,11 +397,29 @@ async def match(request: web.Request) -> web.Response:
     return reply(await queries.suggest_matches(node.ledger.reader, node.pod))
 
 
+INBOX_PAGE = 100  # messages per page of the inbox
+INBOX_PER_SENDER = 10  # at most this many from any one pod on a page (unless ``from``)
+
+
 async def inbox(request: web.Request) -> web.Response:
-    """Sealed messages addressed to this pod, opened with the pod's key."""
+    """Sealed messages addressed to this pod, opened with the pod's key: the newest
+    ``limit`` stored before ``before``, each with its ``pos`` (the next page is before
+    the last one's); at most INBOX_PER_SENDER from any one pod, unless ``from`` names
+    the one pod whose messages to list (all of them)."""
     node = request.app[NODE]
+    db = node.ledger.reader
+    sender = None
+    if "from" in request.query:
+        sender = b64d(request.query["from"], length=32, what="from (a pod key)")
+    found = await queries.sealed_for(
+        db, node.pod, int_param(request, "limit", INBOX_PAGE, 1, INBOX_PAGE),
+        per_sender=INBOX_PER_SENDER, sender=sender,
+        before=int_param(request, "before", 0, 1, MAX_POSITION) if "before" in request.query
+        else None,
+    )  # fmt: skip
+    names = await queries.pod_names(db, (item["from"] for item in found))
     out = []
-    for item in await queries.sealed_for(node.ledger.reader, node.pod):
+    for item in found:
         try:
             handoff = kinds.decode_contact_handoff(boxes.open_sealed(node.keypair, item["box"]))
             # Fields as they are (msgspec's to_builtins would write the request id in
@@ -325,7 +427,9 @@ async def inbox(request: web.Request) -> web.Response:
             opened: dict[str, Any] = msgspec.structs.asdict(handoff)
         except ProtocolError as err:
             opened = {"error": err.message}
-        out.append({"id": item["id"], "from": item["from"], "ts": item["ts"], "message": opened})
+        out.append({"id": item["id"], "from": item["from"],
+                    "from_name": names.get(item["from"], ""), "ts": item["ts"],
+                    "pos": item["pos"], "message": opened})  # fmt: skip
     return reply(out)
 
 
