@@ -36,12 +36,17 @@ from podlink.cli.session import (
 DATE_WORDS = "YYYY-MM-DD, today, tomorrow, a weekday, 'within 1-2 days', 'this week' or 'next week'"
 NEEDED_BY_HELP = f"{DATE_WORDS} (leave it out for 'anytime')."
 NEW_NEEDED_BY_HELP = f"A new date: {DATE_WORDS} (once set, a date cannot go back to 'anytime')."
-LIST_PAGE = 5000  # the most rows GET /v1/requests answers at once
 
 
 async def _names(s: PodSession) -> dict[str, str]:
     """Member ids to names (this pod's members only; others' ids mean nothing here)."""
-    return {m["id"]: m["name"] for m in await s.get("/v1/members")}
+    return {m["id"]: m["name"] for m in await s.get_all("/v1/members")}
+
+
+def _cut(data: list, more: bool, what: str, hint: str) -> None:
+    """Say so, in one line, when a list shows only its first page (never cut silently)."""
+    if more:
+        warn(f"showing the first {len(data):,} {what}; {hint}")
 
 
 def _done(as_json: bool, data: dict[str, Any], line: str) -> None:
@@ -147,7 +152,9 @@ def member_list(pod: Target, everyone: bool, as_json: bool) -> None:
     Example:
       podlink member list
     """
-    data = pod.call(lambda s: s.get("/v1/members", all="1" if everyone else None))
+    data, more = pod.call(lambda s: s.first_page("/v1/members", all="1" if everyone else None))
+    _cut(data, more, "members (in joining order)",
+         "see them all with `podlink export csv members`")
     if as_json:
         print_json(data)
         return
@@ -271,17 +278,10 @@ def request_list(pod: Target, status: str | None, category: str | None, as_json:
       podlink request list
       podlink request list --status open --category medicine --json
     """
-    async def go(s: PodSession) -> tuple[list, bool]:
-        page = await s.get("/v1/requests", status=status, category=category)
-        more = len(page) >= LIST_PAGE and bool(await s.get(
-            "/v1/requests", status=status, category=category, offset=LIST_PAGE, limit=1))
-        return page, more  # fmt: skip
-
-    data, more = pod.call(go)
-    if more:  # the node answers one page: say so, never cut silently
-        warn(f"showing the first {LIST_PAGE:,} needs (open and accepted first); narrow the "
-             "list with --status or --category, or see them all with `podlink export csv "
-             "requests`")  # fmt: skip
+    data, more = pod.call(lambda s: s.first_page("/v1/requests", status=status,
+                                                 category=category))  # fmt: skip
+    _cut(data, more, "needs (open and accepted first)", "narrow the list with --status or "
+         "--category, or see them all with `podlink export csv requests`")  # fmt: skip
     if as_json:
         print_json(data)
         return
@@ -532,10 +532,12 @@ def offer_list(pod: Target, status: str, as_json: bool) -> None:
       podlink offer list --status all
     """
 
-    async def go(s: PodSession) -> tuple[list, dict[str, str]]:
-        return await s.get("/v1/offers", status=status), await _names(s)
+    async def go(s: PodSession) -> tuple[tuple[list, bool], dict[str, str]]:
+        return await s.first_page("/v1/offers", status=status), await _names(s)
 
-    data, names = pod.call(go)
+    (data, more), names = pod.call(go)
+    _cut(data, more, "offers (oldest first)",
+         "see them all with `podlink export csv offers`")
     if as_json:
         print_json(data)
         return
@@ -609,7 +611,8 @@ def resource_list(pod: Target, category: str | None, as_json: bool) -> None:
     Example:
       podlink resource list --category food
     """
-    data = pod.call(lambda s: s.get("/v1/resources", category=category))
+    data, more = pod.call(lambda s: s.first_page("/v1/resources", category=category))
+    _cut(data, more, "entries (by category and name)", "narrow the list with --category")
     if as_json:
         print_json(data)
         return

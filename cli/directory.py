@@ -53,7 +53,7 @@ def pod_group() -> None:
 
 async def _directory(s: PodSession) -> tuple[list[dict[str, Any]], str]:
     """The pods this one knows of, each with its relation to this pod, and this pod's key."""
-    pods = await s.get("/v1/pods")
+    pods = await s.get_all("/v1/pods")  # every page: a name is matched among them all
     peers = {p["pod"] for p in await s.get("/v1/peers")}
     ours = await s.pod()
     for p in pods:

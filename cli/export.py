@@ -17,6 +17,7 @@ import click
 from podlink.cli.output import iso_ts, warn, working
 from podlink.cli.session import OrderedGroup, PodSession, Target, pod_options
 from podlink.ledger.store import private_file
+from podlink.protocol.text import b64d
 
 Row = dict[str, Any]
 URGENCY = ("urgent", "high", "normal", "low")  # most pressing first
@@ -79,8 +80,18 @@ def _cell(value: Any) -> Any:
 ID = re.compile("[A-Za-z0-9_-]{43}")
 
 
+def _raw(id_text: str) -> bytes:
+    """An id as the node orders it (its bytes: base64url text sorts otherwise)."""
+    return b64d(id_text)
+
+
+async def _members(s: PodSession) -> list[Row]:
+    """Every member, in joining order (as `member list` shows them; the node pages by id)."""
+    return sorted(await s.get_all("/v1/members"), key=lambda m: (m["joined_ts"], _raw(m["id"])))
+
+
 async def _rows(s: PodSession, what: str) -> list[Row]:
-    members = await s.get("/v1/members")
+    members = await _members(s)
     if what == "members":
         return [
             {**m, "can": "; ".join(m.get("can", [])), "needs": "; ".join(m.get("needs", [])),
@@ -98,7 +109,8 @@ async def _rows(s: PodSession, what: str) -> list[Row]:
     return [
         {**o, "by_name": names.get(o["by_member"] or "", ""), "opened": iso_ts(o["opened_ts"]),
          "closed": iso_ts(o["closed_ts"])}
-        for o in await s.get("/v1/offers", status="all")
+        for o in sorted(await s.get_all("/v1/offers", status="all"),  # every page, oldest first
+                        key=lambda o: (o["opened_ts"], _raw(o["id"])))
     ]  # fmt: skip
 
 
@@ -156,12 +168,13 @@ def export_sheet(pod: Target, file: Path | None) -> None:
     async def go(s: PodSession) -> dict[str, Any]:
         me = await s.get("/v1/status")
         return {
-            "pod": me, "members": await s.get("/v1/members"),
+            "pod": me, "members": await _members(s),
             "requests": _pressing_first(
                 [r for r in await s.get_all("/v1/requests", status="open")
                  if r["pod"] == me["pod"]]
             ),
-            "resources": await s.get("/v1/resources"),
+            "resources": sorted(await s.get_all("/v1/resources"),
+                                key=lambda r: (r["category"], r["name"], _raw(r["id"]))),
         }  # fmt: skip
 
     warn("the sheet holds members' personal details; keep printouts safe, shred old ones")

@@ -9,6 +9,8 @@ organizers send one, only once the claim is accepted, and only with the person's
 
 from __future__ import annotations
 
+import contextlib
+import shlex
 from typing import Any
 
 import click
@@ -18,11 +20,14 @@ from podlink.cli.output import ago_ts, echo, print_json, short, show, table, war
 from podlink.cli.params import PREFERS
 from podlink.cli.session import (
     ID_ARGUMENTS,
+    ID_TEXT,
     PodSession,
     Target,
     check_body,
     json_option,
+    one_line,
     pod_options,
+    same_name,
 )
 from podlink.node.client import ClientError
 from podlink.protocol import boxes, kinds
@@ -124,25 +129,54 @@ def _parties(need: dict[str, Any]) -> set[str]:
     return {need["pod"], *accepted}
 
 
+INBOX_PAGE = 100  # what GET /v1/inbox answers at once
+PER_SENDER = 10  # at most this many from any one pod on a page (unless --from)
+
+
+async def _sender(s: PodSession, which: str) -> str:
+    """The key of the pod ``which`` names: its whole key, the start of it, or its name in
+    the directory."""
+    want = which.strip()
+    if len(want) == 43 and ID_TEXT.match(want):
+        return want  # a stranger with no directory entry is named by its whole key
+    if ID_TEXT.match(want):
+        with contextlib.suppress(ClientError, click.ClickException):
+            return await s.resolve("pods", want)
+    named = [p["pod"] for p in await s.get_all("/v1/pods") if same_name(p["name"], want)]
+    if len(named) == 1:
+        return named[0]
+    raise click.ClickException(
+        f"{len(named)} pods are called {one_line(want)!r}; give its key" if named else
+        f"no pod called {one_line(want)!r}, nor one whose key starts with it: give the "
+        "whole key `podlink inbox` shows with --json")  # fmt: skip
+
+
 @click.command()
+@click.option("--before", type=click.IntRange(min=1), metavar="POS",
+              help="Older messages: those stored before POS (the line under a full page "
+              "says which).")  # fmt: skip
+@click.option("--from", "sender", metavar="POD",
+              help="Only the messages of this pod (its name or key), all of them.")
 @pod_options
 @json_option
-def inbox(pod: Target, as_json: bool) -> None:
+def inbox(pod: Target, before: int | None, sender: str | None, as_json: bool) -> None:
     """Contacts other pods handed to this one (sealed to this pod): the last 100 to arrive,
-    at most 10 from any one pod.
+    at most 10 from any one pod; --before for older ones, --from for all of one pod's.
 
     A contact is filed under the need it names only if its sender is a party to that
     help (the pod that asked, or the one whose claim was accepted); the others are shown
     with no need, and counted.
 
     \b
-    Example:
+    Examples:
       podlink inbox
+      podlink inbox --before 18234
+      podlink inbox --from Riverside
     """
 
     async def go(s: PodSession) -> list[dict[str, Any]]:
-        items = await s.get("/v1/inbox")
-        names = {p["pod"]: p["name"] for p in await s.get("/v1/pods")}
+        key = await _sender(s, sender) if sender is not None else None
+        items = await s.get("/v1/inbox", before=before, **{"from": key})
         needs: dict[str, dict[str, Any] | None] = {}
         for item in items:
             about = item["message"].get("about")
@@ -154,7 +188,6 @@ def inbox(pod: Target, as_json: bool) -> None:
                         raise
                     needs[about] = None
             need = needs.get(about or "")
-            item["from_name"] = names.get(item["from"], "")
             # Anyone can seal a message naming any need it has seen: it is filed under
             # the need only if its sender asked for the help or is the accepted helper.
             item["party"] = need is not None and item["from"] in _parties(need)
@@ -174,7 +207,8 @@ def inbox(pod: Target, as_json: bool) -> None:
             continue
         t.add_row(ago_ts(item["ts"]), item["from_name"] or short(item["from"]), m["name"],
                   m["contact"], m["prefers"], item["about_title"], m["note"])  # fmt: skip
-    show(t, "No contacts handed to this pod yet (`podlink handoff` sends one).")
+    show(t, "No contacts handed to this pod yet (`podlink handoff` sends one)." if before is None
+         and sender is None else "No contacts to show.")  # fmt: skip
     strangers = sum(1 for i in items if i["message"].get("about") and not i["party"]
                     and "error" not in i["message"])  # fmt: skip
     if strangers:
@@ -183,3 +217,22 @@ def inbox(pod: Target, as_json: bool) -> None:
     if broken:
         warn(f"{broken} sealed message(s) to this pod did not open: altered on the way, or "
              "not made by podlink")  # fmt: skip
+    _older(items, pod, sender)
+
+
+def _older(items: list[dict[str, Any]], pod: Target, sender: str | None) -> None:
+    """Say, one line each, how to reach what this page does not show: older messages, and
+    the rest of a pod's that hit the per-pod cap. Nothing sealed to the pod is out of reach."""
+    if sender is None:
+        counts: dict[str, int] = {}
+        for item in items:
+            counts[item["from"]] = counts.get(item["from"], 0) + 1
+        for key, n in counts.items():
+            if n >= PER_SENDER:
+                name = next(i["from_name"] for i in items if i["from"] == key) or short(key)
+                warn(f"{n} shown from {one_line(name)}, which may have sent more: `podlink "
+                     f"inbox --from {key}{pod.home_words()}`")  # fmt: skip
+    if len(items) >= INBOX_PAGE:
+        more = f" --from {shlex.quote(sender)}" if sender is not None else ""
+        warn(f"showing the newest {len(items)}; older ones: `podlink inbox --before "
+             f"{items[-1]['pos']}{more}{pod.home_words()}`")  # fmt: skip

@@ -83,8 +83,8 @@ def hours(pod: Target, as_json: bool) -> None:
     """
 
     async def go(s: PodSession) -> dict[str, Any]:
-        members = {m["id"]: m["name"] for m in await s.get("/v1/members", all="1")}
-        return tally(await s.get("/v1/hours"), await s.pod(), members)
+        members = {m["id"]: m["name"] for m in await s.get_all("/v1/members", all="1")}
+        return tally(await s.get_all("/v1/hours"), await s.pod(), members)  # every page
 
     data = pod.call(go)
     if as_json:

@@ -74,7 +74,7 @@ async def forget_member(session: PodSession, ref: str) -> Summary:
     member = await session.member(ref)
     event = await session.write(kinds.MemberForgotten(), "pod", (member["id"],))
     pod = await session.pod()
-    theirs = [o for o in await session.get("/v1/offers")
+    theirs = [o for o in await session.get_all("/v1/offers")
               if o["pod"] == pod and o["by_member"] == member["id"]]  # fmt: skip
     for offer in theirs:
         await session.write(kinds.OfferWithdrawn(), offer["lane"], (offer["id"],))
@@ -308,16 +308,16 @@ async def add_resource(
 
 async def withdraw_resource(session: PodSession, ref: str, reason: str = "") -> Summary:
     """Withdraw one of this pod's entries from the resource directory, in its lane."""
-    full = await session.resolve("resources", ref)
-    entry = next((r for r in await session.get("/v1/resources") if r["id"] == full), None)
+    entry = await session.resource(ref)
     if entry is None:
         raise Refused("this resource is no longer in the directory")
     await _our(session, entry, "resource", "withdraw")
     body = kinds.ResourceWithdrawn(reason=reason.strip())
     check_body(body)
     warn_if_personal("reason", entry["lane"], reason)
+    full = entry["id"]
     event = await session.write(body, entry["lane"], (full,))
-    if any(r["id"] == full for r in await session.get("/v1/resources")):
+    if await session.get("/v1/resources", id=full):
         raise click.ClickException("recorded, but it changed nothing: the entry is still listed")
     return {"id": event, "kind": "resource.withdraw", "lane": entry["lane"], "resource": full,
             "name": entry["name"]}  # fmt: skip

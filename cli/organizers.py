@@ -67,7 +67,8 @@ def organizer() -> None:
 
 
 async def _roster(s: PodSession) -> list[dict[str, Any]]:
-    return await s.get("/v1/roster")
+    """Every tenure on this pod's roster (in key order)."""
+    return await s.get_all("/v1/roster")
 
 
 @organizer.command("list")
@@ -82,10 +83,12 @@ def organizer_list(pod: Target, show_all: bool, as_json: bool) -> None:
       podlink organizer list
     """
 
-    async def go(s: PodSession) -> tuple[list[dict[str, Any]], str]:
-        return await _roster(s), s.client.keypair.public_text
+    async def go(s: PodSession) -> tuple[tuple[list[dict[str, Any]], bool], str]:
+        return await s.first_page("/v1/roster"), s.client.keypair.public_text
 
-    rows, mine = pod.call(go)
+    (rows, more), mine = pod.call(go)
+    if more:  # never cut silently
+        warn(f"showing the first {len(rows):,} tenures (oldest first), past ones among them")
     if not show_all:
         rows = [r for r in rows if r["active"]]
     if as_json:

@@ -24,6 +24,7 @@ import msgspec
 import platformdirs
 import yarl
 
+from podlink.node import client as node_client
 from podlink.node.client import ClientError, NodeClient
 from podlink.node.config import CONFIG_FILE, NODE_KEY_FILE, Config, ConfigError, load_config
 from podlink.protocol import kinds
@@ -320,14 +321,23 @@ class PodSession:
         return await self.client.get(path, **query)
 
     async def get_all(self, path: str, **query: Any) -> list[Any]:
+        """Every row of a list, page by page (:meth:`NodeClient.get_all`)."""
         return await self.client.get_all(path, **query)
+
+    async def first_page(self, path: str, **query: Any) -> tuple[list[Any], bool]:
+        """The first page of a list in the node's order, as a person reads it, and
+        whether there are more rows after it (the command says so: never cut silently)."""
+        size = node_client.LIST_PAGE
+        page = await self.get(path, **query, limit=size)
+        more = len(page) >= size and bool(await self.get(path, **query, offset=size, limit=1))
+        return page, more
 
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.client.post(path, body)
 
     async def key_names(self) -> KeyNames:
         """Who each key is, where this pod knows (see :class:`KeyNames`)."""
-        return KeyNames(await self.get("/v1/roster", pod="all"), await self.get("/v1/pods"))
+        return KeyNames(await self.get_all("/v1/roster", pod="all"), await self.get_all("/v1/pods"))
 
     async def pod(self) -> str:
         """This pod's key (base64url)."""
@@ -358,17 +368,30 @@ class PodSession:
     async def request(self, ref: str) -> dict[str, Any]:
         return await self.get(f"/v1/requests/{await self.resolve('requests', ref)}")
 
+    async def _one(self, table: str, ref: str, **query: Any) -> dict[str, Any]:
+        """One row of a list by id (any unique prefix): the list filtered by ``id``."""
+        full = await self.resolve(table, ref)
+        found = await self.get(f"/v1/{table}", id=full, **query)
+        if not found:  # resolved, then gone (a rebuild between the two reads)
+            raise click.ClickException(f"no {table.rstrip('s')} {full[:10]} any more")
+        return found[0]
+
     async def offer(self, ref: str) -> dict[str, Any]:
-        full = await self.resolve("offers", ref)
-        return next(o for o in await self.get("/v1/offers", status="all") if o["id"] == full)
+        return await self._one("offers", ref, status="all")
 
     async def claim(self, ref: str) -> dict[str, Any]:
-        full = await self.resolve("claims", ref)
-        return next(c for c in await self.get("/v1/claims") if c["id"] == full)
+        return await self._one("claims", ref)
+
+    async def resource(self, ref: str) -> dict[str, Any] | None:
+        """A resource entry by id; None once it was withdrawn (its id still resolves:
+        the event that shared it stays in the log)."""
+        full = await self.resolve("resources", ref)
+        found = await self.get("/v1/resources", id=full)
+        return found[0] if found else None
 
     async def member(self, ref: str) -> dict[str, Any]:
         """A member of this pod by name (case-insensitive) or by id prefix."""
-        members = await self.get("/v1/members")
+        members = await self.get_all("/v1/members")  # names are sealed: the node matches none
         named = [m for m in members if same_name(m.get("name", ""), ref)]
         if len(named) > 1:
             ids = ", ".join(m["id"][:8] for m in named)
@@ -386,10 +409,10 @@ class PodSession:
                 f"no member called {ref!r}, nor one whose id starts with it "
                 "(see `podlink member list`)"
             ) from None
-        found = next((m for m in members if m["id"] == full), None)
-        if found is None:
+        found = await self.get("/v1/members", id=full)
+        if not found:
             raise click.ClickException(f"member {ref!r} was forgotten")
-        return found
+        return found[0]
 
     # ------------------------------------------------------------ writing
 

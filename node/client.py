@@ -20,6 +20,12 @@ from podlink.protocol.http_auth import sign_request
 from podlink.protocol.keys import Keypair
 from podlink.protocol.text import b64d, b64e
 
+#: The most rows one answer of an organizer list holds (the node's MAX_LIST).
+LIST_PAGE = 5000
+#: Lists whose ``after`` is a row's text ``cursor`` (empty: the first page), not a store
+#: position: their rows are not kept at one (see ledger/queries.py).
+TEXT_CURSORS = frozenset({"/v1/members", "/v1/pods", "/v1/roster", "/v1/hours"})
+
 
 class ClientError(Exception):
     """Raised when the node refuses a request (``reason`` is its reason word) or is down."""
@@ -124,18 +130,28 @@ class NodeClient:
     async def get(self, path: str, **query: Any) -> Any:
         return await self.request("GET", path, query=query or None)
 
-    async def get_all(self, path: str, page: int = 5000, **query: Any) -> list[Any]:
-        """Every row of a list that pages by store position (GET /v1/requests with
-        ``after``): page after page until one comes back short. Pages by position never
-        skip nor repeat a row that changes meanwhile, as pages by offset would."""
+    async def get_all(self, path: str, page: int | None = None, **query: Any) -> list[Any]:
+        """Every row of a paged list (GET /v1/requests, /v1/offers, /v1/claims, ...),
+        page after page by keyset (``after``) until one comes back short. Keyset pages
+        never skip nor repeat a row that changes meanwhile, as pages by offset would.
+
+        Lists kept at store positions take the last row's ``pos``; the others (TEXT_CURSORS)
+        its text ``cursor``, which is dropped from the rows returned (``pos`` stays)."""
+        size = page or LIST_PAGE
+        text = path in TEXT_CURSORS
         found: list[Any] = []
-        after = 0
+        after: int | str = "" if text else 0
         while True:
-            rows = await self.get(path, **query, limit=page, after=after)
+            rows = await self.get(path, **query, limit=size, after=after)
+            if text:
+                cursors = [row.pop("cursor") for row in rows]
             found += rows
-            if len(rows) < page:
+            if len(rows) < size:
                 return found
-            after = rows[-1]["pos"]
+            nxt = cursors[-1] if text else rows[-1]["pos"]
+            if nxt == after:  # a node that does not move on would keep us here for ever
+                raise ClientError("invalid", f"the node repeated a page of {path}")
+            after = nxt
 
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.request("POST", path, json=body if body is not None else {})
