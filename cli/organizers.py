@@ -67,8 +67,8 @@ def organizer() -> None:
 
 
 async def _roster(s: PodSession) -> list[dict[str, Any]]:
-    """Every tenure on this pod's roster (in key order)."""
-    return await s.get_all("/v1/roster")
+    """Every tenure on this pod's roster, oldest first (the node pages them by key)."""
+    return sorted(await s.get_all("/v1/roster"), key=lambda r: r["from_ts"])
 
 
 @organizer.command("list")
