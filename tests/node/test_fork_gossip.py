@@ -219,6 +219,7 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
     feed = _feed(mallory, pod, "network", 3)
     twin2 = _twin(mallory, pod, "network", feed[1], "second laptop")
     forged_sig = bytes([twin2.sig[0] ^ 1]) + twin2.sig[1:]
+    forged_kept_sig = bytes([feed[1].sig[0] ^ 1]) + feed[1].sig[1:]
     stranger = _feed(other_key, pod, "network", 2)  # another key, same positions
     pod_lane = _feed(mallory, pod, "pod", 2)
     pod_twin = _twin(mallory, pod, "pod", pod_lane[1], "private")
@@ -228,6 +229,8 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
     bad = {
         "bad signature": msgpack_encoder.encode(
             Evidence(feed[1].payload, feed[1].sig, twin2.payload, forged_sig)),
+        "bad kept signature": msgpack_encoder.encode(
+            Evidence(feed[1].payload, forged_kept_sig, twin2.payload, twin2.sig)),
         "two authors": piece(feed[1], stranger[1]),
         "same event twice": piece(feed[1], feed[1]),
         "chained, no fork": piece(feed[0], feed[1]),
@@ -260,27 +263,30 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
         assert {e.id_text for e in feed} <= ids  # replication went on
         metrics = alder.node.metrics
         assert metrics.get("fork_evidence_total", outcome="stored") == 1
-        assert metrics.get("fork_evidence_total", outcome="forged") == 1
+        assert metrics.get("fork_evidence_total", outcome="forged") == 2
         assert metrics.get("fork_evidence_total", outcome="unauthorised") == 1
-        assert metrics.get("fork_evidence_total", outcome="invalid") == len(bad) - 2
+        assert metrics.get("fork_evidence_total", outcome="invalid") == len(bad) - 3
     finally:
         await fake.stop()
 
 
 async def test_the_same_pair_in_either_order_is_stored_once(network: Network) -> None:
     """A pair served twice, in both orders, for both shapes (two events at one place, and
-    an event whose prev is not its predecessor's id): one row each."""
+    an event whose prev is not its predecessor's id; on two keys' feeds): one row each,
+    the second shape filed at the later event's place whichever order it came in."""
     [alder] = await network(1)
     fake = FakePeer()
-    key = Keypair.generate()
+    key, key_b = Keypair.generate(), Keypair.generate()
     feed = _feed(key, key.public, "network", 4)
     same_place = _twin(key, key.public, "network", feed[1], "same place")  # seq 2
-    after_other = Author(key, key.public)
-    after_other.set_head("network", 2, same_place.id)
+    feed_b = _feed(key_b, key_b.public, "network", 4)
+    hidden = _twin(key_b, key_b.public, "network", feed_b[1], "hidden")  # seq 2, not sent
+    after_other = Author(key_b, key_b.public)
+    after_other.set_head("network", 2, hidden.id)
     chained_elsewhere = after_other.write(kinds.PodInfoChanged(name="on"), "network")  # seq 3
     fake.forks = [
         piece(feed[1], same_place), piece(same_place, feed[1]),
-        piece(feed[1], chained_elsewhere), piece(chained_elsewhere, feed[1]),
+        piece(chained_elsewhere, feed_b[1]), piece(feed_b[1], chained_elsewhere),
     ]  # fmt: skip
     await fake.start()
     try:
@@ -291,7 +297,7 @@ async def test_the_same_pair_in_either_order_is_stored_once(network: Network) ->
 
         await wait_for(all_taken, within=10, what="the four pieces taken")
         got = db_rows(alder, "SELECT seq, kept_id, other_id FROM forks ORDER BY seq")
-        assert got == [(2, feed[1].id, same_place.id), (3, feed[1].id, chained_elsewhere.id)]
+        assert got == [(2, feed[1].id, same_place.id), (3, feed_b[1].id, chained_elsewhere.id)]
         assert (await alder.peers())[fake.key]["refused"] == 0
     finally:
         await fake.stop()
