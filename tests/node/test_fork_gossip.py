@@ -385,3 +385,77 @@ def test_fork_page_is_a_documented_array(tmp_path: Path) -> None:
         assert re.search(r"\[ ?" + names + r"\]", text), struct.__name__
     assert "`GET /v1/peer/forks?after=N&limit=M`" in text
     assert "version 1 does not gossip it" not in text
+
+
+async def test_a_restore_written_on_reaches_the_far_end_as_evidence(
+    network: Network, tmp_path: Path
+) -> None:
+    """Alder - Birch - Cedar. Alder is backed up, shares a need, is restored and its
+    organizer writes another need in its place before syncing. Birch, holding the lost
+    need, records the fork; Cedar never receives Alder's rewrite (Birch refuses it, and
+    Cedar does not peer with Alder) yet holds the proof, from Birch."""
+    from tests.reliability.test_review_forks import restore_and_write
+
+    alder, birch, cedar = nodes = await network(3)
+    await peer_line(nodes)
+    await restore_and_write(alder, [birch, cedar], tmp_path / "backup", lost=1, rewrites=1)
+    rewrite = {r["id"] for r in await alder.log() if r["kind"] == "request.open"}
+    rewrite -= await cedar.event_ids()
+    assert len(rewrite) == 1  # the need written on the restored store
+
+    async def at_cedar() -> list[dict[str, Any]]:
+        return await forks(cedar)
+
+    [row] = await wait_for(at_cedar, within=10, what="the evidence at Cedar")
+    assert row["gossiped"] is True and row["source"] == birch.key
+    assert row["author"] == alder.organizer.public_text and row["seq"] == 2
+    assert rewrite <= {row["kept_id"], row["other_id"]}
+    assert not rewrite & await cedar.event_ids()  # only the proof came
+
+
+async def test_fork_rows_from_before_v8_keep_both_headers(tmp_path: Path) -> None:
+    """A V7 file's fork row (the other header only) is migrated with the kept header taken
+    from the events table, a number, and the pods that decide who may see it; it is then
+    served like any other."""
+    from contextlib import closing
+
+    from podlink.ledger.forks import visible_after
+    from podlink.ledger.ledger import Ledger
+
+    key = Keypair.generate()
+    feed = _feed(key, key.public, "network", 2)
+    twin = _twin(key, key.public, "network", feed[1], "other")
+    path = tmp_path / "old.db"
+    async with await Ledger.open(path) as ledger:
+        results = await ledger.ingest([e.to_wire() for e in [*feed, twin]], source="peer-x")
+        assert [r.status for r in results] == ["stored", "stored", "refused"]
+    with closing(sqlite3.connect(path)) as db:  # back to what V7 wrote
+        db.executescript("""
+            CREATE TABLE v7 AS SELECT author, lane, seq, kept_id, other_id, other_payload,
+                other_sig, source, received FROM forks;
+            DROP TABLE forks;
+            CREATE TABLE forks (
+                author BLOB NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL,
+                kept_id BLOB NOT NULL, other_id BLOB NOT NULL, other_payload BLOB NOT NULL,
+                other_sig BLOB NOT NULL, source TEXT NOT NULL, received INTEGER NOT NULL,
+                PRIMARY KEY (author, lane, seq, other_id)
+            ) STRICT, WITHOUT ROWID;
+            INSERT INTO forks SELECT * FROM v7;
+            DROP TABLE v7;
+            ALTER TABLE peers DROP COLUMN forks_cursor;
+            PRAGMA user_version = 7;
+        """)
+    async with await Ledger.open(path) as ledger:
+        got = await ledger.reader.execute_fetchall(
+            "SELECT num, seq, kept_id, kept_pod, kept_payload, kept_sig, other_id, other_pod, "
+            "source, gossiped FROM forks")
+        assert [tuple(r) for r in got] == [(
+            1, 2, feed[1].id, key.public, feed[1].payload, feed[1].sig, twin.id, key.public,
+            "peer-x", 0)]  # fmt: skip
+        pieces, cursor, head = await visible_after(
+            ledger.reader, 0, 10, pod=b"p" * 32, asker=b"q" * 32)
+        assert (cursor, head) == (1, 1)
+        fork = check_evidence(pieces[0])
+        assert (fork.kept.id, fork.other.id) == (feed[1].id, twin.id)
+        columns = [r[1] for r in await ledger.reader.execute_fetchall("PRAGMA table_info(peers)")]
+        assert "forks_cursor" in columns
