@@ -286,10 +286,10 @@ class Ledger:
         new: list[bool] = []
         async with self._write, translated("storing fork evidence"):
             self._check_open()
-            for row in forks.insert_rows(found, source, now):
-                cursor = await self.db.execute(forks.INSERT_GOSSIPED, row)
-                new.append(bool(cursor.rowcount))
-            await self.db.commit()
+            async with transaction(self.db):
+                for row in forks.insert_rows(found, source, now):
+                    cursor = await self.db.execute(forks.INSERT_GOSSIPED, row)
+                    new.append(bool(cursor.rowcount))
         for fork, fresh in zip(found, new, strict=True):
             if fresh:
                 log.warning("fork: %s (evidence from %s)", describe_fork(fork), source)
