@@ -358,7 +358,8 @@ def sync(pod: Target, as_json: bool) -> None:
     "each row's columns say what its signed header says, and the feed heads.",
 )
 @click.option("--forks", is_flag=True, help="Show the forks recorded: a key that signed two "
-              "different events at one place of its feed (the proof is kept).")  # fmt: skip
+              "different events at one place of its feed (the proof is kept), seen here or "
+              "learned from a peer, which passed on the proof.")  # fmt: skip
 @pod_options
 @json_option
 def log(pod: Target, limit: int, verify: bool, forks: bool, as_json: bool) -> None:
@@ -415,25 +416,31 @@ def log(pod: Target, limit: int, verify: bool, forks: bool, as_json: bool) -> No
 
 
 def _forks(pod: Target, as_json: bool) -> None:
-    """The fork evidence, with the name of each key where this pod knows it."""
+    """The fork evidence, with the name of each key where this pod knows it, and where
+    it came from: the peer that delivered the event refused here, or the peer that sent
+    the proof (``gossiped``)."""
 
     async def go(s: Any) -> list[dict[str, Any]]:
         found = await s.get("/v1/forks")
         names = await s.key_names()
         for f in found:
             f["author_name"] = names.anywhere(f["author"])
+            f["source_name"] = names.anywhere(f["source"]) if len(f["source"]) == 43 else ""
         return found
 
     found = pod.call(go)
     if as_json:
         print_json(found)
         return
-    t = table("WHEN", "~KEY", "LANE", ">SEQ", "KEPT", "REFUSED", "~FROM")
+    t = table("WHEN", "~KEY", "LANE", ">SEQ", "KEPT", "OTHER", "~FROM")
     for f in found:
         who = f"{f['author_name']} ({short(f['author'])})" if f["author_name"] else short(
             f["author"])  # fmt: skip
+        source = f["source_name"] or (short(f["source"]) if len(f["source"]) == 43 else
+                                      f["source"])  # fmt: skip
+        origin = f"proof from {source}" if f.get("gossiped") else f"seen here, from {source}"
         t.add_row(ago_ms(f["received"]), who, f["lane"], str(f["seq"]), short(f["kept_id"]),
-                  short(f["other_id"]), f["source"])  # fmt: skip
+                  short(f["other_id"]), origin)  # fmt: skip
     show(t, "No forks recorded: every key has signed one history.")
     if found:
         warn("a fork is one key signing two histories: a backup restored and written on "

@@ -34,6 +34,9 @@ from podlink.protocol.envelope import encode_wire
 PAGE = 2000  # events read from the replaced database and ingested at a time
 LOCAL_TABLES = ("peers", "invites")  # replaced: the replaced database's are the newer
 KEPT_TABLES = ("forks", "pending")  # merged: fork evidence only the forker could re-send
+# Columns numbered by the restored database itself: the fork evidence's local numbers
+# (peers page by them) go on from the backup's, never taken from the other database.
+RENUMBERED = {("forks", "num")}
 
 
 @dataclass
@@ -134,6 +137,11 @@ async def _carry(
             carried.events = await _events(src, ledger)
         except sqlite3.Error as e:  # damaged past some page: keep what came before it
             carried.unreadable = f"it could be read only in part ({e})"
+        # Fork evidence carried from a database older than V8 lacks its kept header: the
+        # events carried give it (as the V8 migration does), so that it can be gossiped.
+        await ledger.write(
+            "UPDATE forks SET kept_pod = e.pod, kept_payload = e.payload, kept_sig = e.sig "
+            "FROM events AS e WHERE e.id = forks.kept_id AND forks.kept_payload IS NULL")
         # A member forgotten in either database stays forgotten: no key of theirs is kept
         # (the forget may be a duplicate here, so no fold would run to destroy it again).
         await ledger.write("DELETE FROM member_keys WHERE member IN "
@@ -153,7 +161,7 @@ async def _replace_table(
     KEPT_TABLES); columns it lacks are left out (the replaced database may be of an older
     schema). Returns the rows for peers, else 0."""
     ours = [row[1] for row in await ledger.reader.execute_fetchall(f"PRAGMA table_info({table})")]
-    kept = [i for i, name in enumerate(columns) if name in ours]
+    kept = [i for i, name in enumerate(columns) if name in ours and (table, name) not in RENUMBERED]
     names = ", ".join(f'"{columns[i]}"' for i in kept)
     marks = ", ".join("?" for _ in kept)
     merge = table in KEPT_TABLES

@@ -84,7 +84,8 @@ class Batch:
     waiting_seq: dict[tuple[bytes, str, int], list[Candidate]] = field(default_factory=dict)
     waiting_roster: list[Candidate] = field(default_factory=list)
     loaded: set[tuple[bytes, str]] = field(default_factory=set)  # feeds whose head is known
-    forks: list[tuple] = field(default_factory=list)
+    forks: list[dict[str, object]] = field(default_factory=list)
+    forked: int = 0  # pieces of fork evidence written (peers learn of them: after_commit)
     views: dict[bytes, list[st.EventView]] = field(default_factory=dict)  # root -> stored
     reload: set[bytes] = field(default_factory=set)  # roots to fold from the table anyway
     copies: list[tuple[Candidate, Candidate]] = field(default_factory=list)  # (copy, first)
@@ -550,10 +551,11 @@ async def _record_fork(batch: Batch, cand: Candidate, kept_id: bytes) -> None:
     h = cand.event.header
     if not await _fork_known(batch, h.author, h.lane, h.seq):
         batch.fork_at.add((h.author, h.lane, h.seq))
-        batch.forks.append((
-            h.author, h.lane, h.seq, kept_id, cand.event.id, cand.event.payload,
-            cand.event.sig, batch.source, batch.now,
-        ))  # fmt: skip
+        batch.forks.append({
+            "author": h.author, "lane": h.lane, "seq": h.seq, "kept_id": kept_id,
+            "other_id": cand.event.id, "other_pod": h.pod, "other_payload": cand.event.payload,
+            "other_sig": cand.event.sig, "source": batch.source, "received": batch.now,
+        })  # fmt: skip
         log.warning(
             "fork: %s signed two events at %s seq %d (kept %s, refused %s, from %s)",
             b64e(h.author)[:8], h.lane, h.seq, b64e(kept_id)[:8], cand.event.id_text[:8],
@@ -917,7 +919,15 @@ async def _flush(batch: Batch) -> None:
         )
         batch.dirty_heads = {}
     if batch.forks:
+        # The kept header is the stored event's (flushed above): the row carries both, so
+        # that the evidence can be served without the events (docs/protocol.md, V8).
         await db.executemany(
-            "INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.forks
+            "INSERT OR IGNORE INTO forks (author, lane, seq, kept_id, kept_pod, kept_payload, "
+            "kept_sig, other_id, other_pod, other_payload, other_sig, source, received) "
+            "SELECT :author, :lane, :seq, :kept_id, e.pod, e.payload, e.sig, :other_id, "
+            ":other_pod, :other_payload, :other_sig, :source, :received "
+            "FROM (SELECT :kept_id AS k) LEFT JOIN events AS e ON e.id = k",
+            batch.forks,
         )
+        batch.forked += len(batch.forks)
         batch.forks = []

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
-from podlink.ledger import projections
+from podlink.ledger import forks, projections
 from podlink.ledger import state as st
 from podlink.ledger.errors import LedgerError
 from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
@@ -41,6 +41,8 @@ from podlink.protocol import clock, kinds
 from podlink.protocol.boxes import MEMBER_KEY_LEN
 from podlink.protocol.envelope import decode_header, verify_signature_parts
 from podlink.protocol.errors import ProtocolError
+from podlink.protocol.evidence import Fork
+from podlink.protocol.evidence import describe as describe_fork
 from podlink.protocol.text import b64e
 
 if TYPE_CHECKING:
@@ -273,6 +275,28 @@ class Ledger:
             await self.db.executemany(sql, rows)
             await self.db.commit()
 
+    async def store_forks(self, found: Sequence[Fork], *, source: str) -> list[bool]:
+        """Keep fork evidence a peer (``source``) sent, checked already
+        (ledger/forks.py); per piece, whether it was new. One piece per feed position,
+        the first seen: evidence held there already (recorded here or sent before, the
+        same pair in either order or another) is left as it is."""
+        if not found:
+            return []
+        now = clock.now_ms()
+        new: list[bool] = []
+        async with self._write, translated("storing fork evidence"):
+            self._check_open()
+            async with transaction(self.db):
+                for row in forks.insert_rows(found, source, now):
+                    cursor = await self.db.execute(forks.INSERT_GOSSIPED, row)
+                    new.append(bool(cursor.rowcount))
+        for fork, fresh in zip(found, new, strict=True):
+            if fresh:
+                log.warning("fork: %s (evidence from %s)", describe_fork(fork), source)
+        if any(new):
+            self.notify_stored()
+        return new
+
     async def put_member_key(self, member: bytes, key: bytes) -> None:
         """Keep the SecretBox key of ``member`` (the id of its member.join event).
 
@@ -490,9 +514,13 @@ class Ledger:
         if batch.stored_ids:
             self.generation += 1
             self.recent.append((self.generation, batch.stored_ids))
-        if batch.stored:
-            for listener in list(self.stored_listeners):
-                listener(self.next_pos - 1)
+        if batch.stored or batch.forked:  # new fork evidence is news for peers too
+            self.notify_stored()
+
+    def notify_stored(self) -> None:
+        """Tell the listeners (the node's live streams) that something new is stored."""
+        for listener in list(self.stored_listeners):
+            listener(self.next_pos - 1)
 
     def stored_since(self, generation: int) -> dict[bytes, bool] | None:
         """Ids stored after ``generation`` (see ``recent``); None if not all remembered."""

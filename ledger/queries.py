@@ -667,14 +667,16 @@ async def log_page(
 
 
 async def list_forks(db: aiosqlite.Connection) -> list[Row]:
+    """The fork evidence held, in the order it came: recorded here (``gossiped`` false:
+    ``source`` delivered the refused event) or sent by the peer ``source`` (true)."""
     sql = (
-        "SELECT author, lane, seq, kept_id, other_id, source, received FROM forks "
-        "ORDER BY received"
+        "SELECT num, author, lane, seq, kept_id, other_id, source, received, gossiped "
+        "FROM forks ORDER BY num"
     )
     return [
-        {"author": a, "lane": ln, "seq": s, "kept_id": k, "other_id": o, "source": src,
-         "received": r}
-        for a, ln, s, k, o, src, r in await rows(db, sql)
+        {"num": n, "author": a, "lane": ln, "seq": s, "kept_id": k, "other_id": o,
+         "source": src, "received": r, "gossiped": bool(g)}
+        for n, a, ln, s, k, o, src, r, g in await rows(db, sql)
     ]  # fmt: skip
 
 

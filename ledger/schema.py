@@ -238,5 +238,47 @@ ALTER TABLE claims ADD COLUMN reason TEXT NOT NULL DEFAULT '';
 ALTER TABLE requests ADD COLUMN cancel_reason TEXT NOT NULL DEFAULT '';
 INSERT OR REPLACE INTO meta SELECT 'rebuild', x'01' WHERE EXISTS (SELECT 1 FROM events);
 """
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7)
+# V8: fork evidence is gossiped (docs/protocol.md, Equivocation). A row carries both
+# signed headers, since a node that learns of a fork from a peer may hold neither event,
+# and gets a local number (``num``, increasing, never reused: AUTOINCREMENT) that peers
+# page by. One piece per feed position, the first seen, as ingest already kept it
+# (a pair already held, in either order, is at the same position). ``kept_pod`` and
+# ``other_pod`` (the headers' pods) decide which peers may see a peers-lane row; rows
+# from before V8 get them from the events table and from the header bytes in their
+# usual encoding (else NULL: not served on the peers lane), and a kept header found
+# nowhere leaves the row shown here but never served. ``gossiped`` is 1 for evidence a
+# peer (``source``) sent, 0 where this node refused the other event itself.
+# Each peer's cursor into the peer's evidence numbers is ``peers.forks_cursor``.
+V8 = """
+CREATE TABLE forks_v8 (
+    num           INTEGER PRIMARY KEY AUTOINCREMENT,
+    author        BLOB NOT NULL,
+    lane          TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    kept_id       BLOB NOT NULL,
+    kept_pod      BLOB,
+    kept_payload  BLOB,
+    kept_sig      BLOB,
+    other_id      BLOB NOT NULL,
+    other_pod     BLOB,
+    other_payload BLOB NOT NULL,
+    other_sig     BLOB NOT NULL,
+    source        TEXT NOT NULL,
+    received      INTEGER NOT NULL,
+    gossiped      INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (author, lane, seq)
+) STRICT;
+INSERT OR IGNORE INTO forks_v8 (author, lane, seq, kept_id, kept_pod, kept_payload, kept_sig,
+    other_id, other_pod, other_payload, other_sig, source, received)
+SELECT f.author, f.lane, f.seq, f.kept_id, e.pod, e.payload, e.sig, f.other_id,
+    CASE WHEN substr(f.other_payload, 1, 4) = x'9b01c420'
+         THEN substr(f.other_payload, 5, 32) END,
+    f.other_payload, f.other_sig, f.source, f.received
+FROM forks AS f LEFT JOIN events AS e ON e.id = f.kept_id
+ORDER BY f.received, f.other_id;
+DROP TABLE forks;
+ALTER TABLE forks_v8 RENAME TO forks;
+ALTER TABLE peers ADD COLUMN forks_cursor INTEGER NOT NULL DEFAULT 0;
+"""
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7, V8)
 SCHEMA_VERSION = len(MIGRATIONS)

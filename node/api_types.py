@@ -166,12 +166,28 @@ class Page(msgspec.Struct, kw_only=True, array_like=True):
     """msgpack: a page of events for a peer, in store order.
 
     ``cursor`` is where to ask from next; ``head`` the node's newest position; ``epoch``
-    changes when the node's store was restored (then repair by heads)."""
+    changes when the node's store was restored (then repair by heads). ``forks`` (changes
+    and stream pages; 0 elsewhere) is the number of the newest fork evidence this peer
+    may see: more than the peer's evidence cursor, and it asks ``/v1/peer/forks``. A
+    trailing field with a default: nodes from before it send four elements, and they
+    ignore a fifth."""
 
     epoch: bytes
     cursor: Position
     head: Position
     events: list[msgspec.Raw]
+    forks: Position = 0
+
+
+class ForkPage(msgspec.Struct, kw_only=True, array_like=True):
+    """msgpack: a page of fork evidence for a peer, in evidence-number order.
+
+    Each element of ``forks`` is one piece (protocol/evidence.py), checked by the
+    receiver on its own; ``cursor`` and ``head`` work as a Page's, on evidence numbers."""
+
+    cursor: Position
+    head: Position
+    forks: list[msgspec.Raw]
 
 
 class FeedHead(msgspec.Struct, array_like=True):
@@ -193,6 +209,7 @@ join_decoder = msgspec.json.Decoder(JoinRequest)
 add_peer_decoder = msgspec.json.Decoder(AddPeer)
 redeem_decoder = msgspec.json.Decoder(Redeem)
 page_decoder = msgspec.msgpack.Decoder(Page)
+fork_page_decoder = msgspec.msgpack.Decoder(ForkPage)
 heads_decoder = msgspec.msgpack.Decoder(list[FeedHead])
 hello_decoder = msgspec.msgpack.Decoder(StreamHello)
 json_encoder = msgspec.json.Encoder()

@@ -22,6 +22,7 @@ import aiohttp
 import msgspec
 import yarl
 
+from podlink.ledger import forks as fork_rows
 from podlink.ledger import queries
 from podlink.ledger.ledger import Checked
 from podlink.ledger.store import rows
@@ -30,6 +31,7 @@ from podlink.node.api_types import (
     Page,
     PeerSync,
     StreamHello,
+    fork_page_decoder,
     heads_decoder,
     msgpack_encoder,
     page_decoder,
@@ -37,6 +39,7 @@ from podlink.node.api_types import (
 from podlink.node.runtime import Node, PeerRecord
 from podlink.protocol.envelope import decode_event
 from podlink.protocol.errors import ProtocolError
+from podlink.protocol.evidence import Fork
 from podlink.protocol.http_auth import sign_request
 from podlink.protocol.text import b64e
 
@@ -53,6 +56,7 @@ UNREADABLE = (msgspec.MsgspecError, RecursionError, ValueError)
 
 
 HEADS_PAGE = 2000  # feed heads asked for at once in a repair (~160 kB)
+FORK_PAGES = 50  # pages of fork evidence taken per page of changes that says there is more
 
 
 class PeerError(Exception):
@@ -238,6 +242,10 @@ class PeerLink:
             if not complete:  # the cursor moves on: what a feed left behind, a repair fetches
                 await self.node.repaired(rec.pod, done=False)
             await self.node.save_cursor(rec.pod, page.head, page.epoch, int(time.time()))
+            # Its evidence numbers start again too: take its evidence from the start (what
+            # we hold already is not stored twice).
+            await self.node.save_forks_cursor(rec.pod, 0)
+            await self._take_forks(page.forks)
             return 0, 0
         wires = [bytes(raw) for raw in page.events]
         stored = 0
@@ -259,9 +267,70 @@ class PeerLink:
         now = int(time.time())
         await self.node.save_cursor(rec.pod, page.cursor, page.epoch, now)
         self.status.last_success = now
+        await self._take_forks(page.forks)
         return len(wires), stored
 
-    def _count(self, results: list, hostile: int = 0, *, repair: bool = False) -> None:
+    # ------------------------------------------------------------ fork evidence
+
+    async def _take_forks(self, newest: int) -> None:
+        """Fetch the peer's fork evidence after our cursor into it, if a page says it has
+        newer (``newest``, its number of the newest we may see). A number below our cursor
+        means the peer numbers anew (its store was restored): from the start, then.
+
+        Evidence never stops replication: a peer that cannot serve it, or serves junk,
+        is logged and counted, and the events go on; the next page asks again."""
+        rec = self.record
+        if newest < rec.forks_cursor:
+            await self.node.save_forks_cursor(rec.pod, 0)
+        if newest <= rec.forks_cursor:
+            return
+        try:
+            await self._pull_forks()
+        except (PeerError, aiohttp.ClientError, TimeoutError) as err:
+            log.info("peer %s: fork evidence not taken: %s", self.source[:8],
+                     describe(err, self.node.config.peer_timeout_s))  # fmt: skip
+
+    async def _pull_forks(self) -> None:
+        """Pages of the peer's evidence after our cursor, each piece checked on its own
+        (ledger/forks.py: signatures, shape, lane) and stored if new, until its head (at
+        most FORK_PAGES pages, the rest at the next page that says so)."""
+        rec, ledger, metrics = self.record, self.node.ledger, self.node.metrics
+        for _ in range(FORK_PAGES):
+            after = rec.forks_cursor
+            try:
+                page = fork_page_decoder.decode(await self._get(
+                    "/v1/peer/forks", after=after, limit=fork_rows.FORKS_PAGE))  # fmt: skip
+            except UNREADABLE as err:
+                self._count([], hostile=1, what="pages of fork evidence", why=str(err)[:200])
+                raise PeerError(f"unreadable fork evidence: {err}") from None
+            pieces = [bytes(raw) for raw in page.forks[: fork_rows.FORKS_PAGE]]
+            extra = len(page.forks) - len(pieces)  # more than asked for: not even read
+            checked = await fork_rows.check_from_peer(ledger, pieces, rec.pod)
+            good = [c for c in checked if isinstance(c, Fork)]
+            bad = [c for c in checked if isinstance(c, ProtocolError)]
+            new = await ledger.store_forks(good, source=self.source)
+            metrics.inc("fork_evidence_total", sum(new), outcome="stored")
+            metrics.inc("fork_evidence_total", len(new) - sum(new), outcome="held")
+            for err in bad:
+                metrics.inc("fork_evidence_total", outcome=err.reason)
+            if bad or extra:
+                self._count([], hostile=len(bad) + extra, what="pieces of fork evidence",
+                            why=bad[0].message if bad else "more evidence than asked for")
+            if page.cursor <= after:  # no progress: nothing more, or a peer going round
+                return
+            await self.node.save_forks_cursor(rec.pod, page.cursor)
+            if page.cursor >= page.head:
+                return
+
+    def _count(
+        self,
+        results: list,
+        hostile: int = 0,
+        *,
+        repair: bool = False,
+        what: str = "events",
+        why: str = "events it was not asked for",
+    ) -> None:
         """Count what the peer sent us that was refused (and how much of it was hostile:
         forged, malformed, oversized), in every path that submits its events. A repair
         counts only the hostile: it asks again, by design, for what was refused for now
@@ -271,9 +340,9 @@ class PeerLink:
         self.status.refused += (len(bad) if repair else len(refused)) + hostile
         self.status.hostile += len(bad) + hostile
         if bad or hostile:
-            why = bad[0].message if bad else "events it was not asked for"
-            log.warning("peer %s sent %d bad events (%s)", self.source[:8],
-                        len(bad) + hostile, why)  # fmt: skip
+            why = bad[0].message if bad else why
+            log.warning("peer %s sent %d bad %s (%s)", self.source[:8],
+                        len(bad) + hostile, what, why)  # fmt: skip
 
     async def repair(self) -> tuple[int, bool]:
         """Compare feed heads with the peer and fetch every range we miss; returns (events
@@ -461,7 +530,10 @@ class PeerLink:
                     async with self._lock:
                         rec = self.record
                         if page.epoch == rec.epoch and page.cursor <= rec.cursor:
-                            continue  # a pull (`podlink sync`) took it while this one waited
+                            # A pull (`podlink sync`) took it while this one waited, or it
+                            # only says the peer holds new fork evidence.
+                            await self._take_forks(page.forks)
+                            continue
                         if (rec.epoch is not None and page.epoch != rec.epoch) or (
                             page.head < rec.cursor
                         ):  # the peer's store was restored: a pull repairs

@@ -14,6 +14,8 @@ HELP = {
     "peer_sync_seconds": "Duration of the last sync round with a peer.",
     "peer_connected": "1 while the live stream to a peer is open.",
     "ledger_events": "Events in the ledger.",
+    "fork_evidence_total": "Fork evidence peers sent: stored, held already, or refused "
+    "(by reason word).",
 }
 GAUGES = {"peer_lag_events", "peer_sync_seconds", "peer_connected", "ledger_events"}
 

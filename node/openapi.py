@@ -126,6 +126,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/peer/feed", "A range of one feed (msgpack Page).", "peer",
              response="msgpack", query={"author": "base64url key", "lane": "peers|network",
                                         "from": "first seq", "to": "last seq"}),
+    Endpoint("GET", "/v1/peer/forks", "Fork evidence after a number (msgpack ForkPage).",
+             "peer", response="msgpack",
+             query={"after": "evidence number", "limit": "max pieces (1-100)"}),
     Endpoint("POST", "/v1/peer/redeem", "Present an invite's secret.", "signed",
              body=t.Redeem, response=t.Peer),
 )  # fmt: skip

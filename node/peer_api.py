@@ -6,6 +6,8 @@
   cursor), then receives Pages as events are stored, from its cursor on, forever;
 * ``GET /v1/peer/heads`` — every visible feed head (msgpack), to find gaps after a restore;
 * ``GET /v1/peer/feed?author=K&lane=L&from=A&to=B`` — a range of one feed by seq;
+* ``GET /v1/peer/forks?after=N&limit=M`` — a msgpack :class:`ForkPage` of fork evidence
+  numbered after N (never about a pod-lane feed);
 * ``POST /v1/peer/redeem`` — a joining node presents an invite's secret.
 
 A peer sees every ``network`` event this node holds and this pod's ``peers`` lane.
@@ -21,10 +23,12 @@ import time
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from podlink.ledger import forks as fork_rows
 from podlink.ledger import queries
 from podlink.node.api_types import (
     MAX_POSITION,
     FeedHead,
+    ForkPage,
     Info,
     Page,
     Peer,
@@ -99,7 +103,8 @@ async def page_since(node: Node, peer: bytes, since: int, limit: int) -> Page:
             break
         events.append(msgspec.Raw(wire))
         size += len(wire)
-    return Page(epoch=node.ledger.epoch, cursor=cursor, head=head, events=events)
+    newest = await fork_rows.newest_visible(node.ledger.reader, pod=node.pod, asker=peer)
+    return Page(epoch=node.ledger.epoch, cursor=cursor, head=head, events=events, forks=newest)
 
 
 async def changes(request: web.Request) -> web.Response:
@@ -136,6 +141,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
             await ws.close(code=4400, message=b"malformed hello")
             return ws
         cursor = hello.since
+        sent_forks = 0  # the newest evidence number sent: a page goes out when it moves
         limit = node.config.page_events
         reader = asyncio.create_task(_drain(ws))
         try:
@@ -144,9 +150,9 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
                 page = await page_since(node, peer, cursor, limit)
                 if peer not in node.peers:
                     break  # unpeered since the stream opened: not one more page
-                if page.events or page.cursor != cursor:
+                if page.events or page.cursor != cursor or page.forks != sent_forks:
                     await ws.send_bytes(msgpack_encoder.encode(page))
-                    cursor = page.cursor
+                    cursor, sent_forks = page.cursor, page.forks
                 if page.cursor >= page.head:  # all sent; a page cut at MAX_PAGE_BYTES is
                     await _wait_for_events_or_close(marker, reader)  # not: send on at once
         finally:
@@ -243,6 +249,19 @@ async def _feed_events(
     return events
 
 
+async def fork_evidence(request: web.Request) -> web.Response:
+    """Fork evidence the asking peer may see, numbered after ``after`` (ledger/forks.py)."""
+    node = request.app[NODE]
+    after = int_param(request, "after", 0, 0, MAX_POSITION)
+    limit = int_param(request, "limit", fork_rows.FORKS_PAGE, 1, fork_rows.FORKS_PAGE)
+    pieces, cursor, head = await fork_rows.visible_after(
+        node.ledger.reader, after, limit, pod=node.pod, asker=request[SIGNER]
+    )
+    raw = [msgspec.Raw(msgpack_encoder.encode(p)) for p in pieces]
+    page = ForkPage(cursor=cursor, head=head, forks=raw)
+    return web.Response(body=msgpack_encoder.encode(page), content_type=MSGPACK)
+
+
 def secret_hash(secret: str) -> bytes:
     return hashlib.blake2b(secret.encode(), digest_size=32, person=b"podlink-invite").digest()
 
@@ -292,6 +311,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/peer/stream", stream)
     app.router.add_get("/v1/peer/heads", heads)
     app.router.add_get("/v1/peer/feed", feed)
+    app.router.add_get("/v1/peer/forks", fork_evidence)
     app.router.add_post("/v1/peer/redeem", redeem)
 
 

@@ -34,6 +34,7 @@ class PeerRecord:
     epoch: bytes | None
     last_sync: int | None
     repair: bool = False  # our store was restored: compare heads with this peer first
+    forks_cursor: int = 0  # the peer's newest fork evidence number we have taken
 
 
 class Node:
@@ -138,11 +139,11 @@ class Node:
         is added). Reading them all while links run would put back values a link saved
         meanwhile (its cursor, its repair flag) with the older ones just read."""
         sql = (
-            "SELECT pod, url, name, cursor, epoch, last_sync, repair FROM peers "
+            "SELECT pod, url, name, cursor, epoch, last_sync, repair, forks_cursor FROM peers "
             "WHERE removed IS NULL" + (" AND pod = ?" if only is not None else "")
         )
         found = await queries.rows(self.ledger.reader, sql, (only,) if only else ())
-        peers = {r[0]: PeerRecord(*r[:6], repair=bool(r[6])) for r in found}
+        peers = {r[0]: PeerRecord(*r[:6], repair=bool(r[6]), forks_cursor=r[7]) for r in found}
         for pod, fresh in peers.items():
             # Keep the record a running gossip link holds: its cursor must stay the one
             # save_cursor moves (a copy left behind made the link re-pull from a stale one).
@@ -191,6 +192,13 @@ class Node:
         record = self.peers.get(pod)
         if record is not None:
             record.repair = not done
+
+    async def save_forks_cursor(self, pod: bytes, cursor: int) -> None:
+        """Where we are in the peer's fork evidence (its numbers, see ledger/forks.py)."""
+        await self.ledger.write("UPDATE peers SET forks_cursor = ? WHERE pod = ?", (cursor, pod))
+        record = self.peers.get(pod)
+        if record is not None:
+            record.forks_cursor = cursor
 
     async def save_cursor(self, pod: bytes, cursor: int, epoch: bytes, now_s: int) -> None:
         await self.ledger.write(

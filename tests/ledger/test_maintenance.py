@@ -118,15 +118,17 @@ async def test_upgrading_a_v2_file_rebuilds_the_replaced_tables(tmp_path: Path) 
             await ledger.ingest(batch)
         live = await ledger.dump()
     assert live["requests"] and live["claims"] and live["offers"]
-    # Put the file back as version 2 left it: the V1 tables, holding nothing.
+    # Put the file back as version 2 left it: the V1 tables, holding nothing (and V8's
+    # fork evidence table, empty here, and peers column undone).
     with sqlite3.connect(path) as con:
-        for table in ("requests", "claims", "offers", "resources"):
+        for table in ("requests", "claims", "offers", "resources", "forks"):
             con.execute(f"DROP TABLE {table}")
         for statement in V1.split(";"):
             if any(f"TABLE {t} " in statement or f"ON {t} " in statement
-                   for t in ("requests", "claims", "offers", "resources")):  # fmt: skip
+                   for t in ("requests", "claims", "offers", "resources", "forks")):  # fmt: skip
                 con.execute(statement)
         con.execute("DROP INDEX fulfilments_request")  # V4's
+        con.execute("ALTER TABLE peers DROP COLUMN forks_cursor")  # V8's
         con.execute("PRAGMA user_version=2")
     con.close()
     async with await Ledger.open(path) as ledger:

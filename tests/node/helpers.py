@@ -26,7 +26,7 @@ from aiohttp import web
 
 from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger
-from podlink.node.api_types import FeedHead, Page, hello_decoder, msgpack_encoder
+from podlink.node.api_types import FeedHead, ForkPage, Page, hello_decoder, msgpack_encoder
 from podlink.node.app import create_app
 from podlink.node.client import NodeClient
 from podlink.node.config import Config, load_config, save_config, with_overrides
@@ -403,6 +403,9 @@ class FakePeer:
         self.feed_events: list[bytes] = []  # what every /v1/peer/feed request gets
         self.feeds: dict[bytes, list[bytes]] = {}  # author -> its events, served instead
         self.refuse_feed_every = 0  # answer every Nth /v1/peer/feed with 429 (0: never)
+        # Pieces of fork evidence (any bytes) served by /v1/peer/forks, numbered from 1;
+        # its pages say how many there are (Page.forks).
+        self.forks: list[bytes] = []
         self._feed_asked = 0
         self.calls: list[tuple[str, str, bytes | None]] = []  # (method, path, signer or None)
         self._sockets: set[web.WebSocketResponse] = set()
@@ -423,6 +426,7 @@ class FakePeer:
         app.router.add_get("/v1/peer/stream", self._stream)
         app.router.add_get("/v1/peer/heads", self._heads)
         app.router.add_get("/v1/peer/feed", self._feed)
+        app.router.add_get("/v1/peer/forks", self._forks)
         app.on_shutdown.append(self._close_sockets)
         self._runner = web.AppRunner(app, shutdown_timeout=2)
         await self._runner.setup()
@@ -450,7 +454,9 @@ class FakePeer:
     def page(self, since: int) -> bytes:
         head = len(self.events)
         events = [msgspec.Raw(e) for e in self.events[since:]]
-        return msgpack_encoder.encode(Page(epoch=self.epoch, cursor=head, head=head, events=events))
+        return msgpack_encoder.encode(
+            Page(epoch=self.epoch, cursor=head, head=head, events=events, forks=len(self.forks))
+        )
 
     async def _info(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -487,6 +493,15 @@ class FakePeer:
         served = self.feeds.get(b64d(author), self.feed_events) if author else self.feed_events
         events = [msgspec.Raw(e) for e in served]
         page = Page(epoch=self.epoch, cursor=0, head=len(self.events), events=events)
+        return web.Response(body=msgpack_encoder.encode(page), content_type="application/msgpack")
+
+    async def _forks(self, request: web.Request) -> web.Response:
+        self._check(request)
+        after = int(request.query.get("after", "0"))
+        limit = int(request.query.get("limit", "100"))
+        pieces = [msgspec.Raw(f) for f in self.forks[after : after + limit]]
+        cursor = min(after + limit, len(self.forks)) if pieces else max(after, len(self.forks))
+        page = ForkPage(cursor=cursor, head=len(self.forks), forks=pieces)
         return web.Response(body=msgpack_encoder.encode(page), content_type="application/msgpack")
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:

@@ -249,6 +249,12 @@ MALFORMED: dict[tuple[str, str], list[tuple[str, bytes]]] = {
         ("/v1/peer/feed?author=" + "A" * 43 + "&lane=pod", b""),
         ("/v1/peer/feed?author=" + "A" * 43 + "&lane=network&from=5&to=2", b""),
     ],
+    ("GET", "/v1/peer/forks"): [
+        ("/v1/peer/forks?after=-1", b""),
+        ("/v1/peer/forks?after=x", b""),
+        ("/v1/peer/forks?limit=0", b""),
+        ("/v1/peer/forks?limit=101", b""),
+    ],
     ("POST", "/v1/peer/redeem"): [
         ("", b"{}"),
         ("", b"garbage"),

@@ -1,0 +1,119 @@
+"""Fork evidence kept in the ``forks`` table: what peers may see of it, by number, and
+what a peer sent us, checked and stored.
+
+A row is one piece of evidence (protocol/evidence.py) at one feed position, the first
+seen: recorded by ingest when this node refused the other event itself (``gossiped`` 0),
+or sent by a peer (``gossiped`` 1, ``source`` that peer). Each row has a local number,
+``num``, increasing; peers page through the ones they may see by it
+(``GET /v1/peer/forks``), and every page of changes says the newest (``Page.forks``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import aiosqlite
+
+from podlink.ledger.store import rows
+from podlink.protocol.errors import ProtocolError
+from podlink.protocol.evidence import Evidence, Fork, check_evidence, decode_evidence
+from podlink.protocol.text import b64e
+
+if TYPE_CHECKING:
+    from podlink.ledger.ledger import Ledger
+
+log = logging.getLogger("podlink.ledger")
+FORKS_PAGE = 100  # pieces of evidence in one page at most (~2 kB each at the very most)
+
+
+def visible_clause(pod: bytes | None, asker: bytes) -> tuple[str, list[object]]:
+    """SQL for the evidence a direct peer may see, by the lanes' rules for events: every
+    ``network`` feed's, a ``peers`` feed's only when both headers were written for this
+    pod or for the asker's (what ``heads`` and ``feed`` serve it), never the ``pod``
+    lane's. Nor what the asker sent us itself, nor a row whose kept header this node
+    never had (from before V8, its event gone)."""
+    both = [pod or b"", asker]
+    clause = (
+        "kept_payload IS NOT NULL AND (lane = 'network' OR (lane = 'peers' "
+        "AND kept_pod IN (?, ?) AND other_pod IN (?, ?))) AND NOT (gossiped = 1 AND source = ?)"
+    )
+    return clause, [*both, *both, b64e(asker)]
+
+
+async def newest_visible(db: aiosqlite.Connection, *, pod: bytes | None, asker: bytes) -> int:
+    """The number of the newest evidence ``asker`` may see (0: none)."""
+    clause, params = visible_clause(pod, asker)
+    found = await rows(
+        db, f"SELECT num FROM forks WHERE {clause} ORDER BY num DESC LIMIT 1", params
+    )
+    return found[0][0] if found else 0
+
+
+async def visible_after(
+    db: aiosqlite.Connection, after: int, limit: int, *, pod: bytes | None, asker: bytes
+) -> tuple[list[Evidence], int, int]:
+    """Evidence ``asker`` may see numbered after ``after``, in number order: (pieces,
+    cursor, head), as a page of changes: ``head`` is the newest visible number, read
+    first; ``cursor`` the last number of a full page, else ``head`` (never below
+    ``after``)."""
+    head = await newest_visible(db, pod=pod, asker=asker)
+    clause, params = visible_clause(pod, asker)
+    found = await rows(
+        db,
+        f"SELECT num, kept_payload, kept_sig, other_payload, other_sig FROM forks "
+        f"WHERE num > ? AND num <= ? AND {clause} ORDER BY num LIMIT ?",
+        [after, head, *params, limit],
+    )
+    cursor = found[-1][0] if len(found) == limit else head
+    pieces = [Evidence(kp, ks, op, os_) for _, kp, ks, op, os_ in found]
+    return pieces, max(cursor, after), head
+
+
+def check_pieces(
+    raws: Sequence[bytes], pod: bytes | None, sender: bytes
+) -> list[Fork | ProtocolError]:
+    """Check pieces a peer sent (on a verify thread: two Ed25519 checks each): decoded,
+    signed, a fork, and in a lane that peer may send us (never ``pod``; ``peers`` only
+    when both headers were written for its pod or ours, the one hop that lane goes)."""
+    out: list[Fork | ProtocolError] = []
+    for raw in raws:
+        try:
+            fork = check_evidence(decode_evidence(raw))
+            if fork.lane == "pod":
+                raise ProtocolError(
+                    "unauthorised", "evidence about a pod-lane feed: those never leave their pod")
+            if fork.lane == "peers" and not {fork.kept.pod, fork.other.pod} <= {pod, sender}:
+                raise ProtocolError(
+                    "unauthorised", "evidence about a third pod's peers lane (one hop only)")
+            out.append(fork)
+        except ProtocolError as err:
+            out.append(err)
+    return out
+
+
+async def check_from_peer(
+    ledger: Ledger, raws: Sequence[bytes], sender: bytes
+) -> list[Fork | ProtocolError]:
+    """``check_pieces`` off the event loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        ledger.executor, check_pieces, list(raws), ledger.pod, sender
+    )
+
+
+def insert_rows(forks: Sequence[Fork], source: str, now_ms: int) -> list[tuple[object, ...]]:
+    return [
+        (f.author, f.lane, f.seq, f.kept.id, f.kept.pod, f.kept.payload, f.kept.sig,
+         f.other.id, f.other.pod, f.other.payload, f.other.sig, source, now_ms)
+        for f in forks
+    ]  # fmt: skip
+
+
+INSERT_GOSSIPED = (
+    "INSERT OR IGNORE INTO forks (author, lane, seq, kept_id, kept_pod, kept_payload, "
+    "kept_sig, other_id, other_pod, other_payload, other_sig, source, received, gossiped) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+)
