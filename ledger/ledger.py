@@ -28,6 +28,7 @@ from podlink.ledger.errors import LedgerError
 from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
 from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import (
+    chunks,
     connect,
     marks,
     rows,
@@ -275,27 +276,39 @@ class Ledger:
             await self.db.executemany(sql, rows)
             await self.db.commit()
 
-    async def store_forks(self, found: Sequence[Fork], *, source: str) -> list[bool]:
+    async def store_forks(self, found: Sequence[Fork], *, source: str) -> list[str]:
         """Keep fork evidence a peer (``source``) sent, checked already
-        (ledger/forks.py); per piece, whether it was new. One piece per feed position,
-        the first seen: evidence held there already (recorded here or sent before, the
-        same pair in either order or another) is left as it is."""
+        (ledger/forks.py); per piece: ``stored`` (new), ``held`` (evidence at that feed
+        position is kept already: recorded here or sent before, the same pair in either
+        order or another; it is left as it is) or ``unknown``: not kept, since this node
+        holds no event of that key. Two signatures of a throwaway key cost nothing to
+        make; evidence about keys whose events we hold is bounded by the feed positions
+        of authors our ledger admitted, as their events are (a peer could otherwise fill
+        the disk with forks of keys made for the purpose)."""
         if not found:
             return []
         now = clock.now_ms()
-        new: list[bool] = []
+        out: list[str] = []
         async with self._write, translated("storing fork evidence"):
             self._check_open()
+            authors = sorted({f.author for f in found})
+            known: set[bytes] = set()
+            for part in chunks(authors):
+                sql = f"SELECT DISTINCT author FROM feeds WHERE author IN ({marks(len(part))})"
+                known.update(r[0] for r in await rows(self.db, sql, part))
             async with transaction(self.db):
-                for row in forks.insert_rows(found, source, now):
+                for fork, row in zip(found, forks.insert_rows(found, source, now), strict=True):
+                    if fork.author not in known:
+                        out.append("unknown")
+                        continue
                     cursor = await self.db.execute(forks.INSERT_GOSSIPED, row)
-                    new.append(bool(cursor.rowcount))
-        for fork, fresh in zip(found, new, strict=True):
-            if fresh:
+                    out.append("stored" if cursor.rowcount else "held")
+        for fork, outcome in zip(found, out, strict=True):
+            if outcome == "stored":
                 log.warning("fork: %s (evidence from %s)", describe_fork(fork), source)
-        if any(new):
+        if "stored" in out:
             self.notify_stored()
-        return new
+        return out
 
     async def put_member_key(self, member: bytes, key: bytes) -> None:
         """Keep the SecretBox key of ``member`` (the id of its member.join event).

@@ -308,9 +308,8 @@ class PeerLink:
             checked = await fork_rows.check_from_peer(ledger, pieces, rec.pod)
             good = [c for c in checked if isinstance(c, Fork)]
             bad = [c for c in checked if isinstance(c, ProtocolError)]
-            new = await ledger.store_forks(good, source=self.source)
-            metrics.inc("fork_evidence_total", sum(new), outcome="stored")
-            metrics.inc("fork_evidence_total", len(new) - sum(new), outcome="held")
+            for outcome in await ledger.store_forks(good, source=self.source):
+                metrics.inc("fork_evidence_total", outcome=outcome)
             for err in bad:
                 metrics.inc("fork_evidence_total", outcome=err.reason)
             if bad or extra:

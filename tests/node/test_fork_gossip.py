@@ -210,8 +210,10 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
     network: Network,
 ) -> None:
     """A peer serving evidence that proves nothing: each piece is refused, counted
-    against the peer, and stores nothing; the one sound piece in the page (about a
-    feed this node never saw) is stored, and the peer's events still replicate."""
+    against the peer, and stores nothing. Of the two sound pieces, the one about a feed
+    this node never saw, of a key whose events it holds, is stored; the one about a key
+    it holds nothing of is not (throwaway keys would fill the disk), nor counted against
+    the peer. The peer's events still replicate."""
     [alder] = await network(1)
     fake = FakePeer()
     mallory, other_key = fake.keypair, Keypair.generate()
@@ -223,7 +225,9 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
     stranger = _feed(other_key, pod, "network", 2)  # another key, same positions
     pod_lane = _feed(mallory, pod, "pod", 2)
     pod_twin = _twin(mallory, pod, "pod", pod_lane[1], "private")
-    unknown_key = Keypair.generate()  # a feed Alder never sees: the proof still counts
+    unseen = _feed(mallory, pod, "peers", 2)  # a feed Alder never sees, of a key it knows
+    unseen_twin = _twin(mallory, pod, "peers", unseen[1], "elsewhere")
+    unknown_key = Keypair.generate()  # a key Alder holds nothing of
     far = _feed(unknown_key, unknown_key.public, "network", 2)
     far_twin = _twin(unknown_key, unknown_key.public, "network", far[1], "elsewhere")
     bad = {
@@ -243,8 +247,7 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
     for name, raw in bad.items():  # each fails on its own account
         [verdict] = check_pieces([raw], alder.pod, pod)
         assert isinstance(verdict, ProtocolError), name
-    good = piece(far[1], far_twin)
-    fake.forks = [*bad.values(), good]
+    fake.forks = [*bad.values(), piece(far[1], far_twin), piece(unseen[1], unseen_twin)]
     fake.events = [e.to_wire() for e in feed]
     await fake.start()
     try:
@@ -254,15 +257,16 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
             return await forks(alder)
 
         [row] = await wait_for(taken, within=10, what="the sound piece stored")
-        assert (row["author"], row["other_id"], row["gossiped"], row["source"]) == (
-            unknown_key.public_text, far_twin.id_text, True, fake.key)  # fmt: skip
+        assert (row["author"], row["lane"], row["other_id"], row["gossiped"], row["source"]) == (
+            mallory.public_text, "peers", unseen_twin.id_text, True, fake.key)  # fmt: skip
         assert db_rows(alder, "SELECT count(*) FROM forks") == [(1,)]
         status = (await alder.peers())[fake.key]
-        assert status["refused"] >= len(bad)
+        assert status["refused"] == len(bad)  # not the unknown key's piece
         ids = await alder.event_ids()
         assert {e.id_text for e in feed} <= ids  # replication went on
         metrics = alder.node.metrics
         assert metrics.get("fork_evidence_total", outcome="stored") == 1
+        assert metrics.get("fork_evidence_total", outcome="unknown") == 1
         assert metrics.get("fork_evidence_total", outcome="forged") == 2
         assert metrics.get("fork_evidence_total", outcome="unauthorised") == 1
         assert metrics.get("fork_evidence_total", outcome="invalid") == len(bad) - 3
@@ -288,6 +292,7 @@ async def test_the_same_pair_in_either_order_is_stored_once(network: Network) ->
         piece(feed[1], same_place), piece(same_place, feed[1]),
         piece(chained_elsewhere, feed_b[1]), piece(feed_b[1], chained_elsewhere),
     ]  # fmt: skip
+    fake.events = [e.to_wire() for e in (*feed, *feed_b)]  # keys Alder holds events of
     await fake.start()
     try:
         await alder.client.post("/v1/peers", {"url": fake.url, "key": fake.key, "name": "F"})
