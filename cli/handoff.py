@@ -9,7 +9,6 @@ organizers send one, only once the claim is accepted, and only with the person's
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 from typing import Any
 
@@ -135,18 +134,21 @@ PER_SENDER = 10  # at most this many from any one pod on a page (unless --from)
 
 async def _sender(s: PodSession, which: str) -> str:
     """The key of the pod ``which`` names: its whole key, the start of it, or its name in
-    the directory."""
+    the directory. Names and key prefixes are matched together, as `podlink pod show`
+    does: any pod publishes any name and may grind a key that starts like another pod's
+    name, so a match of both kinds is an ambiguity, never a pick."""
     want = which.strip()
     if len(want) == 43 and ID_TEXT.match(want):
         return want  # a stranger with no directory entry is named by its whole key
-    if ID_TEXT.match(want):
-        with contextlib.suppress(ClientError, click.ClickException):
-            return await s.resolve("pods", want)
-    named = [p["pod"] for p in await s.get_all("/v1/pods") if same_name(p["name"], want)]
-    if len(named) == 1:
-        return named[0]
+    pods = await s.get_all("/v1/pods")
+    by_key = [p["pod"] for p in pods if want and ID_TEXT.match(want) and p["pod"].startswith(want)]
+    found = by_key + [p["pod"] for p in pods
+                      if same_name(p["name"], want) and p["pod"] not in by_key]  # fmt: skip
+    if len(found) == 1:
+        return found[0]
     raise click.ClickException(
-        f"{len(named)} pods are called {one_line(want)!r}; give its key" if named else
+        f"{len(found)} pods match {one_line(want)!r} (by name or key); give a longer key: "
+        + ", ".join(k[:8] for k in found) if found else
         f"no pod called {one_line(want)!r}, nor one whose key starts with it: give the "
         "whole key `podlink inbox` shows with --json")  # fmt: skip
 

@@ -11,6 +11,7 @@ or sent by a peer (``gossiped`` 1, ``source`` that peer). Each row has a local n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -19,7 +20,13 @@ import aiosqlite
 
 from podlink.ledger.store import rows
 from podlink.protocol.errors import ProtocolError
-from podlink.protocol.evidence import Evidence, Fork, check_evidence, decode_evidence
+from podlink.protocol.evidence import (
+    Evidence,
+    Fork,
+    decode_evidence,
+    parse_evidence,
+    verify_fork,
+)
 from podlink.protocol.text import b64e
 
 if TYPE_CHECKING:
@@ -44,12 +51,20 @@ def visible_clause(pod: bytes | None, asker: bytes) -> tuple[str, list[object]]:
 
 
 async def newest_visible(db: aiosqlite.Connection, *, pod: bytes | None, asker: bytes) -> int:
-    """The number of the newest evidence ``asker`` may see (0: none)."""
-    clause, params = visible_clause(pod, asker)
-    found = await rows(
-        db, f"SELECT num FROM forks WHERE {clause} ORDER BY num DESC LIMIT 1", params
+    """The number of the newest evidence ``asker`` may be served (0: none): what every
+    page of changes says (``Page.forks``), so it is read through the V9 indexes in a few
+    steps. It is an upper bound: rows of a ``peers`` feed whose other header is a third
+    pod's, and what ``asker`` sent us itself, count here and are left out of the pages
+    (``visible_after``); a peer then asks once for a page with nothing in it, where
+    leaving them out here meant passing over each of them on every page."""
+    sql = (
+        "SELECT max(num) FROM forks WHERE lane = 'network' AND kept_payload IS NOT NULL "
+        "UNION ALL SELECT max(num) FROM forks WHERE lane = 'peers' AND kept_payload IS NOT NULL "
+        "AND kept_pod = ? UNION ALL SELECT max(num) FROM forks WHERE lane = 'peers' "
+        "AND kept_payload IS NOT NULL AND kept_pod = ?"
     )
-    return found[0][0] if found else 0
+    found = await rows(db, sql, [pod or b"", asker])
+    return max((r[0] for r in found if r[0] is not None), default=0)
 
 
 async def visible_after(
@@ -72,35 +87,82 @@ async def visible_after(
     return pieces, max(cursor, after), head
 
 
+UNKNOWN = "unknown"  # a sound-looking piece about a feed position beyond what we hold
+
+
 def check_pieces(
-    raws: Sequence[bytes], pod: bytes | None, sender: bytes
-) -> list[Fork | ProtocolError]:
+    raws: Sequence[bytes],
+    pod: bytes | None,
+    sender: bytes,
+    heads: dict[tuple[bytes, str], int] | None = None,
+) -> list[Fork | ProtocolError | str]:
     """Check pieces a peer sent (on a verify thread: two Ed25519 checks each): decoded,
-    signed, a fork, and in a lane that peer may send us (never ``pod``; ``peers`` only
-    when both headers were written for its pod or ours, the one hop that lane goes)."""
-    out: list[Fork | ProtocolError] = []
+    a fork, in a lane that peer may send us (never ``pod``; ``peers`` only when both
+    headers were written for its pod or ours, the one hop that lane goes), and signed.
+
+    With ``heads`` (our feed heads by (author, lane): ``feed_heads``), a piece about a
+    feed we do not hold, or past its head + 1, is UNKNOWN and its signatures are not
+    checked: evidence is kept only where our ledger admitted the author's events
+    (``Ledger.store_forks``), and two Ed25519 checks of a piece we will not keep would
+    be work a peer makes us do for nothing."""
+    out: list[Fork | ProtocolError | str] = []
     for raw in raws:
         try:
-            fork = check_evidence(decode_evidence(raw))
+            fork = parse_evidence(decode_evidence(raw))
             if fork.lane == "pod":
                 raise ProtocolError(
                     "unauthorised", "evidence about a pod-lane feed: those never leave their pod")
             if fork.lane == "peers" and not {fork.kept.pod, fork.other.pod} <= {pod, sender}:
                 raise ProtocolError(
                     "unauthorised", "evidence about a third pod's peers lane (one hop only)")
+            if heads is not None and not within(fork, heads):
+                out.append(UNKNOWN)
+                continue
+            verify_fork(fork)
             out.append(fork)
         except ProtocolError as err:
             out.append(err)
     return out
 
 
+def within(fork: Fork, heads: dict[tuple[bytes, str], int]) -> bool:
+    """Whether a piece is about a feed we hold, at most one past its head (shape (b) is
+    filed at the event after the head, when that event continued another history)."""
+    head = heads.get((fork.author, fork.lane))
+    return head is not None and fork.seq <= head + 1
+
+
+async def feed_heads(
+    db: aiosqlite.Connection, feeds: Sequence[tuple[bytes, str]]
+) -> dict[tuple[bytes, str], int]:
+    """The head seq of each of ``feeds`` (author, lane) we hold."""
+    out: dict[tuple[bytes, str], int] = {}
+    wanted = sorted(set(feeds))
+    for i in range(0, len(wanted), 250):
+        part = wanted[i : i + 250]
+        values = ", ".join("(?, ?)" for _ in part)
+        sql = (
+            f"WITH k (author, lane) AS (VALUES {values}) SELECT f.author, f.lane, f.seq "
+            "FROM k JOIN feeds AS f ON f.author = k.author AND f.lane = k.lane"
+        )
+        params = [x for pair in part for x in pair]
+        out.update(((a, ln), seq) for a, ln, seq in await rows(db, sql, params))
+    return out
+
+
 async def check_from_peer(
     ledger: Ledger, raws: Sequence[bytes], sender: bytes
-) -> list[Fork | ProtocolError]:
-    """``check_pieces`` off the event loop."""
+) -> list[Fork | ProtocolError | str]:
+    """``check_pieces`` off the event loop, against our feed heads."""
+    feeds = []
+    for raw in raws:  # the positions first (no signature checked): a small query
+        with contextlib.suppress(ProtocolError):
+            fork = parse_evidence(decode_evidence(raw))
+            feeds.append((fork.author, fork.lane))
+    heads = await feed_heads(ledger.reader, feeds)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
-        ledger.executor, check_pieces, list(raws), ledger.pod, sender
+        ledger.executor, check_pieces, list(raws), ledger.pod, sender, heads
     )
 
 

@@ -28,7 +28,6 @@ from podlink.ledger.errors import LedgerError
 from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
 from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import (
-    chunks,
     connect,
     marks,
     rows,
@@ -280,26 +279,22 @@ class Ledger:
         """Keep fork evidence a peer (``source``) sent, checked already
         (ledger/forks.py); per piece: ``stored`` (new), ``held`` (evidence at that feed
         position is kept already: recorded here or sent before, the same pair in either
-        order or another; it is left as it is) or ``unknown``: not kept, since this node
-        holds no event of that key. Two signatures of a throwaway key cost nothing to
-        make; evidence about keys whose events we hold is bounded by the feed positions
-        of authors our ledger admitted, as their events are (a peer could otherwise fill
-        the disk with forks of keys made for the purpose)."""
+        order or another; it is left as it is) or ``unknown``: not kept, as it is about a
+        feed we do not hold or a position past its head + 1. Two signatures of a key
+        cost nothing to make, at any seq: evidence kept is bounded by the positions of
+        the feeds our ledger admitted, as their events are (a peer could otherwise fill
+        the disk with forks of keys made for the purpose, or of its own at seq 2^53)."""
         if not found:
             return []
         now = clock.now_ms()
         out: list[str] = []
         async with self._write, translated("storing fork evidence"):
             self._check_open()
-            authors = sorted({f.author for f in found})
-            known: set[bytes] = set()
-            for part in chunks(authors):
-                sql = f"SELECT DISTINCT author FROM feeds WHERE author IN ({marks(len(part))})"
-                known.update(r[0] for r in await rows(self.db, sql, part))
+            heads = await forks.feed_heads(self.db, [(f.author, f.lane) for f in found])
             async with transaction(self.db):
                 for fork, row in zip(found, forks.insert_rows(found, source, now), strict=True):
-                    if fork.author not in known:
-                        out.append("unknown")
+                    if not forks.within(fork, heads):
+                        out.append(forks.UNKNOWN)
                         continue
                     cursor = await self.db.execute(forks.INSERT_GOSSIPED, row)
                     out.append("stored" if cursor.rowcount else "held")

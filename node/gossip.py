@@ -267,7 +267,11 @@ class PeerLink:
         now = int(time.time())
         await self.node.save_cursor(rec.pod, page.cursor, page.epoch, now)
         self.status.last_success = now
-        await self._take_forks(page.forks)
+        if page.cursor >= page.head:
+            # Evidence once caught up, not before: a piece is kept only about a feed we
+            # hold (Ledger.store_forks), and the author's events may be pages ahead. Taken
+            # earlier, it was judged unknown and the cursor moved past it for good.
+            await self._take_forks(page.forks)
         return len(wires), stored
 
     # ------------------------------------------------------------ fork evidence
@@ -310,6 +314,10 @@ class PeerLink:
             bad = [c for c in checked if isinstance(c, ProtocolError)]
             for outcome in await ledger.store_forks(good, source=self.source):
                 metrics.inc("fork_evidence_total", outcome=outcome)
+            # Not ours to keep (a feed we do not hold, or past its head): not the peer's
+            # fault either, it may hold more of the feed than we were given yet.
+            metrics.inc("fork_evidence_total", checked.count(fork_rows.UNKNOWN),
+                        outcome=fork_rows.UNKNOWN)  # fmt: skip
             for err in bad:
                 metrics.inc("fork_evidence_total", outcome=err.reason)
             if bad or extra:
@@ -530,8 +538,10 @@ class PeerLink:
                         rec = self.record
                         if page.epoch == rec.epoch and page.cursor <= rec.cursor:
                             # A pull (`podlink sync`) took it while this one waited, or it
-                            # only says the peer holds new fork evidence.
-                            await self._take_forks(page.forks)
+                            # only says the peer holds new fork evidence (taken once we
+                            # hold all it has, as in _take).
+                            if rec.cursor >= page.head:
+                                await self._take_forks(page.forks)
                             continue
                         if (rec.epoch is not None and page.epoch != rec.epoch) or (
                             page.head < rec.cursor

@@ -84,6 +84,21 @@ def check_evidence(piece: Evidence) -> Fork:
     """Check one piece on its own; raises ProtocolError: ``too-large`` or ``invalid``
     (headers that do not decode, or do not make a fork), ``forged`` (a signature that does
     not verify under the author). The signatures are checked last: junk costs no Ed25519."""
+    fork = parse_evidence(piece)
+    verify_fork(fork)
+    return fork
+
+
+def verify_fork(fork: Fork) -> None:
+    """Both signatures, under the headers' author (``forged`` if one does not verify)."""
+    fork.kept.verify_signature()
+    fork.other.verify_signature()
+
+
+def parse_evidence(piece: Evidence) -> Fork:
+    """``check_evidence`` without the signatures: the shape of a fork, or ProtocolError.
+    For a receiver that looks at the feed position before paying for two Ed25519 checks;
+    the result proves nothing until ``verify_fork`` passes."""
     kept = _header_event(piece.kept, piece.kept_sig)
     other = _header_event(piece.other, piece.other_sig)
     a, b = kept.header, other.header
@@ -106,8 +121,6 @@ def check_evidence(piece: Evidence) -> Fork:
         raise ProtocolError(
             "invalid", f"evidence: seq {a.seq} and seq {b.seq} are not one feed position "
             "nor a header and the one after it")  # fmt: skip
-    kept.verify_signature()
-    other.verify_signature()
     return Fork(a.author, a.lane, seq, kept, other)
 
 

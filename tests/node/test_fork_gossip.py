@@ -210,10 +210,10 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
     network: Network,
 ) -> None:
     """A peer serving evidence that proves nothing: each piece is refused, counted
-    against the peer, and stores nothing. Of the two sound pieces, the one about a feed
-    this node never saw, of a key whose events it holds, is stored; the one about a key
-    it holds nothing of is not (throwaway keys would fill the disk), nor counted against
-    the peer. The peer's events still replicate."""
+    against the peer, and stores nothing. Of the three sound pieces, the one about a feed
+    this node holds is stored; the ones about a feed it never saw (of a key it knows) and
+    about a key it holds nothing of are not (keys and positions cost nothing to make: they
+    would fill the disk), nor counted against the peer. Its events still replicate."""
     [alder] = await network(1)
     fake = FakePeer()
     mallory, other_key = fake.keypair, Keypair.generate()
@@ -247,7 +247,8 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
     for name, raw in bad.items():  # each fails on its own account
         [verdict] = check_pieces([raw], alder.pod, pod)
         assert isinstance(verdict, ProtocolError), name
-    fake.forks = [*bad.values(), piece(far[1], far_twin), piece(unseen[1], unseen_twin)]
+    fake.forks = [*bad.values(), piece(far[1], far_twin), piece(unseen[1], unseen_twin),
+                  piece(feed[1], twin2)]  # fmt: skip
     fake.events = [e.to_wire() for e in feed]
     await fake.start()
     try:
@@ -258,7 +259,7 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
 
         [row] = await wait_for(taken, within=10, what="the sound piece stored")
         assert (row["author"], row["lane"], row["other_id"], row["gossiped"], row["source"]) == (
-            mallory.public_text, "peers", unseen_twin.id_text, True, fake.key)  # fmt: skip
+            mallory.public_text, "network", twin2.id_text, True, fake.key)  # fmt: skip
         assert db_rows(alder, "SELECT count(*) FROM forks") == [(1,)]
         status = (await alder.peers())[fake.key]
         assert status["refused"] == len(bad)  # not the unknown key's piece
@@ -266,7 +267,7 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
         assert {e.id_text for e in feed} <= ids  # replication went on
         metrics = alder.node.metrics
         assert metrics.get("fork_evidence_total", outcome="stored") == 1
-        assert metrics.get("fork_evidence_total", outcome="unknown") == 1
+        assert metrics.get("fork_evidence_total", outcome="unknown") == 2
         assert metrics.get("fork_evidence_total", outcome="forged") == 2
         assert metrics.get("fork_evidence_total", outcome="unauthorised") == 1
         assert metrics.get("fork_evidence_total", outcome="invalid") == len(bad) - 3
