@@ -540,3 +540,22 @@ def restore_db(backup: Path, home: Path) -> None:
         (home / name).unlink(missing_ok=True)
         if (backup / name).exists():
             shutil.copy2(backup / name, home / name)
+
+
+# A ledger file taken back to what schema V7 held for fork evidence (one header per row,
+# no numbers, no peers cursor): for tests of the V8 migration.
+BACK_TO_V7 = """
+    CREATE TABLE v7 AS SELECT author, lane, seq, kept_id, other_id, other_payload,
+        other_sig, source, received FROM forks;
+    DROP TABLE forks;
+    CREATE TABLE forks (
+        author BLOB NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL,
+        kept_id BLOB NOT NULL, other_id BLOB NOT NULL, other_payload BLOB NOT NULL,
+        other_sig BLOB NOT NULL, source TEXT NOT NULL, received INTEGER NOT NULL,
+        PRIMARY KEY (author, lane, seq, other_id)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO forks SELECT * FROM v7;
+    DROP TABLE v7;
+    ALTER TABLE peers DROP COLUMN forks_cursor;
+    PRAGMA user_version = 7;
+"""

@@ -26,7 +26,16 @@ from podlink.protocol.errors import ProtocolError
 from podlink.protocol.evidence import Evidence, check_evidence, decode_evidence
 from podlink.protocol.keys import Keypair
 from tests.cli.conftest import run
-from tests.node.helpers import FakePeer, PodNode, join, ledger_bytes, peer_line, signed, wait_for
+from tests.node.helpers import (
+    BACK_TO_V7,
+    FakePeer,
+    PodNode,
+    join,
+    ledger_bytes,
+    peer_line,
+    signed,
+    wait_for,
+)
 
 Network = Any
 
@@ -436,21 +445,7 @@ async def test_fork_rows_from_before_v8_keep_both_headers(tmp_path: Path) -> Non
         results = await ledger.ingest([e.to_wire() for e in [*feed, twin]], source="peer-x")
         assert [r.status for r in results] == ["stored", "stored", "refused"]
     with closing(sqlite3.connect(path)) as db:  # back to what V7 wrote
-        db.executescript("""
-            CREATE TABLE v7 AS SELECT author, lane, seq, kept_id, other_id, other_payload,
-                other_sig, source, received FROM forks;
-            DROP TABLE forks;
-            CREATE TABLE forks (
-                author BLOB NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL,
-                kept_id BLOB NOT NULL, other_id BLOB NOT NULL, other_payload BLOB NOT NULL,
-                other_sig BLOB NOT NULL, source TEXT NOT NULL, received INTEGER NOT NULL,
-                PRIMARY KEY (author, lane, seq, other_id)
-            ) STRICT, WITHOUT ROWID;
-            INSERT INTO forks SELECT * FROM v7;
-            DROP TABLE v7;
-            ALTER TABLE peers DROP COLUMN forks_cursor;
-            PRAGMA user_version = 7;
-        """)
+        db.executescript(BACK_TO_V7)
     async with await Ledger.open(path) as ledger:
         got = await ledger.reader.execute_fetchall(
             "SELECT num, seq, kept_id, kept_pod, kept_payload, kept_sig, other_id, other_pod, "

@@ -25,7 +25,7 @@ from podlink.protocol.keys import Keypair
 from podlink.protocol.text import b64e
 from tests.cli.conftest import run
 from tests.ledger.helpers import World, wires
-from tests.node.helpers import FakePeer, PodNode, join, wait_converged, wait_for
+from tests.node.helpers import BACK_TO_V7, FakePeer, PodNode, join, wait_converged, wait_for
 
 Network = Any
 
@@ -240,21 +240,7 @@ async def test_v8_keeps_the_fork_row_it_cannot_serve_and_drops_the_one_it_can(
         assert [r.status for r in results] == ["stored", "stored", "refused"]
     with closing(sqlite3.connect(path)) as db:  # what V7 held after the restore's merge
         [(received,)] = db.execute("SELECT received FROM forks").fetchall()
-        db.executescript("""
-            CREATE TABLE v7 AS SELECT author, lane, seq, kept_id, other_id, other_payload,
-                other_sig, source, received FROM forks;
-            DROP TABLE forks;
-            CREATE TABLE forks (
-                author BLOB NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL,
-                kept_id BLOB NOT NULL, other_id BLOB NOT NULL, other_payload BLOB NOT NULL,
-                other_sig BLOB NOT NULL, source TEXT NOT NULL, received INTEGER NOT NULL,
-                PRIMARY KEY (author, lane, seq, other_id)
-            ) STRICT, WITHOUT ROWID;
-            INSERT INTO forks SELECT * FROM v7;
-            DROP TABLE v7;
-            ALTER TABLE peers DROP COLUMN forks_cursor;
-            PRAGMA user_version = 7;
-        """)
+        db.executescript(BACK_TO_V7)
         db.execute(
             "INSERT INTO forks VALUES (?, 'network', 2, ?, ?, ?, ?, 'replaced database', ?)",
             (key.public, twin.id, feed[1].id, feed[1].payload, feed[1].sig, received - 60_000),
