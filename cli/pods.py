@@ -421,7 +421,7 @@ def _forks(pod: Target, as_json: bool) -> None:
     the proof (``gossiped``)."""
 
     async def go(s: Any) -> list[dict[str, Any]]:
-        found = await s.get("/v1/forks")
+        found = await s.get_all("/v1/forks")
         names = await s.key_names()
         for f in found:
             f["author_name"] = names.anywhere(f["author"])

@@ -666,17 +666,33 @@ async def log_page(
     ]  # fmt: skip
 
 
-async def list_forks(db: aiosqlite.Connection) -> list[Row]:
-    """The fork evidence held, in the order it came: recorded here (``gossiped`` false:
-    ``source`` delivered the refused event) or sent by the peer ``source`` (true)."""
+async def list_forks(
+    db: aiosqlite.Connection,
+    *,
+    author: bytes | None = None,
+    limit: int = NO_LIMIT,
+    offset: int = 0,
+    after: int | None = None,
+) -> list[Row]:
+    """The fork evidence held, in the order it came (by ``num``): recorded here
+    (``gossiped`` false: ``source`` delivered the refused event) or sent by the peer
+    ``source`` (true). ``after``: the pieces numbered after it (numbers never change, so
+    pages never skip nor repeat one); ``author``: only that key's."""
+    where, params = [], []
+    if author is not None:
+        where.append("author = ?")
+        params.append(author)
+    if after is not None:
+        where.append("num > ?")
+        params.append(after)
     sql = (
         "SELECT num, author, lane, seq, kept_id, other_id, source, received, gossiped "
-        "FROM forks ORDER BY num"
+        f"FROM forks {_where(where)} ORDER BY num LIMIT ? OFFSET ?"
     )
     return [
         {"num": n, "author": a, "lane": ln, "seq": s, "kept_id": k, "other_id": o,
          "source": src, "received": r, "gossiped": bool(g)}
-        for n, a, ln, s, k, o, src, r, g in await rows(db, sql)
+        for n, a, ln, s, k, o, src, r, g in await rows(db, sql, [*params, limit, offset])
     ]  # fmt: skip
 
 

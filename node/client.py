@@ -25,6 +25,8 @@ LIST_PAGE = 5000
 #: Lists whose ``after`` is a row's text ``cursor`` (empty: the first page), not a store
 #: position: their rows are not kept at one (see ledger/queries.py).
 TEXT_CURSORS = frozenset({"/v1/members", "/v1/pods", "/v1/roster", "/v1/hours"})
+#: Lists whose rows are numbered by another field than ``pos`` (``after`` takes it).
+NUMBERED_BY = {"/v1/forks": "num"}
 
 
 class ClientError(Exception):
@@ -148,7 +150,7 @@ class NodeClient:
             found += rows
             if len(rows) < size:
                 return found
-            nxt = cursors[-1] if text else rows[-1]["pos"]
+            nxt = cursors[-1] if text else rows[-1][NUMBERED_BY.get(path, "pos")]
             if nxt == after:  # a node that does not move on would keep us here for ever
                 raise ClientError("invalid", f"the node repeated a page of {path}")
             after = nxt

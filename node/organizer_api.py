@@ -74,7 +74,8 @@ def _page(request: web.Request) -> tuple[int, int]:
 
 
 def _after_pos(request: web.Request) -> int | None:
-    """``after``: a store position (the ``pos`` of the last row of the page before)."""
+    """``after``: a store position (the ``pos`` of the last row of the page before; for
+    fork evidence, its ``num``)."""
     if "after" not in request.query:
         return None
     return int_param(request, "after", 0, 0, MAX_POSITION)
@@ -380,7 +381,13 @@ async def list_resources(request: web.Request) -> web.Response:
 
 async def list_forks(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return reply(await queries.list_forks(node.ledger.reader))
+    limit, offset = _page(request)
+    author = request.query.get("author")
+    found = await queries.list_forks(
+        node.ledger.reader, limit=limit, offset=offset, after=_after_pos(request),
+        author=None if author is None else b64d(author, length=32, what="author"),
+    )  # fmt: skip
+    return reply(found)
 
 
 async def log(request: web.Request) -> web.Response:
