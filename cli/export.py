@@ -120,7 +120,7 @@ def _pressing_first(needs: list[Row]) -> list[Row]:
     return sorted(needs, key=lambda r: (
         r["status"] not in ("open", "accepted"),
         URGENCY.index(r["urgency"]) if r["urgency"] in URGENCY else 9,
-        r["opened_ts"], r["id"],
+        r["opened_ts"], _raw(r["id"]),  # the node breaks ties by the id's bytes
     ))  # fmt: skip
 
 
@@ -170,8 +170,7 @@ def export_sheet(pod: Target, file: Path | None) -> None:
         return {
             "pod": me, "members": await _members(s),
             "requests": _pressing_first(
-                [r for r in await s.get_all("/v1/requests", status="open")
-                 if r["pod"] == me["pod"]]
+                await s.get_all("/v1/requests", status="open", pod=me["pod"])
             ),
             "resources": sorted(await s.get_all("/v1/resources"),
                                 key=lambda r: (r["category"], r["name"], _raw(r["id"]))),

@@ -74,8 +74,8 @@ async def forget_member(session: PodSession, ref: str) -> Summary:
     member = await session.member(ref)
     event = await session.write(kinds.MemberForgotten(), "pod", (member["id"],))
     pod = await session.pod()
-    theirs = [o for o in await session.get_all("/v1/offers")
-              if o["pod"] == pod and o["by_member"] == member["id"]]  # fmt: skip
+    theirs = [o for o in await session.get_all("/v1/offers", pod=pod)
+              if o["by_member"] == member["id"]]  # fmt: skip
     for offer in theirs:
         await session.write(kinds.OfferWithdrawn(), offer["lane"], (offer["id"],))
     return {"id": event, "kind": "member.forget", "lane": "pod", "member": member["id"],

@@ -398,17 +398,16 @@ def log(pod: Target, limit: int, verify: bool, forks: bool, as_json: bool) -> No
         if not report["ok"]:
             raise click.ClickException(f"{len(report['problems'])} problem(s) in the ledger")
         return
-    async def go(s: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        return await s.get("/v1/log", order="newest", limit=limit), await s.key_names()
-
-    data, names = pod.call(go)
+    # Each row comes named (pod_name, author_name): naming them here read the whole
+    # network's directory and rosters for a log of one line.
+    data = pod.call(lambda s: s.get("/v1/log", order="newest", limit=limit))
     if as_json:
         print_json(data)
         return
     t = table(">#", "WHEN", "~POD", "~BY", "LANE", "KIND", "ID")
     for e in data:
         kind = e["kind"] + (" (body dropped)" if e["body_dropped"] else "")
-        by = names.of(e["author"], e["pod"]) or short(e["author"])
+        by = ("the pod" if e["author"] == e["pod"] else e["author_name"]) or short(e["author"])
         t.add_row(str(e["pos"]), ago_ts(e["ts"]), e["pod_name"] or short(e["pod"]), by,
                   e["lane"], kind, short(e["id"]))  # fmt: skip
     show(t, "The ledger is empty.")

@@ -280,7 +280,10 @@ class KeyNames:
     "Mallory", must not rename our organizer)."""
 
     def __init__(self, roster: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
-        self.organizers = {(r["pod"], r["key"]): r["name"] for r in roster if r["name"]}
+        # A key added again under a new name goes by the newest: rows are read in key
+        # order (pages), so the latest tenure is chosen by its start, not by arrival.
+        latest = sorted((r for r in roster if r["name"]), key=lambda r: r["from_ts"])
+        self.organizers = {(r["pod"], r["key"]): r["name"] for r in latest}
         self.pods = {p["pod"]: p["name"] for p in pods}
         # key -> [(pod, name)]: a fork's author is named per fork, and a scan of every
         # organizer for each made `log --forks` quadratic in a pod of thousands

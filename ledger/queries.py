@@ -409,16 +409,20 @@ async def list_offers(
     *,
     status: str | None = "open",
     id: bytes | None = None,
+    pod: bytes | None = None,
     limit: int = NO_LIMIT,
     offset: int = 0,
     after: int | None = None,
 ) -> list[Row]:
     """Offers, oldest first (``after``: by store position, each with its ``pos``);
-    ``id``: the one offer opened by that event."""
+    ``id``: the one offer opened by that event; ``pod``: that pod's only."""
     where, params = [], []
     if status:
         where.append("status = ?")
         params.append(status)
+    if pod is not None:
+        where.append("pod = ?")
+        params.append(pod)
     if id is not None:
         where.append(_at_event())
         params += [id, id]
@@ -658,12 +662,35 @@ async def log_page(
         "SELECT pos, id, pod, author, lane, seq, ts, kind, body IS NULL, length(payload) + "
         f"coalesce(length(body), 0) FROM events WHERE {cond} ORDER BY pos {order} LIMIT ?"
     )
-    names = await pod_names(db)
+    found = await rows(db, sql, (since, limit))
+    names = await pod_names(db, (r[2] for r in found))  # the page's pods, not the directory
+    authors = await organizer_names(db, ((r[2], r[3]) for r in found))
     return [
         {"pos": pos, "id": i, "pod": p, "pod_name": names.get(p, ""), "author": a,
-         "lane": ln, "seq": s, "ts": t, "kind": k, "body_dropped": bool(nb), "size": size}
-        for pos, i, p, a, ln, s, t, k, nb, size in await rows(db, sql, (since, limit))
+         "author_name": authors.get((p, a), ""), "lane": ln, "seq": s, "ts": t, "kind": k,
+         "body_dropped": bool(nb), "size": size}
+        for pos, i, p, a, ln, s, t, k, nb, size in found
     ]  # fmt: skip
+
+
+async def organizer_names(
+    db: aiosqlite.Connection, keys: Iterable[tuple[bytes, bytes]]
+) -> dict[tuple[bytes, bytes], str]:
+    """The name each (pod, key) goes by on that pod's roster: its latest tenure's (a key
+    added again under a new name goes by the new one). Only the pairs asked for are read,
+    so a page of the log costs what the page holds, not what the network does."""
+    wanted = sorted(set(keys))
+    out: dict[tuple[bytes, bytes], str] = {}
+    for i in range(0, len(wanted), 250):
+        part = wanted[i : i + 250]
+        values = ", ".join("(?, ?)" for _ in part)
+        sql = (
+            f"WITH k (pod, key) AS (VALUES {values}) SELECT r.pod, r.key, r.name FROM k "
+            "JOIN roster AS r ON r.pod = k.pod AND r.key = k.key WHERE r.name != '' "
+            "ORDER BY r.from_ts"
+        )
+        out.update(((p, k), n) for p, k, n in await rows(db, sql, [x for kp in part for x in kp]))
+    return out
 
 
 async def list_forks(

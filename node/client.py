@@ -29,6 +29,19 @@ TEXT_CURSORS = frozenset({"/v1/members", "/v1/pods", "/v1/roster", "/v1/hours"})
 NUMBERED_BY = {"/v1/forks": "num"}
 
 
+def _forward(after: int | str, nxt: int | str) -> bool:
+    """Whether a keyset cursor moved on: a larger position, or a key (base64url parts,
+    dot-separated for the roster) that sorts after the last one as bytes, as the node
+    orders them."""
+    if isinstance(after, int) or isinstance(nxt, int):
+        return isinstance(after, int) and isinstance(nxt, int) and nxt > after
+    try:
+        last = () if after == "" else tuple(b64d(p) for p in after.split("."))
+        return tuple(b64d(p) for p in nxt.split(".")) > last
+    except (ProtocolError, ValueError):
+        return False
+
+
 class ClientError(Exception):
     """Raised when the node refuses a request (``reason`` is its reason word) or is down."""
 
@@ -151,8 +164,8 @@ class NodeClient:
             if len(rows) < size:
                 return found
             nxt = cursors[-1] if text else rows[-1][NUMBERED_BY.get(path, "pos")]
-            if nxt == after:  # a node that does not move on would keep us here for ever
-                raise ClientError("invalid", f"the node repeated a page of {path}")
+            if not _forward(after, nxt):  # a node going back or round would keep us here
+                raise ClientError("invalid", f"the node's pages of {path} do not move on")
             after = nxt
 
     async def post(self, path: str, body: Any = None) -> Any:

@@ -122,6 +122,12 @@ async def _id_param(request: web.Request, table: str, what: str) -> bytes | None
     return await queries.resolve(request.app[NODE].ledger.reader, table, raw, what)
 
 
+def _pod_param(request: web.Request) -> bytes | None:
+    """``pod``: only the rows of that pod (its whole key)."""
+    raw = request.query.get("pod")
+    return None if raw is None else b64d(raw, length=32, what="pod")
+
+
 def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
     value = request.query.get(name)
     if value is not None and value not in allowed:
@@ -280,7 +286,8 @@ async def list_offers(request: web.Request) -> web.Response:
     limit, offset = _page(request)
     found = await queries.list_offers(
         node.ledger.reader, status=None if wanted == "all" else wanted,
-        id=await _id_param(request, "offers", "offer"), limit=limit, offset=offset,
+        id=await _id_param(request, "offers", "offer"), pod=_pod_param(request),
+        limit=limit, offset=offset,
         after=_after_pos(request),
     )  # fmt: skip
     return reply(found)
