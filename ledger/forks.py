@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
-from podlink.ledger.store import rows
+from podlink.ledger.store import rows, rows_by_pairs
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.evidence import (
     Evidence,
@@ -136,18 +136,12 @@ async def feed_heads(
     db: aiosqlite.Connection, feeds: Sequence[tuple[bytes, str]]
 ) -> dict[tuple[bytes, str], int]:
     """The head seq of each of ``feeds`` (author, lane) we hold."""
-    out: dict[tuple[bytes, str], int] = {}
-    wanted = sorted(set(feeds))
-    for i in range(0, len(wanted), 250):
-        part = wanted[i : i + 250]
-        values = ", ".join("(?, ?)" for _ in part)
-        sql = (
-            f"WITH k (author, lane) AS (VALUES {values}) SELECT f.author, f.lane, f.seq "
-            "FROM k JOIN feeds AS f ON f.author = k.author AND f.lane = k.lane"
-        )
-        params = [x for pair in part for x in pair]
-        out.update(((a, ln), seq) for a, ln, seq in await rows(db, sql, params))
-    return out
+    found = await rows_by_pairs(
+        db, ("author", "lane"),
+        "SELECT f.author, f.lane, f.seq FROM k JOIN feeds AS f ON f.author = k.author "
+        "AND f.lane = k.lane", feeds,
+    )  # fmt: skip
+    return {(a, ln): seq for a, ln, seq in found}
 
 
 async def check_from_peer(

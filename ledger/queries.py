@@ -23,7 +23,7 @@ from podlink.ledger.projections import (
     load_roster,
     view_from_row,
 )
-from podlink.ledger.store import chunks, marks, of_roots, rows, scalar
+from podlink.ledger.store import chunks, marks, of_roots, rows, rows_by_pairs, scalar
 from podlink.protocol import boxes, kinds
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.text import b64e
@@ -679,18 +679,12 @@ async def organizer_names(
     """The name each (pod, key) goes by on that pod's roster: its latest tenure's (a key
     added again under a new name goes by the new one). Only the pairs asked for are read,
     so a page of the log costs what the page holds, not what the network does."""
-    wanted = sorted(set(keys))
-    out: dict[tuple[bytes, bytes], str] = {}
-    for i in range(0, len(wanted), 250):
-        part = wanted[i : i + 250]
-        values = ", ".join("(?, ?)" for _ in part)
-        sql = (
-            f"WITH k (pod, key) AS (VALUES {values}) SELECT r.pod, r.key, r.name FROM k "
-            "JOIN roster AS r ON r.pod = k.pod AND r.key = k.key WHERE r.name != '' "
-            "ORDER BY r.from_ts"
-        )
-        out.update(((p, k), n) for p, k, n in await rows(db, sql, [x for kp in part for x in kp]))
-    return out
+    found = await rows_by_pairs(
+        db, ("pod", "key"),
+        "SELECT r.pod, r.key, r.name FROM k JOIN roster AS r ON r.pod = k.pod "
+        "AND r.key = k.key WHERE r.name != '' ORDER BY r.from_ts", keys,
+    )  # fmt: skip
+    return {(p, k): n for p, k, n in found}  # in time order: the latest tenure's wins
 
 
 async def list_forks(

@@ -159,6 +159,22 @@ def _statements(script: str) -> Iterable[str]:
         yield "\n".join(buf)
 
 
+async def rows_by_pairs(
+    db: aiosqlite.Connection, names: tuple[str, str], query: str, pairs: Iterable[tuple]
+) -> list[Any]:
+    """The rows of ``query`` for each distinct pair of values in ``pairs``: ``query``
+    reads them as the table ``k`` with columns ``names``, joined 250 pairs at a time (one
+    statement per 250 pairs, not one per pair)."""
+    wanted = sorted(set(pairs))
+    out: list[Any] = []
+    for i in range(0, len(wanted), 250):
+        part = wanted[i : i + 250]
+        values = ", ".join("(?, ?)" for _ in part)
+        sql = f"WITH k ({names[0]}, {names[1]}) AS (VALUES {values}) {query}"
+        out += await rows(db, sql, [value for pair in part for value in pair])
+    return out
+
+
 async def scalar(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
     async with db.execute(sql, params) as cur:
         row = await cur.fetchone()
