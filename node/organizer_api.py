@@ -472,7 +472,7 @@ def _peer_status(node: Any, record: Any, names: dict[bytes, str]) -> PeerStatus:
 
 async def list_peers(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    names = await queries.pod_names(node.ledger.reader)
+    names = await queries.pod_names(node.ledger.reader, node.peers)  # theirs, not the directory
     return reply([_peer_status(node, r, names) for r in node.peers.values()])
 
 
@@ -480,7 +480,7 @@ async def add_peer(request: web.Request) -> web.Response:
     node = request.app[NODE]
     body = add_peer_decoder.decode(await request.read())
     record = await node.add_peer(b64d(body.key, length=32, what="key"), body.url, body.name)
-    names = await queries.pod_names(node.ledger.reader)
+    names = await queries.pod_names(node.ledger.reader, [record.pod])
     return reply(_peer_status(node, record, names), status=201)
 
 
@@ -525,7 +525,7 @@ async def join(request: web.Request) -> web.Response:
             424,
         ) from None
     record = await node.add_peer(code.pod, code.url, peer.name)
-    names = await queries.pod_names(node.ledger.reader)
+    names = await queries.pod_names(node.ledger.reader, [record.pod])
     return reply(_peer_status(node, record, names), status=201)
 
 
