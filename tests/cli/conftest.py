@@ -8,7 +8,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from podlink.cli.main import main
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.node.helpers import stable_port
 
 
 def run(*args: str, home: Path | None = None, code: int | None = 0) -> Result:
@@ -75,7 +69,7 @@ class Pod:
 
 
 def make_pod(root: Path, name: str) -> Pod:
-    port = free_port()
+    port = stable_port()  # pods are stopped and started again on it
     home = root / name.lower().replace(" ", "-")
     run("init", "--name", name, "--listen", f"127.0.0.1:{port}", home=home)
     return Pod(name, home, f"http://127.0.0.1:{port}")

@@ -26,7 +26,8 @@ from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import decode_event
 from podlink.protocol.keys import load_keypair
 from podlink.protocol.text import b64d, b64e
-from tests.cli.conftest import Pod, free_port, make_pod, run, run_json, running
+from tests.cli.conftest import Pod, make_pod, run, run_json, running
+from tests.node.helpers import free_port
 
 
 @dataclass

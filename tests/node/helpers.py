@@ -59,9 +59,11 @@ def stable_port() -> int:
     of any outgoing connection on the machine (other tests run alongside), or of a peer's
     reconnect to that very port (a TCP self-connect), and the restart would fail with
     "address already in use". Never the same port twice in one test run: two nodes made
-    before either starts would otherwise draw the same one now and then."""
+    before either starts would otherwise draw the same one now and then. Each
+    pytest-xdist worker draws from its own share of the range (``_OWN_PORTS``): another
+    worker's test could otherwise take the port of a node that is down for a restart."""
     for _ in range(200):
-        port = _PORTS.randrange(20_000, 32_000)
+        port = _PORTS.choice(_OWN_PORTS)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as s:
@@ -74,7 +76,17 @@ def stable_port() -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
+def _own_ports(low: int = 20_000, high: int = 32_000) -> range:
+    """This test process's share of [low, high): the whole of it in a plain run, one
+    slice per worker under pytest-xdist (PYTEST_XDIST_WORKER is gw0, gw1, ...)."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    span = (high - low) // max(count, 1)
+    return range(low + worker * span, low + (worker + 1) * span)
+
+
 _HANDED_OUT: set[int] = set()
+_OWN_PORTS = _own_ports()
 _PORTS = random.SystemRandom()  # not the global one, which a test (or plugin) may seed
 
 

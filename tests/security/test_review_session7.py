@@ -15,8 +15,8 @@ from podlink.cli.main import main
 from podlink.node.client import ClientError
 from podlink.protocol import kinds
 from podlink.protocol.keys import Keypair, load_keypair
-from tests.cli.conftest import Pod, eventually, free_port, running
-from tests.node.helpers import PodNode, make_node
+from tests.cli.conftest import Pod, eventually, running
+from tests.node.helpers import PodNode, free_port, make_node
 
 
 @pytest.fixture
