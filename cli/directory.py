@@ -28,7 +28,6 @@ from podlink.cli.output import (
 from podlink.cli.params import CATEGORY, changes_given
 from podlink.cli.session import (
     ID_ARGUMENTS,
-    ID_TEXT,
     OrderedGroup,
     PodSession,
     Target,
@@ -36,7 +35,7 @@ from podlink.cli.session import (
     json_option,
     one_line,
     pod_options,
-    same_name,
+    pods_matching,
 )
 from podlink.node.config import NODE_KEY_FILE, set_name
 from podlink.protocol import kinds
@@ -100,10 +99,7 @@ def pod_show(pod: Target, which: str, as_json: bool) -> None:
     """
     pods, _ = pod.call(_directory)
     want = which.strip()
-    # Names and key prefixes together: any pod publishes any name, one that looks like
-    # another pod's key prefix too; both matching is an ambiguity, never a pick.
-    by_key = [p for p in pods if p["pod"].startswith(want)] if want and ID_TEXT.match(want) else []
-    found = by_key + [p for p in pods if same_name(p["name"], want) and p not in by_key]
+    found = pods_matching(pods, want)
     if len(found) != 1:
         raise click.ClickException(
             f"no pod called {one_line(want)!r}, nor one whose key starts with it (see `podlink "

@@ -26,7 +26,7 @@ from podlink.cli.session import (
     json_option,
     one_line,
     pod_options,
-    same_name,
+    pods_matching,
 )
 from podlink.node.client import ClientError
 from podlink.protocol import boxes, kinds
@@ -134,16 +134,11 @@ PER_SENDER = 10  # at most this many from any one pod on a page (unless --from)
 
 async def _sender(s: PodSession, which: str) -> str:
     """The key of the pod ``which`` names: its whole key, the start of it, or its name in
-    the directory. Names and key prefixes are matched together, as `podlink pod show`
-    does: any pod publishes any name and may grind a key that starts like another pod's
-    name, so a match of both kinds is an ambiguity, never a pick."""
+    the directory (matched as `podlink pod show` does: ``pods_matching``)."""
     want = which.strip()
     if len(want) == 43 and ID_TEXT.match(want):
         return want  # a stranger with no directory entry is named by its whole key
-    pods = await s.get_all("/v1/pods")
-    by_key = [p["pod"] for p in pods if want and ID_TEXT.match(want) and p["pod"].startswith(want)]
-    found = by_key + [p["pod"] for p in pods
-                      if same_name(p["name"], want) and p["pod"] not in by_key]  # fmt: skip
+    found = [p["pod"] for p in pods_matching(await s.get_all("/v1/pods"), want)]
     if len(found) == 1:
         return found[0]
     raise click.ClickException(

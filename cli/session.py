@@ -231,6 +231,15 @@ FIELD_WORDS = {"title": "the title", "name": "the name", "category": "the catego
                "languages": "--language"}  # fmt: skip
 
 
+def pods_matching(pods: list[dict[str, Any]], want: str) -> list[dict[str, Any]]:
+    """Directory entries ``want`` may mean: those whose key starts with it, then those
+    called so. Names and key prefixes are matched together: any pod publishes any name,
+    and may grind a key that starts like another pod's name, so a caller takes one
+    match only, never a pick among several."""
+    by_key = [p for p in pods if p["pod"].startswith(want)] if want and ID_TEXT.match(want) else []
+    return by_key + [p for p in pods if same_name(p["name"], want) and p not in by_key]
+
+
 def same_name(a: str, b: str) -> bool:
     """Names compared as people read them: any case, and é typed as one character or as
     e and an accent (macOS and pasted text send the second)."""

@@ -11,7 +11,6 @@ or sent by a peer (``gossiped`` 1, ``source`` that peer). Each row has a local n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -90,38 +89,59 @@ async def visible_after(
 UNKNOWN = "unknown"  # a sound-looking piece about a feed position beyond what we hold
 
 
+Checked = Fork | ProtocolError | str  # a piece: sound, refused, or UNKNOWN
+
+
 def check_pieces(
     raws: Sequence[bytes],
     pod: bytes | None,
     sender: bytes,
     heads: dict[tuple[bytes, str], int] | None = None,
-) -> list[Fork | ProtocolError | str]:
-    """Check pieces a peer sent (on a verify thread: two Ed25519 checks each): decoded,
-    a fork, in a lane that peer may send us (never ``pod``; ``peers`` only when both
-    headers were written for its pod or ours, the one hop that lane goes), and signed.
+) -> list[Checked]:
+    """Check pieces a peer sent: decoded, a fork, in a lane that peer may send us
+    (``shaped``), and signed (two Ed25519 checks each: ``verified``).
 
     With ``heads`` (our feed heads by (author, lane): ``feed_heads``), a piece about a
     feed we do not hold, or past its head + 1, is UNKNOWN and its signatures are not
     checked: evidence is kept only where our ledger admitted the author's events
     (``Ledger.store_forks``), and two Ed25519 checks of a piece we will not keep would
     be work a peer makes us do for nothing."""
-    out: list[Fork | ProtocolError | str] = []
-    for raw in raws:
-        try:
-            fork = parse_evidence(decode_evidence(raw))
-            if fork.lane == "pod":
-                raise ProtocolError(
-                    "unauthorised", "evidence about a pod-lane feed: those never leave their pod")
-            if fork.lane == "peers" and not {fork.kept.pod, fork.other.pod} <= {pod, sender}:
-                raise ProtocolError(
-                    "unauthorised", "evidence about a third pod's peers lane (one hop only)")
-            if heads is not None and not within(fork, heads):
-                out.append(UNKNOWN)
-                continue
-            verify_fork(fork)
-            out.append(fork)
-        except ProtocolError as err:
-            out.append(err)
+    pieces = [shaped(raw, pod, sender) for raw in raws]
+    return verified(pieces if heads is None else placed(pieces, heads))
+
+
+def shaped(raw: bytes, pod: bytes | None, sender: bytes) -> Fork | ProtocolError:
+    """One piece decoded and found a fork (no signature checked yet), in a lane the
+    sender may send us: never ``pod``; ``peers`` only when both headers were written for
+    its pod or ours, the one hop that lane goes."""
+    try:
+        fork = parse_evidence(decode_evidence(raw))
+    except ProtocolError as err:
+        return err
+    if fork.lane == "pod":
+        return ProtocolError(
+            "unauthorised", "evidence about a pod-lane feed: those never leave their pod")
+    if fork.lane == "peers" and not {fork.kept.pod, fork.other.pod} <= {pod, sender}:
+        return ProtocolError(
+            "unauthorised", "evidence about a third pod's peers lane (one hop only)")
+    return fork
+
+
+def placed(pieces: list[Checked], heads: dict[tuple[bytes, str], int]) -> list[Checked]:
+    """Each fork about a feed position we do not hold made UNKNOWN (see ``within``)."""
+    return [UNKNOWN if isinstance(p, Fork) and not within(p, heads) else p for p in pieces]
+
+
+def verified(pieces: list[Checked]) -> list[Checked]:
+    """Each fork's signatures checked; a forged one becomes its refusal."""
+    out: list[Checked] = []
+    for piece in pieces:
+        if isinstance(piece, Fork):
+            try:
+                verify_fork(piece)
+            except ProtocolError as err:
+                piece = err
+        out.append(piece)
     return out
 
 
@@ -146,18 +166,14 @@ async def feed_heads(
 
 async def check_from_peer(
     ledger: Ledger, raws: Sequence[bytes], sender: bytes
-) -> list[Fork | ProtocolError | str]:
-    """``check_pieces`` off the event loop, against our feed heads."""
-    feeds = []
-    for raw in raws:  # the positions first (no signature checked): a small query
-        with contextlib.suppress(ProtocolError):
-            fork = parse_evidence(decode_evidence(raw))
-            feeds.append((fork.author, fork.lane))
-    heads = await feed_heads(ledger.reader, feeds)
+) -> list[Checked]:
+    """``check_pieces`` against our feed heads: decoded and placed here (cheap, and the
+    positions are needed for one small query), the signatures off the event loop."""
+    pieces = [shaped(raw, ledger.pod, sender) for raw in raws]
+    feeds = [(p.author, p.lane) for p in pieces if isinstance(p, Fork)]
+    pieces = placed(pieces, await feed_heads(ledger.reader, feeds))
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(
-        ledger.executor, check_pieces, list(raws), ledger.pod, sender, heads
-    )
+    return await loop.run_in_executor(ledger.executor, verified, pieces)
 
 
 def insert_rows(forks: Sequence[Fork], source: str, now_ms: int) -> list[tuple[object, ...]]:

@@ -116,6 +116,19 @@ async def pod_names(
     return out
 
 
+def _filters(
+    equal: Sequence[tuple[str, Any]], *, made_by: bytes | None = None
+) -> tuple[list[str], list[Any]]:
+    """Conditions and their parameters: ``column = value`` for each value given (None:
+    no condition), and with ``made_by`` the one row that event made (``_at_event``)."""
+    where = [f"{column} = ?" for column, value in equal if value is not None]
+    params = [value for _, value in equal if value is not None]
+    if made_by is not None:
+        where.append(_at_event())
+        params += [made_by, made_by]
+    return where, params
+
+
 def _where(conditions: Sequence[str]) -> str:
     return f"WHERE {' AND '.join(conditions)}" if conditions else ""
 
@@ -254,12 +267,8 @@ async def list_requests(
     lists them in the same order). ``after``: instead, the rows stored after that position,
     in store order, each with its ``pos``: pages that never skip nor repeat a row, however
     rows change between them (an export). ``categories``: only these."""
-    where, params = [], []
-    for column, value in (("status", status), ("category", category), ("pod", pod),
-                          ("lane", lane)):  # fmt: skip
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
+    where, params = _filters(
+        [("status", status), ("category", category), ("pod", pod), ("lane", lane)])
     if categories is not None:
         where.append(f"category IN ({marks(len(categories))})" if categories else "0")
         params += list(categories)
@@ -321,19 +330,13 @@ async def list_claims(
 ) -> list[Row]:
     """Claims by time (``after``: by store position, each with its ``pos``); ``id``: the
     one claim made by that event."""
-    where, params = [], []
+    where, params = _filters([("status", status)], made_by=id)
     if request is not None:  # through the events' root index (claims have none by request)
         where.append(
             "rowid IN (SELECT pos FROM events WHERE root = ? AND root != id "
             "AND kind = 'claim.make') AND request = ?"
         )
         params += [request, request]
-    if id is not None:
-        where.append(_at_event())
-        params += [id, id]
-    if status is not None:
-        where.append("status = ?")
-        params.append(status)
     found = await _positioned_page(db, "claims", CLAIM_COLUMNS, where, params, order="ts, id",
                                    limit=limit, offset=offset, after=after)  # fmt: skip
     names = await pod_names(db, (r[2] for _, r in found))
@@ -416,16 +419,7 @@ async def list_offers(
 ) -> list[Row]:
     """Offers, oldest first (``after``: by store position, each with its ``pos``);
     ``id``: the one offer opened by that event; ``pod``: that pod's only."""
-    where, params = [], []
-    if status:
-        where.append("status = ?")
-        params.append(status)
-    if pod is not None:
-        where.append("pod = ?")
-        params.append(pod)
-    if id is not None:
-        where.append(_at_event())
-        params += [id, id]
+    where, params = _filters([("status", status or None), ("pod", pod)], made_by=id)
     found = await _positioned_page(db, "offers", OFFER_COLUMNS, where, params,
                                    order="opened_ts, id", limit=limit, offset=offset,
                                    after=after)  # fmt: skip
@@ -456,13 +450,7 @@ async def list_resources(
 ) -> list[Row]:
     """The resource directory by category and name (``after``: by store position, each
     with its ``pos``); ``id``: the one entry shared by that event."""
-    where, params = [], []
-    if category:
-        where.append("category = ?")
-        params.append(category)
-    if id is not None:
-        where.append(_at_event())
-        params += [id, id]
+    where, params = _filters([("category", category or None)], made_by=id)
     found = await _positioned_page(db, "resources", RESOURCE_COLUMNS, where, params,
                                    order="category, name, id", limit=limit, offset=offset,
                                    after=after)  # fmt: skip
@@ -699,10 +687,7 @@ async def list_forks(
     (``gossiped`` false: ``source`` delivered the refused event) or sent by the peer
     ``source`` (true). ``after``: the pieces numbered after it (numbers never change, so
     pages never skip nor repeat one); ``author``: only that key's."""
-    where, params = [], []
-    if author is not None:
-        where.append("author = ?")
-        params.append(author)
+    where, params = _filters([("author", author)])
     if after is not None:
         where.append("num > ?")
         params.append(after)

@@ -65,7 +65,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/offers", "Offers, oldest first; at most `limit` (5000).",
              "organizer", response=ANY_ROWS,
              query={"status": "open|withdrawn|all", "id": "one offer: its id or a prefix",
-                    "pod": "only this pod's (its key)", **PAGE, **AFTER_POS}),
+                    "pod": "only this pod's (its key, or a unique start of it)",
+                    **PAGE, **AFTER_POS}),
     Endpoint("GET", "/v1/members", "Members (personal data: pod only), in joining order; at "
              "most `limit` (5000).", "organizer", response=ANY_ROWS,
              query={"all": "1 to include forgotten members",

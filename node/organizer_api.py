@@ -122,10 +122,12 @@ async def _id_param(request: web.Request, table: str, what: str) -> bytes | None
     return await queries.resolve(request.app[NODE].ledger.reader, table, raw, what)
 
 
-def _pod_param(request: web.Request) -> bytes | None:
-    """``pod``: only the rows of that pod (its whole key)."""
+async def _pod_param(request: web.Request) -> bytes | None:
+    """``pod``: only the rows of that pod (its key, or any unique start of it)."""
     raw = request.query.get("pod")
-    return None if raw is None else b64d(raw, length=32, what="pod")
+    if raw is None:
+        return None
+    return await queries.resolve(request.app[NODE].ledger.reader, "pods", raw, "pod")
 
 
 def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
@@ -261,7 +263,7 @@ async def status(request: web.Request) -> web.Response:
 async def list_requests(request: web.Request) -> web.Response:
     node = request.app[NODE]
     q = request.query
-    pod = await queries.resolve(node.ledger.reader, "pods", q["pod"], "pod") if "pod" in q else None
+    pod = await _pod_param(request)
     limit, offset = _page(request)
     found = await queries.list_requests(
         node.ledger.reader,
@@ -286,7 +288,7 @@ async def list_offers(request: web.Request) -> web.Response:
     limit, offset = _page(request)
     found = await queries.list_offers(
         node.ledger.reader, status=None if wanted == "all" else wanted,
-        id=await _id_param(request, "offers", "offer"), pod=_pod_param(request),
+        id=await _id_param(request, "offers", "offer"), pod=await _pod_param(request),
         limit=limit, offset=offset,
         after=_after_pos(request),
     )  # fmt: skip

@@ -571,3 +571,26 @@ BACK_TO_V7 = """
     ALTER TABLE peers DROP COLUMN forks_cursor;
     PRAGMA user_version = 7;
 """
+
+
+async def forks_by(node: PodNode, keypair: Keypair, n: int) -> list[Event]:
+    """``keypair`` signs ``n`` events in its network feed, on the node's heads of that
+    key, and, for each, another at the same place (a second laptop): the ledger stores
+    the first ones and refuses each twin as a fork. Returns the twins."""
+    client = node.client_for(keypair)
+    try:
+        author = await client.author()
+    finally:
+        await client.close()
+    twin = Author(keypair, node.pod, author.clock)
+    kept, others = [], []
+    for i in range(n):
+        seq, prev = author.heads.get("network", (0, None))
+        kept.append(author.write(kinds.PodInfoChanged(name=f"kept {i}"), "network"))
+        twin.set_head("network", seq, prev)
+        others.append(twin.write(kinds.PodInfoChanged(name=f"other {i}"), "network"))
+    stored = await node.ledger.ingest([e.to_wire() for e in kept], source="laptop")
+    assert {r.status for r in stored} == {"stored"}
+    refused = await node.ledger.ingest([e.to_wire() for e in others], source="laptop")
+    assert {r.reason for r in refused} == {"fork"}
+    return others

@@ -30,6 +30,7 @@ from tests.node.helpers import (
     BACK_TO_V7,
     FakePeer,
     PodNode,
+    forks_by,
     join,
     ledger_bytes,
     peer_line,
@@ -351,18 +352,7 @@ async def test_evidence_pages_past_one_page(network: Network, session: Any) -> N
     endpoint's parameters are bounded."""
     alder, birch = await network(2)
     n = FORKS_PAGE + 20
-    author = await alder.author()
-    twin_heads = Author(alder.organizer, alder.pod, author.clock)
-    kept, others = [], []
-    for i in range(n):
-        seq, prev = author.heads.get("network", (0, None))
-        kept.append(author.write(kinds.PodInfoChanged(name=f"kept {i}"), "network"))
-        twin_heads.set_head("network", seq, prev)
-        others.append(twin_heads.write(kinds.PodInfoChanged(name=f"other {i}"), "network"))
-    results = await alder.ledger.ingest([e.to_wire() for e in kept], source="laptop")
-    assert all(r.status == "stored" for r in results)
-    results = await alder.ledger.ingest([e.to_wire() for e in others], source="laptop")
-    assert all(r.reason == "fork" for r in results)
+    others = await forks_by(alder, alder.organizer, n)
     await join(alder, birch)
 
     # By hand first: a full page, then the rest; the bounds refused.

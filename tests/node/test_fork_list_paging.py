@@ -12,36 +12,12 @@ import json
 
 import pytest
 
-from podlink.ledger.authoring import Author
 from podlink.node import client as node_client
 from podlink.node import organizer_api
 from podlink.node.client import ClientError
-from podlink.protocol import kinds
-from podlink.protocol.keys import Keypair
 from tests.cli.conftest import run
 from tests.node.conftest import Network
-from tests.node.helpers import PodNode
-
-
-async def forks_by(node: PodNode, keypair: Keypair, n: int) -> None:
-    """``keypair`` signs ``n`` events in its network feed and, for each, another at the
-    same place (a second laptop): the ledger refuses each twin as a fork."""
-    client = node.client_for(keypair)
-    try:
-        author = await client.author()  # on the node's heads of that key
-    finally:
-        await client.close()
-    twin = Author(keypair, node.pod, author.clock)
-    kept, others = [], []
-    for i in range(n):
-        seq, prev = author.heads.get("network", (0, None))
-        kept.append(author.write(kinds.PodInfoChanged(name=f"kept {i}"), "network"))
-        twin.set_head("network", seq, prev)
-        others.append(twin.write(kinds.PodInfoChanged(name=f"other {i}"), "network"))
-    stored = await node.ledger.ingest([e.to_wire() for e in kept], source="laptop")
-    assert {r.status for r in stored} == {"stored"}
-    refused = await node.ledger.ingest([e.to_wire() for e in others], source="laptop")
-    assert {r.reason for r in refused} == {"fork"}
+from tests.node.helpers import forks_by
 
 
 async def test_the_fork_list_pages_whole_and_by_author(
