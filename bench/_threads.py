@@ -8,7 +8,9 @@ and **cores busy** (total CPU / wall). On two cores the wall time of an ingest i
 total / 2; cores busy says how far from that a run is, and the threads say where to look.
 
 ``--batch`` sets ``Limits.batch_size`` for both sides (raw commits every ``--batch`` events
-too), ``--workers`` the verify processes. Thread CPU comes from ``/proc/self/task``
+too), ``--workers`` the verify processes, ``--pragma`` (repeatable) runs a pragma on each new
+ledger before its own (``--pragma page_size=16384``: what SQLite settings are worth, the raw
+side unchanged). Thread CPU comes from ``/proc/self/task``
 (Linux only). Not a figure of ``python -m bench``: a diagnostic quoted in
 docs/performance.md.
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 from bench._corpus import pod_wires
 from bench._util import process_cpu_seconds, remove_db
 from bench.ingest import AUTHORS, raw_ingest
+from podlink.ledger import store
 from podlink.ledger.ledger import Ledger, Limits
 
 
@@ -85,6 +88,12 @@ async def ledger_run(wires: list[bytes], path: Path, workers: int, batch: int) -
     return parts
 
 
+def with_pragmas(pragmas: list[str]) -> None:
+    """Run ``PRAGMA p`` for each of ``pragmas`` on every ledger opened from now on, before
+    the ledger's own (so that ``page_size`` still applies to a new file)."""
+    store.PRAGMAS = tuple(f"PRAGMA {p}" for p in pragmas) + store.PRAGMAS
+
+
 def show(name: str, runs: list[dict[str, float]], n: int) -> None:
     keys = [k for k in runs[0] if k not in ("wall", "total") and any(r[k] for r in runs)]
     med = {k: statistics.median(r[k] for r in runs) * 1e6 / n for k in runs[0]}
@@ -100,7 +109,9 @@ async def main() -> None:
     parser.add_argument("rounds", type=int, nargs="?", default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--pragma", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
+    with_pragmas(args.pragma)
     wires = pod_wires(args.events, authors=AUTHORS)
     n = len(wires)
     raw: list[dict[str, float]] = []
