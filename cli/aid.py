@@ -186,6 +186,9 @@ def member_forget(pod: Target, member_ref: str, yes: bool, as_json: bool) -> Non
     data = pod.call(lambda s: ops.forget_member(s, member_ref))
     offers = len(data["withdrawn_offers"])
     withdrawn = f" {offers} offer(s) in their name withdrawn." if offers else ""
+    if data["id"] is None:  # forgotten by an earlier run, cut off before its withdrawals
+        _done(as_json, data, f"Finished forgetting {short(data['member'])}:{withdrawn}")
+        return
     _done(as_json, data, f"Forgot {data['name'] or 'the member'} ({short(data['member'])}); "
           f"their details are destroyed.{withdrawn}")  # fmt: skip
 

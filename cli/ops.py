@@ -70,16 +70,24 @@ async def add_member(
 async def forget_member(session: PodSession, ref: str) -> Summary:
     """Forget a member, and withdraw the offers made in their name (they could no longer
     be taken up, and other pods would keep suggesting them). The withdrawals give no
-    reason: that the member was forgotten stays inside the pod."""
-    member = await session.member(ref)
-    event = await session.write(kinds.MemberForgotten(), "pod", (member["id"],))
+    reason: that the member was forgotten stays inside the pod.
+
+    Each write is its own request, and a run can be cut off between them (a dropped
+    link, a laptop put to sleep). So the offers are withdrawn first and the forget
+    signed last, and a second run for a member forgotten already withdraws what is
+    still open in their name: running the command again always finishes the job."""
+    member = await session.member(ref, forgotten=True)
     pod = await session.pod()
     theirs = [o for o in await session.get_all("/v1/offers", pod=pod)
               if o["by_member"] == member["id"]]  # fmt: skip
+    done = member["status"] == "forgotten"
+    if done and not theirs:
+        raise click.ClickException(f"member {ref!r} was forgotten already; nothing is left to do")
     for offer in theirs:
         await session.write(kinds.OfferWithdrawn(), offer["lane"], (offer["id"],))
+    event = None if done else await session.write(kinds.MemberForgotten(), "pod", (member["id"],))
     return {"id": event, "kind": "member.forget", "lane": "pod", "member": member["id"],
-            "name": member.get("name", ""),
+            "name": "" if done else member.get("name", ""),
             "withdrawn_offers": [o["id"] for o in theirs]}  # fmt: skip
 
 

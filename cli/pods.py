@@ -464,6 +464,7 @@ def backup(pod: Target, file: Path) -> None:
       podlink backup ~/backups/maple-$(date +%F).db
     """
     config = pod.config()
+    pod.own_folder(config, "backup")
     if file.exists():
         raise click.ClickException(f"{file} exists; choose another name or remove it first")
     if not config.ledger_path.exists():  # sqlite3 would create an empty one, and back it up

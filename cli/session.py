@@ -401,8 +401,9 @@ class PodSession:
         found = await self.get("/v1/resources", id=full)
         return found[0] if found else None
 
-    async def member(self, ref: str) -> dict[str, Any]:
-        """A member of this pod by name (case-insensitive) or by id prefix."""
+    async def member(self, ref: str, *, forgotten: bool = False) -> dict[str, Any]:
+        """A member of this pod by name (case-insensitive) or by id prefix; with
+        ``forgotten``, one forgotten already too (by id: their name is gone with them)."""
         members = await self.get_all("/v1/members")  # names are sealed: the node matches none
         named = [m for m in members if same_name(m.get("name", ""), ref)]
         if len(named) > 1:
@@ -421,7 +422,7 @@ class PodSession:
                 f"no member called {ref!r}, nor one whose id starts with it "
                 "(see `podlink member list`)"
             ) from None
-        found = await self.get("/v1/members", id=full)
+        found = await self.get("/v1/members", id=full, **({"all": "1"} if forgotten else {}))
         if not found:
             raise click.ClickException(f"member {ref!r} was forgotten")
         return found[0]

@@ -180,10 +180,14 @@ class Ledger:
             self.epoch = epoch
             self.pod = await scalar(db, "SELECT value FROM meta WHERE key = 'pod'")
             self.next_pos = (await scalar(db, "SELECT max(pos) FROM events") or 0) + 1
-            # The clock resumes past our own pod's events, and past others' only as far as
-            # observe() follows them while running (not to one stamped 14.9 minutes ahead).
+            # The clock resumes past our own pod's events as far as the future limit (one
+            # written while this machine ran hours fast must not stamp everything written
+            # after the clock is put right hours ahead: each feed follows its own head,
+            # Author.set_head), and past others' only as far as observe() follows them
+            # while running (not to one stamped 14.9 minutes ahead).
             own = await scalar(db, "SELECT max(ts) FROM events WHERE pod = ?", (self.pod,))
-            self.clock = clock.HybridClock(last=own or 0)
+            self.clock = clock.HybridClock()
+            self.clock.observe(own or 0, clock.FUTURE_LIMIT_MS)
             others = await scalar(db, "SELECT max(ts) FROM events WHERE pod != ?", (self.pod,))
             self.clock.observe(others or 0)
             self.roster = await projections.load_roster(db)
