@@ -289,5 +289,12 @@ CREATE INDEX forks_network ON forks (num) WHERE lane = 'network' AND kept_payloa
 CREATE INDEX forks_peers ON forks (kept_pod, num)
     WHERE lane = 'peers' AND kept_payload IS NOT NULL;
 """
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9)
+# V10: who made each invite code (the organizer's key that signed POST /v1/invites). A
+# code is refused once its maker is no longer an organizer: removing an organizer (a
+# lost laptop, a falling-out) takes back the codes they handed out but nobody used yet.
+# Codes made before V10 have no maker and stay as good as they were.
+V10 = """
+ALTER TABLE invites ADD COLUMN made_by BLOB;
+"""
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -57,13 +57,15 @@ def decode(code: str) -> InviteCode:
     return invite
 
 
-async def store(node: Node, secret: str, expires: int) -> None:
+async def store(node: Node, secret: str, expires: int, made_by: bytes) -> None:
+    """Keep the hash of a new code's secret, and the key of the organizer who made it
+    (the code dies with their place on the roster: peer_api.redeem)."""
     from podlink.node.peer_api import secret_hash
 
     await node.ledger.write(
-        "INSERT INTO invites (secret_hash, created, expires) "
-        "VALUES (?, strftime('%s','now'), ?)",
-        (secret_hash(secret), expires),
+        "INSERT INTO invites (secret_hash, created, expires, made_by) "
+        "VALUES (?, strftime('%s','now'), ?, ?)",
+        (secret_hash(secret), expires, made_by),
     )
 
 

@@ -501,7 +501,7 @@ async def create_invite(request: web.Request) -> web.Response:
     node = request.app[NODE]
     secret = b64e(os.urandom(24))
     expires = int(time.time()) + node.config.invite_ttl_s
-    await invites.store(node, secret, expires)
+    await invites.store(node, secret, expires, request[SIGNER])
     code = invites.encode(node.config.public_url, node.pod, secret, expires)
     return reply(Invite(invite=code, expires=expires), status=201)
 

@@ -273,11 +273,17 @@ async def redeem(request: web.Request) -> web.Response:
     joiner = request[SIGNER]
     h = secret_hash(body.secret)
     found = await queries.rows(
-        node.ledger.reader, "SELECT expires, used_by FROM invites WHERE secret_hash = ?", (h,)
+        node.ledger.reader,
+        "SELECT expires, used_by, made_by FROM invites WHERE secret_hash = ?",
+        (h,),
     )
     if not found:
         raise APIError("unauthorised", "this invite is not known here")
-    expires, used_by = found[0]
+    expires, used_by, made_by = found[0]
+    if used_by is None and made_by is not None and "organizer" not in node.roles_of(made_by):
+        # Removing an organizer takes back the codes they made and nobody used yet.
+        raise APIError("unauthorised", "the organizer who made this invite is no longer "
+                       "one; ask the pod for a new invite")  # fmt: skip
     if used_by is not None and used_by != joiner:
         raise APIError("unauthorised", "this invite was already used")
     if used_by is not None and joiner not in node.peers:
