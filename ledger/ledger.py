@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
-from podlink.ledger import forks, projections
+from podlink.ledger import aside, forks, projections
 from podlink.ledger import state as st
 from podlink.ledger.errors import LedgerError
 from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
@@ -499,6 +499,7 @@ class Ledger:
         back. A TRUNCATE checkpoint copies the zeroed pages into the file and empties the
         WAL; it waits (busy_timeout) for a reader's snapshot to end, and is tried again
         if one keeps it busy."""
+        await self._shred_copies()
         for _ in range(20):
             try:
                 cursor = await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -511,6 +512,18 @@ class Ledger:
             await asyncio.sleep(0.05)
         log.warning("the WAL still holds a forgotten member's old pages; the next "
                     "checkpoint that empties it will remove them")  # fmt: skip
+
+    async def _shred_copies(self) -> None:
+        """The same forget in the copies a restore set aside in this folder (ledger/aside.py)."""
+        if not aside.copies(self.path):
+            return
+        try:
+            forgotten = [m for (m,) in await rows(
+                self.db, "SELECT id FROM members WHERE status = 'forgotten'")]  # fmt: skip
+        except sqlite3.Error as err:
+            log.warning("could not list forgotten members for the copies aside: %s", err)
+            return
+        await asyncio.to_thread(aside.scrub, self.path, forgotten)
 
     def forget_caches(self) -> None:
         """After a rollback: in-memory heads, positions and roster may be ahead of disk."""
