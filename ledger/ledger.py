@@ -176,9 +176,8 @@ class Ledger:
                 # A migration replaced projection tables: refill them from the log.
                 log.warning("rebuilding the read model of %s after a schema upgrade", path)
                 await ledger.rebuild()
-            if ledger.waiting_due:
-                async with ledger._write:
-                    await ledger._release_waiting()
+            if ledger.waiting_due:  # pieces its feed reached before the node stopped
+                await ledger._drain_waiting()
         except BaseException:
             await ledger.close()
             raise
@@ -313,7 +312,7 @@ class Ledger:
         signatures of a key cost nothing to make, at any seq, so evidence kept is bounded
         by the positions of the feeds our ledger admitted, as their events are (a peer
         could otherwise fill the disk with forks of keys made for the purpose, or of its
-        own at seq 2^53). A piece about another position ``waiting``: it is put in the
+        own at seq 2^53). A piece about another position is ``waiting``: it is put in the
         forks_waiting table, unchecked, and checked and stored as if it had just come when
         an ingest brings its feed that far (``_release_waiting``), or dropped after
         ``limits.pending_ttl_s``. Each source may have ``limits.evidence_per_source``
@@ -358,9 +357,23 @@ class Ledger:
                     log.warning("fork: %s (evidence from %s)", describe_fork(fork), source)
             if "stored" in out:
                 self.notify_stored()
-            if self.waiting_due:
-                await self._release_waiting()
+        if self.waiting_due:
+            await self._drain_waiting()
         return out
+
+    async def _drain_waiting(self) -> None:
+        """Check the fork evidence still due after an ingest (more than one transaction's
+        ``forks.RELEASE_AT_ONCE``), that many per hold of the writer, so that other writes
+        go in between. What can be due is bounded by the waiting room (its bound per
+        source); a round that makes no progress (a storage error) stops it."""
+        while self.waiting_due:
+            async with self._write:
+                if self.closed:
+                    return
+                before = (len(self.waiting_due), sum(self.waiting_by_source.values()))
+                await run_to_end(self._release_waiting())
+                if (len(self.waiting_due), sum(self.waiting_by_source.values())) == before:
+                    return
 
     async def _release_waiting(self) -> None:
         """Check and store fork evidence that waited for its feed, now that the feed holds
@@ -489,6 +502,8 @@ class Ledger:
             for pending in upcoming:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pending
+        if self.waiting_due:
+            await self._drain_waiting()
         return results
 
     async def check(self, wires: Sequence[bytes]) -> Checked:
@@ -506,6 +521,8 @@ class Ledger:
         results: list[IngestResult] = []
         for prepared in checked.batches:
             results += await self._commit(prepared, source, True)
+        if self.waiting_due:
+            await self._drain_waiting()
         return results
 
     async def _commit(
@@ -526,7 +543,7 @@ class Ledger:
         await self._purge_pending()
         results = await commit(self, prepared, source=source, allow_pending=allow_pending)
         if self.waiting_due:  # this batch brought feeds that fork evidence waited for
-            await self._release_waiting()
+            await run_to_end(self._release_waiting())  # its memory follows its commit
         return results
 
     async def _commit_append(self, prepared: Prepared) -> list[IngestResult]:
