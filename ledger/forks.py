@@ -6,6 +6,11 @@ seen: recorded by ingest when this node refused the other event itself (``gossip
 or sent by a peer (``gossiped`` 1, ``source`` that peer). Each row has a local number,
 ``num``, increasing; peers page through the ones they may see by it
 (``GET /v1/peer/forks``), and every page of changes says the newest (``Page.forks``).
+
+A piece a peer sends about a feed position we do not hold waits in ``forks_waiting``
+(bounded per source, expired with the pending TTL), unchecked, until an ingest brings its
+feed that far; then it is checked and stored as one that just came (``Ledger.store_forks``,
+``Ledger._release_waiting``).
 """
 
 from __future__ import annotations

@@ -270,7 +270,8 @@ class PeerLink:
         if page.cursor >= page.head:
             # Evidence once caught up, not before: a piece is kept only about a feed we
             # hold (Ledger.store_forks), and the author's events may be pages ahead. Taken
-            # earlier, it was judged unknown and the cursor moved past it for good.
+            # earlier, it would wait for them in the bounded waiting room (and be checked
+            # then), where its source's room is better left for feeds no peer has yet.
             await self._take_forks(page.forks)
         return len(wires), stored
 
