@@ -11,7 +11,8 @@ database being replaced can still be read, restore carries over from it:
 * member keys the backup lacks (members who joined after it; a forgotten member's key is
   gone from the replaced database too, and the carried forget destroys the backup's);
 * the peers and invites tables as they stand (removals, cursors, used invites), and the
-  fork evidence and parked events it holds (a fork's other header is kept nowhere else).
+  fork evidence and parked events it holds (a fork's other header is kept nowhere else),
+  fork evidence waiting for its feed too (the peers would not send it again).
 
 When it cannot be read (the reason to restore, often), nothing is carried and restore
 says what that loses.
@@ -33,10 +34,13 @@ from podlink.protocol.envelope import encode_wire
 
 PAGE = 2000  # events read from the replaced database and ingested at a time
 LOCAL_TABLES = ("peers", "invites")  # replaced: the replaced database's are the newer
-KEPT_TABLES = ("forks", "pending")  # merged: fork evidence only the forker could re-send
+# Merged: fork evidence only the forker could re-send, and evidence waiting for its feed
+# (our cursors into the peers' evidence are carried: they would not send it again).
+KEPT_TABLES = ("forks", "pending", "forks_waiting")
 # Columns numbered by the restored database itself: the fork evidence's local numbers
 # (peers page by them) go on from the backup's, never taken from the other database.
-RENUMBERED = {("forks", "num")}
+RENUMBERED = {("forks", "num"), ("forks_waiting", "id")}
+SINCE = {"forks_waiting": 10}  # tables a replaced database older than that schema lacks
 
 
 @dataclass
@@ -109,7 +113,9 @@ def carry_over(live: Path, incoming: Path, pod: bytes) -> Carried:
             if found is None or bytes(found[0]) != pod:
                 return Carried(unreadable="it is not this pod's database")
             keys = src.execute("SELECT member, key FROM member_keys").fetchall()
-            local = {t: _table(src, t) for t in (*LOCAL_TABLES, *KEPT_TABLES)}
+            version = src.execute("PRAGMA user_version").fetchone()[0]
+            local = {t: _table(src, t) for t in (*LOCAL_TABLES, *KEPT_TABLES)
+                     if version >= SINCE.get(t, 0)}  # fmt: skip
         except sqlite3.Error as e:
             return Carried(unreadable=str(e))
         return run_sync(_carry(src, incoming, keys, local))

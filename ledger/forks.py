@@ -6,6 +6,11 @@ seen: recorded by ingest when this node refused the other event itself (``gossip
 or sent by a peer (``gossiped`` 1, ``source`` that peer). Each row has a local number,
 ``num``, increasing; peers page through the ones they may see by it
 (``GET /v1/peer/forks``), and every page of changes says the newest (``Page.forks``).
+
+A piece a peer sends about a feed position we do not hold waits in ``forks_waiting``
+(bounded per source, expired with the pending TTL), unchecked, until an ingest brings its
+feed that far; then it is checked and stored as one that just came (``Ledger.store_forks``,
+``Ledger._release_waiting``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiosqlite
@@ -86,10 +92,16 @@ async def visible_after(
     return pieces, max(cursor, after), head
 
 
-UNKNOWN = "unknown"  # a sound-looking piece about a feed position beyond what we hold
+@dataclass(frozen=True)
+class Unplaced:
+    """A piece in the shape of a fork, about a feed position beyond what we hold (a feed
+    we do not hold, or past its head + 1): its signatures are not checked yet, and it
+    waits for its feed (``Ledger.store_forks``)."""
+
+    fork: Fork
 
 
-Checked = Fork | ProtocolError | str  # a piece: sound, refused, or UNKNOWN
+Checked = Fork | ProtocolError | Unplaced  # a piece: sound, refused, or waiting for its feed
 
 
 def check_pieces(
@@ -102,10 +114,11 @@ def check_pieces(
     (``shaped``), and signed (two Ed25519 checks each: ``verified``).
 
     With ``heads`` (our feed heads by (author, lane): ``feed_heads``), a piece about a
-    feed we do not hold, or past its head + 1, is UNKNOWN and its signatures are not
-    checked: evidence is kept only where our ledger admitted the author's events
-    (``Ledger.store_forks``), and two Ed25519 checks of a piece we will not keep would
-    be work a peer makes us do for nothing."""
+    feed we do not hold, or past its head + 1, is ``Unplaced`` and its signatures are
+    not checked: evidence is kept only where our ledger admitted the author's events
+    (``Ledger.store_forks``); such a piece waits, unchecked, and is checked only if its
+    feed reaches that position. Two Ed25519 checks of a piece we may never keep would be
+    work a peer makes us do for nothing."""
     pieces = [shaped(raw, pod, sender) for raw in raws]
     return verified(pieces if heads is None else placed(pieces, heads))
 
@@ -128,8 +141,8 @@ def shaped(raw: bytes, pod: bytes | None, sender: bytes) -> Fork | ProtocolError
 
 
 def placed(pieces: list[Checked], heads: dict[tuple[bytes, str], int]) -> list[Checked]:
-    """Each fork about a feed position we do not hold made UNKNOWN (see ``within``)."""
-    return [UNKNOWN if isinstance(p, Fork) and not within(p, heads) else p for p in pieces]
+    """Each fork about a feed position we do not hold made ``Unplaced`` (see ``within``)."""
+    return [Unplaced(p) if isinstance(p, Fork) and not within(p, heads) else p for p in pieces]
 
 
 def verified(pieces: list[Checked]) -> list[Checked]:
@@ -189,3 +202,77 @@ INSERT_GOSSIPED = (
     "kept_sig, other_id, other_pod, other_payload, other_sig, source, received, gossiped) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
 )
+
+
+# ---------------------------------------------------------------- evidence waiting for its feed
+
+#: Pieces that waited, checked and stored at most this many at a time (after an ingest
+#: transaction or a page of evidence); the rest at the next one. Two Ed25519 checks each.
+RELEASE_AT_ONCE = 100
+
+INSERT_WAITING = (
+    "INSERT OR IGNORE INTO forks_waiting (author, lane, seq, source, received, kept_payload, "
+    "kept_sig, other_payload, other_sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def waiting_row(fork: Fork, source: str, now_ms: int) -> tuple[object, ...]:
+    return (fork.author, fork.lane, fork.seq, source, now_ms, fork.kept.payload,
+            fork.kept.sig, fork.other.payload, fork.other.sig)  # fmt: skip
+
+
+async def waiting_counts(
+    db: aiosqlite.Connection,
+) -> tuple[dict[str, int], dict[tuple[bytes, str], int], set[tuple[bytes, str]]]:
+    """What waits, for the ledger's memory: pieces per source, the lowest waiting seq per
+    feed, and the feeds with a piece at most one past their head already (due)."""
+    by_source = {s: n for s, n in await rows(
+        db, "SELECT source, count(*) FROM forks_waiting GROUP BY 1")}  # fmt: skip
+    first = {(a, ln): seq for a, ln, seq in await rows(
+        db, "SELECT author, lane, min(seq) FROM forks_waiting GROUP BY 1, 2")}  # fmt: skip
+    due = {(a, ln) for a, ln in await rows(
+        db, "SELECT DISTINCT w.author, w.lane FROM forks_waiting AS w JOIN feeds AS f "
+        "ON f.author = w.author AND f.lane = w.lane WHERE w.seq <= f.seq + 1")}  # fmt: skip
+    return by_source, first, due
+
+
+Feed = tuple[bytes, str]  # (author, lane)
+Due = tuple[int, str, Feed, Fork | ProtocolError]  # (row id, source, feed, piece)
+
+
+async def take_due(
+    db: aiosqlite.Connection, feeds: Sequence[Feed], limit: int
+) -> tuple[list[Due], set[Feed]]:
+    """Up to ``limit`` waiting pieces about positions of ``feeds`` that are now at most one
+    past their heads, parsed (not verified): (row id, source, feed, fork or why not).
+    Also the feeds all of whose such pieces were read (no longer due)."""
+    found: list[Due] = []
+    done: set[tuple[bytes, str]] = set()
+    for feed in feeds:
+        room = limit - len(found)
+        if room <= 0:
+            break
+        got = await rows(
+            db, "SELECT w.id, w.source, w.kept_payload, w.kept_sig, w.other_payload, "
+            "w.other_sig FROM forks_waiting AS w JOIN feeds AS f ON f.author = w.author "
+            "AND f.lane = w.lane WHERE w.author = ? AND w.lane = ? AND w.seq <= f.seq + 1 "
+            "ORDER BY w.seq LIMIT ?", (*feed, room))  # fmt: skip
+        for id_, source, kp, ks, op, os_ in got:
+            try:
+                piece: Fork | ProtocolError = parse_evidence(Evidence(kp, ks, op, os_))
+            except ProtocolError as err:
+                piece = err
+            found.append((id_, source, feed, piece))
+        if len(got) < room:
+            done.add(feed)
+    return found, done
+
+
+async def waiting_first(db: aiosqlite.Connection, feeds: Sequence[Feed]) -> dict[Feed, int]:
+    """The lowest seq still waiting of each of ``feeds`` that has a piece waiting."""
+    found = await rows_by_pairs(
+        db, ("author", "lane"),
+        "SELECT w.author, w.lane, min(w.seq) FROM k JOIN forks_waiting AS w "
+        "ON w.author = k.author AND w.lane = k.lane GROUP BY 1, 2", feeds,
+    )  # fmt: skip
+    return {(a, ln): seq for a, ln, seq in found}

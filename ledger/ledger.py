@@ -64,8 +64,11 @@ class Limits:
     """Bounds that keep one source from filling memory or disk."""
 
     pending_per_source: int = 10_000
-    pending_ttl_s: int = 24 * 3600
+    pending_ttl_s: int = 24 * 3600  # parked events, and fork evidence waiting for its feed
     batch_size: int = 1000
+    # Pieces of fork evidence about feeds we do not hold (yet) waiting per source, ~4 kB
+    # each at most: a newcomer past this is not kept (see Ledger.store_forks).
+    evidence_per_source: int = 1000
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,15 @@ class Ledger:
         self.folds = projections.FoldCache()  # requests folded, to continue next batch
         self.stored_listeners: list[Callable[[int], None]] = []
         self.released_stored = 0  # events stored after waiting in pending (no result of theirs)
+        # Fork evidence waiting for its feed (table forks_waiting): pieces per source, the
+        # lowest waiting seq per feed, and the feeds with pieces now due to be checked.
+        # An ingest looks at the second only when it is not empty.
+        self.waiting_by_source: Counter[str] = Counter()
+        self.waiting_feeds: dict[tuple[bytes, str], int] = {}
+        self.waiting_due: set[tuple[bytes, str]] = set()
+        # Told (outcome, count) of fork evidence that leaves the waiting area: stored,
+        # held, forged, invalid or expired (the node counts them in its metrics).
+        self.evidence_listeners: list[Callable[[str, int], None]] = []
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -164,6 +176,8 @@ class Ledger:
                 # A migration replaced projection tables: refill them from the log.
                 log.warning("rebuilding the read model of %s after a schema upgrade", path)
                 await ledger.rebuild()
+            if ledger.waiting_due:  # pieces its feed reached before the node stopped
+                await ledger._drain_waiting()
         except BaseException:
             await ledger.close()
             raise
@@ -198,6 +212,15 @@ class Ledger:
                 db, "SELECT DISTINCT author, lane, why FROM pending"
             ):
                 self._note_pending(author, lane, why)
+            await self._load_waiting()
+
+    async def _load_waiting(self) -> None:
+        """What waits in forks_waiting, into memory (and which pieces are due already: a
+        feed that reached them while no release ran, before a crash, say)."""
+        by_source, first, due = await forks.waiting_counts(self.db)
+        self.waiting_by_source = Counter(by_source)
+        self.waiting_feeds = first
+        self.waiting_due = due
 
     async def _learn_kinds(self) -> None:
         """Ask for a rebuild when this code knows event kinds that the code which last
@@ -279,35 +302,143 @@ class Ledger:
             await self.db.executemany(sql, rows)
             await self.db.commit()
 
-    async def store_forks(self, found: Sequence[Fork], *, source: str) -> list[str]:
-        """Keep fork evidence a peer (``source``) sent, checked already
-        (ledger/forks.py); per piece: ``stored`` (new), ``held`` (evidence at that feed
-        position is kept already: recorded here or sent before, the same pair in either
-        order or another; it is left as it is) or ``unknown``: not kept, as it is about a
-        feed we do not hold or a position past its head + 1. Two signatures of a key
-        cost nothing to make, at any seq: evidence kept is bounded by the positions of
-        the feeds our ledger admitted, as their events are (a peer could otherwise fill
-        the disk with forks of keys made for the purpose, or of its own at seq 2^53)."""
-        if not found:
+    async def store_forks(
+        self, found: Sequence[Fork], *, source: str, unplaced: Sequence[Fork] = ()
+    ) -> list[str]:
+        """Keep fork evidence a peer (``source``) sent: ``found`` checked already
+        (ledger/forks.py), ``unplaced`` sound in shape only, about feed positions we did
+        not hold when they were checked. Returns an outcome per piece, ``found``'s then
+        ``unplaced``'s: ``stored`` (new), ``held`` (evidence at that feed position is kept
+        already: recorded here or sent before, the same pair in either order or another;
+        it is left as it is), ``waiting`` or ``overflow``.
+
+        Evidence is kept only about a feed we hold, at most one past its head: two
+        signatures of a key cost nothing to make, at any seq, so evidence kept is bounded
+        by the positions of the feeds our ledger admitted, as their events are (a peer
+        could otherwise fill the disk with forks of keys made for the purpose, or of its
+        own at seq 2^53). A piece about another position is ``waiting``: it is put in the
+        forks_waiting table, unchecked, and checked and stored as if it had just come when
+        an ingest brings its feed that far (``_release_waiting``), or dropped after
+        ``limits.pending_ttl_s``. Each source may have ``limits.evidence_per_source``
+        pieces waiting; past that a newcomer is not kept (``overflow``): what waits stays,
+        as with parked events, so a source that floods only loses its own new pieces and
+        the bound costs no delete; its room comes back as its pieces are stored or expire.
+        (Our cursor into the peer's evidence moves past a piece not kept: it is not sent
+        again unless the peer numbers its evidence anew.)"""
+        if not found and not unplaced:
             return []
         now = clock.now_ms()
         out: list[str] = []
+        waited: list[Fork] = []  # pieces that added a row to forks_waiting
         async with self._write, translated("storing fork evidence"):
             self._check_open()
-            heads = await forks.feed_heads(self.db, [(f.author, f.lane) for f in found])
+            heads = await forks.feed_heads(
+                self.db, [(f.author, f.lane) for f in (*found, *unplaced)])  # fmt: skip
+            room = self.limits.evidence_per_source - self.waiting_by_source[source]
             async with transaction(self.db):
-                for fork, row in zip(found, forks.insert_rows(found, source, now), strict=True):
-                    if not forks.within(fork, heads):
-                        out.append(forks.UNKNOWN)
-                        continue
-                    cursor = await self.db.execute(forks.INSERT_GOSSIPED, row)
-                    out.append("stored" if cursor.rowcount else "held")
-        for fork, outcome in zip(found, out, strict=True):
-            if outcome == "stored":
-                log.warning("fork: %s (evidence from %s)", describe_fork(fork), source)
-        if "stored" in out:
-            self.notify_stored()
+                pieces = [*((f, True) for f in found), *((f, False) for f in unplaced)]
+                for fork, verified in pieces:
+                    if verified and forks.within(fork, heads):
+                        [row] = forks.insert_rows([fork], source, now)
+                        cursor = await self.db.execute(forks.INSERT_GOSSIPED, row)
+                        out.append("stored" if cursor.rowcount else "held")
+                    elif len(waited) >= room:
+                        out.append("overflow")
+                    else:  # (a verified piece past its feed's head: heads never go back)
+                        cursor = await self.db.execute(
+                            forks.INSERT_WAITING, forks.waiting_row(fork, source, now))
+                        if cursor.rowcount:  # else a piece of this source waits there
+                            waited.append(fork)
+                        out.append("waiting")
+            for fork in waited:
+                self.waiting_by_source[source] += 1
+                feed = (fork.author, fork.lane)
+                self.waiting_feeds[feed] = min(self.waiting_feeds.get(feed, fork.seq), fork.seq)
+                if forks.within(fork, heads):  # its feed came since it was placed: due now
+                    self.waiting_due.add(feed)
+            for fork, outcome in zip(found, out, strict=False):
+                if outcome == "stored":
+                    log.warning("fork: %s (evidence from %s)", describe_fork(fork), source)
+            if "stored" in out:
+                self.notify_stored()
+        if self.waiting_due:
+            await self._drain_waiting()
         return out
+
+    async def _drain_waiting(self) -> None:
+        """Check the fork evidence still due after an ingest (more than one transaction's
+        ``forks.RELEASE_AT_ONCE``), that many per hold of the writer, so that other writes
+        go in between. What can be due is bounded by the waiting room (its bound per
+        source); a round that makes no progress (a storage error) stops it."""
+        while self.waiting_due:
+            async with self._write:
+                if self.closed:
+                    return
+                before = (len(self.waiting_due), sum(self.waiting_by_source.values()))
+                await run_to_end(self._release_waiting())
+                if (len(self.waiting_due), sum(self.waiting_by_source.values())) == before:
+                    return
+
+    async def _release_waiting(self) -> None:
+        """Check and store fork evidence that waited for its feed, now that the feed holds
+        its position (``waiting_due``); the caller holds the writer. At most
+        ``forks.RELEASE_AT_ONCE`` pieces at a time: the rest stay due for the next call
+        (after the next ingest transaction or page of evidence).
+
+        Each piece is checked as one that just came (its signatures now, off the event
+        loop) and stored with its source, logged and passed on to peers alike. A piece
+        whose signatures do not verify is dropped and counted (``forged``): it was never
+        evidence against anyone. A failure here leaves the pieces waiting and due: the
+        ingest that called it is committed already and is not failed for it."""
+        try:
+            found, done = await forks.take_due(
+                self.db, sorted(self.waiting_due), forks.RELEASE_AT_ONCE)
+            loop = asyncio.get_running_loop()
+            checked = await loop.run_in_executor(
+                self.executor, forks.verified, [p for *_, p in found])  # fmt: skip
+            now = clock.now_ms()
+            outcomes: list[str] = []
+            async with transaction(self.db):
+                for (_, source, _, _), piece in zip(found, checked, strict=True):
+                    if isinstance(piece, Fork):
+                        [row] = forks.insert_rows([piece], source, now)
+                        cursor = await self.db.execute(forks.INSERT_GOSSIPED, row)
+                        outcomes.append("stored" if cursor.rowcount else "held")
+                    else:
+                        assert isinstance(piece, ProtocolError)
+                        outcomes.append(piece.reason)
+                await self.db.executemany(
+                    "DELETE FROM forks_waiting WHERE id = ?", [(r[0],) for r in found])
+                touched = sorted({feed for _, _, feed, _ in found} | done)
+                left = await forks.waiting_first(self.db, touched)
+        except sqlite3.Error as err:
+            log.warning("fork evidence that waited for its feed not checked yet: %s", err)
+            return
+        for (_, source, _, _), piece, outcome in zip(found, checked, outcomes, strict=True):
+            self.waiting_by_source[source] -= 1
+            if self.waiting_by_source[source] <= 0:
+                del self.waiting_by_source[source]
+            if outcome == "stored":
+                assert isinstance(piece, Fork)
+                log.warning("fork: %s (evidence from %s)", describe_fork(piece), source)
+            elif isinstance(piece, ProtocolError):
+                log.info("fork evidence from %s that waited for its feed is refused (%s): "
+                         "dropped", source, piece.message)  # fmt: skip
+        for feed in touched:
+            if feed in left:
+                self.waiting_feeds[feed] = left[feed]
+            else:
+                self.waiting_feeds.pop(feed, None)
+        self.waiting_due -= done
+        self.waiting_due &= self.waiting_feeds.keys()
+        for outcome, n in Counter(outcomes).items():
+            self._count_evidence(outcome, n)
+        if "stored" in outcomes:
+            self.notify_stored()
+
+    def _count_evidence(self, outcome: str, n: int) -> None:
+        for listener in list(self.evidence_listeners):
+            listener(outcome, n)
 
     async def put_member_key(self, member: bytes, key: bytes) -> None:
         """Keep the SecretBox key of ``member`` (the id of its member.join event).
@@ -375,6 +506,8 @@ class Ledger:
             for pending in upcoming:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pending
+        if self.waiting_due:
+            await self._drain_waiting()
         return results
 
     async def check(self, wires: Sequence[bytes]) -> Checked:
@@ -392,6 +525,8 @@ class Ledger:
         results: list[IngestResult] = []
         for prepared in checked.batches:
             results += await self._commit(prepared, source, True)
+        if self.waiting_due:
+            await self._drain_waiting()
         return results
 
     async def _commit(
@@ -410,7 +545,10 @@ class Ledger:
             await self._load()
             self._stale_caches = False
         await self._purge_pending()
-        return await commit(self, prepared, source=source, allow_pending=allow_pending)
+        results = await commit(self, prepared, source=source, allow_pending=allow_pending)
+        if self.waiting_due:  # this batch brought feeds that fork evidence waited for
+            await run_to_end(self._release_waiting())  # its memory follows its commit
+        return results
 
     async def _commit_append(self, prepared: Prepared) -> list[IngestResult]:
         """Group commit: appends that queued while a transaction held the writer go in
@@ -535,12 +673,23 @@ class Ledger:
 
     def after_commit(self, batch: Batch) -> None:
         self.heads.update(batch.heads)
+        if self.waiting_feeds:  # (nothing more to do on an ingest while no evidence waits)
+            self._note_due(batch.heads)
         self.released_stored += batch.released
         if batch.stored_ids:
             self.generation += 1
             self.recent.append((self.generation, batch.stored_ids))
         if batch.stored or batch.forked:  # new fork evidence is news for peers too
             self.notify_stored()
+
+    def _note_due(self, heads: dict[tuple[bytes, str], tuple[int, bytes, int]]) -> None:
+        """Mark the feeds of ``heads`` (feed -> (seq, id, ts), just stored) that fork
+        evidence waits for at most one past their new head: ``_release_waiting`` runs next."""
+        waiting = self.waiting_feeds
+        small, large = (waiting, heads) if len(waiting) < len(heads) else (heads, waiting)
+        for feed in small:
+            if feed in large and waiting[feed] <= heads[feed][0] + 1:
+                self.waiting_due.add(feed)
 
     def notify_stored(self) -> None:
         """Tell the listeners (the node's live streams) that something new is stored."""
@@ -593,16 +742,24 @@ class Ledger:
         await run_to_end(self._expire_pending(clock.now_ms()))
 
     async def _expire_pending(self, now_ms: int) -> int:
+        """Drop parked events and waiting fork evidence received before the TTL; returns
+        how many events (the evidence is counted as ``expired``)."""
         cutoff = now_ms - self.limits.pending_ttl_s * 1000
         async with translated("expiring pending events"):
             cur = await self.db.execute("DELETE FROM pending WHERE received < ?", (cutoff,))
             dropped = cur.rowcount
+            cur = await self.db.execute("DELETE FROM forks_waiting WHERE received < ?", (cutoff,))
+            expired = cur.rowcount
             await self.db.commit()
             self.pending_by_source.clear()
             for source, n in await rows(
                 self.db, "SELECT source, count(*) FROM pending GROUP BY 1"
             ):
                 self.pending_by_source[source] = n
+            if expired:
+                await self._load_waiting()
+        if expired:
+            self._count_evidence("expired", expired)
         return dropped
 
     # ---------------------------------------------------------------- maintenance

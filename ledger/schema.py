@@ -1,8 +1,8 @@
 """The SQLite schema, versioned with ``PRAGMA user_version`` and migrated forward.
 
 Each entry of MIGRATIONS takes the database from version i to i+1; a fresh file runs them
-all. Projection tables (everything but meta, events, feeds, forks, pending, member_keys,
-peers, invites) can be dropped and rebuilt from ``events`` at any time.
+all. Projection tables (everything but meta, events, feeds, forks, forks_waiting, pending,
+member_keys, peers, invites) can be dropped and rebuilt from ``events`` at any time.
 """
 
 from __future__ import annotations
@@ -289,12 +289,35 @@ CREATE INDEX forks_network ON forks (num) WHERE lane = 'network' AND kept_payloa
 CREATE INDEX forks_peers ON forks (kept_pod, num)
     WHERE lane = 'peers' AND kept_payload IS NOT NULL;
 """
-# V10: who made each invite code (the organizer's key that signed POST /v1/invites). A
+# V10: fork evidence a peer sent about a feed position beyond what this node holds (a
+# feed it has not received yet, or past its head + 1) waits here for its feed, rather
+# than being dropped while the peer's evidence cursor moves past it for good. Unchecked
+# (its signatures are checked when its feed reaches it: Ledger.store_forks), one piece
+# per feed position and source, bounded per source (Limits.evidence_per_source, counted
+# in memory) and dropped after Limits.pending_ttl_s, as parked events are. Rows are up
+# to ~4 kB, so a rowid table (WITHOUT ROWID suits narrow rows).
+V10 = """
+CREATE TABLE forks_waiting (
+    id            INTEGER PRIMARY KEY,
+    author        BLOB NOT NULL,
+    lane          TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    source        TEXT NOT NULL,
+    received      INTEGER NOT NULL,
+    kept_payload  BLOB NOT NULL,
+    kept_sig      BLOB NOT NULL,
+    other_payload BLOB NOT NULL,
+    other_sig     BLOB NOT NULL,
+    UNIQUE (author, lane, seq, source)
+) STRICT;
+CREATE INDEX forks_waiting_received ON forks_waiting (received);
+"""
+# V11: who made each invite code (the organizer's key that signed POST /v1/invites). A
 # code is refused once its maker is no longer an organizer: removing an organizer (a
 # lost laptop, a falling-out) takes back the codes they handed out but nobody used yet.
-# Codes made before V10 have no maker and stay as good as they were.
-V10 = """
+# Codes made before V11 have no maker and stay as good as they were.
+V11 = """
 ALTER TABLE invites ADD COLUMN made_by BLOB;
 """
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10)
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11)
 SCHEMA_VERSION = len(MIGRATIONS)

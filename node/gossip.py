@@ -270,7 +270,8 @@ class PeerLink:
         if page.cursor >= page.head:
             # Evidence once caught up, not before: a piece is kept only about a feed we
             # hold (Ledger.store_forks), and the author's events may be pages ahead. Taken
-            # earlier, it was judged unknown and the cursor moved past it for good.
+            # earlier, it would wait for them in the bounded waiting room (and be checked
+            # then), where its source's room is better left for feeds no peer has yet.
             await self._take_forks(page.forks)
         return len(wires), stored
 
@@ -312,12 +313,11 @@ class PeerLink:
             checked = await fork_rows.check_from_peer(ledger, pieces, rec.pod)
             good = [c for c in checked if isinstance(c, Fork)]
             bad = [c for c in checked if isinstance(c, ProtocolError)]
-            for outcome in await ledger.store_forks(good, source=self.source):
+            # About a feed we do not hold, or past its head: it waits for the feed (not
+            # the peer's fault, it may hold more of the feed than we were given yet).
+            later = [c.fork for c in checked if isinstance(c, fork_rows.Unplaced)]
+            for outcome in await ledger.store_forks(good, source=self.source, unplaced=later):
                 metrics.inc("fork_evidence_total", outcome=outcome)
-            # Not ours to keep (a feed we do not hold, or past its head): not the peer's
-            # fault either, it may hold more of the feed than we were given yet.
-            metrics.inc("fork_evidence_total", checked.count(fork_rows.UNKNOWN),
-                        outcome=fork_rows.UNKNOWN)  # fmt: skip
             for err in bad:
                 metrics.inc("fork_evidence_total", outcome=err.reason)
             if bad or extra:

@@ -14,8 +14,9 @@ HELP = {
     "peer_sync_seconds": "Duration of the last sync round with a peer.",
     "peer_connected": "1 while the live stream to a peer is open.",
     "ledger_events": "Events in the ledger.",
-    "fork_evidence_total": "Fork evidence peers sent: stored, held already, or refused "
-    "(by reason word).",
+    "fork_evidence_total": "Fork evidence peers sent: stored, held already, waiting for "
+    "its feed (then stored, held, refused or expired), overflow (not kept: its sender's "
+    "waiting room is full), or refused (by reason word).",
 }
 GAUGES = {"peer_lag_events", "peer_sync_seconds", "peer_connected", "ledger_events"}
 

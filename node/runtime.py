@@ -53,6 +53,7 @@ class Node:
         # organizer_api.submit_events): two removals racing must not both pass the check.
         self.roster_lock = asyncio.Lock()
         ledger.stored_listeners.append(self._on_stored)
+        ledger.evidence_listeners.append(self._on_evidence)
         self.metrics.set("ledger_events", ledger.next_pos - 1)  # not only after a store
         self._released_seen = ledger.released_stored
 
@@ -69,6 +70,10 @@ class Node:
         return (found[0][0], found[0][1]) if found else (self.config.name, self.config.zone)
 
     # ------------------------------------------------------------ new events
+
+    def _on_evidence(self, outcome: str, n: int) -> None:
+        """Fork evidence that waited for its feed, checked (or expired) by the ledger."""
+        self.metrics.inc("fork_evidence_total", n, outcome=outcome)
 
     def _on_stored(self, head: int) -> None:
         self.metrics.set("ledger_events", head)

@@ -119,7 +119,8 @@ async def test_upgrading_a_v2_file_rebuilds_the_replaced_tables(tmp_path: Path) 
         live = await ledger.dump()
     assert live["requests"] and live["claims"] and live["offers"]
     # Put the file back as version 2 left it: the V1 tables, holding nothing (and V8's
-    # fork evidence table, empty here, and peers column undone).
+    # fork evidence table, empty here, and peers column undone; V10's waiting room and V11's
+    # invite makers gone).
     with sqlite3.connect(path) as con:
         for table in ("requests", "claims", "offers", "resources", "forks"):
             con.execute(f"DROP TABLE {table}")
@@ -129,6 +130,8 @@ async def test_upgrading_a_v2_file_rebuilds_the_replaced_tables(tmp_path: Path) 
                 con.execute(statement)
         con.execute("DROP INDEX fulfilments_request")  # V4's
         con.execute("ALTER TABLE peers DROP COLUMN forks_cursor")  # V8's
+        con.execute("DROP TABLE forks_waiting")  # V10's
+        con.execute("ALTER TABLE invites DROP COLUMN made_by")  # V11's
         con.execute("PRAGMA user_version=2")
     con.close()
     async with await Ledger.open(path) as ledger:

@@ -554,9 +554,18 @@ def restore_db(backup: Path, home: Path) -> None:
             shutil.copy2(backup / name, home / name)
 
 
+# A ledger file taken back to what schema V9 held: no fork evidence waiting for its feed
+# (V10's table), no maker of an invite (V11's column); for tests of the V10 migration.
+BACK_TO_V9 = """
+    DROP TABLE forks_waiting;
+    ALTER TABLE invites DROP COLUMN made_by;
+    PRAGMA user_version = 9;
+"""
 # A ledger file taken back to what schema V7 held for fork evidence (one header per row,
 # no numbers, no peers cursor): for tests of the V8 migration.
 BACK_TO_V7 = """
+    DROP TABLE forks_waiting;
+    ALTER TABLE invites DROP COLUMN made_by;
     CREATE TABLE v7 AS SELECT author, lane, seq, kept_id, other_id, other_payload,
         other_sig, source, received FROM forks;
     DROP TABLE forks;

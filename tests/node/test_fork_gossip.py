@@ -223,7 +223,8 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
     against the peer, and stores nothing. Of the three sound pieces, the one about a feed
     this node holds is stored; the ones about a feed it never saw (of a key it knows) and
     about a key it holds nothing of are not (keys and positions cost nothing to make: they
-    would fill the disk), nor counted against the peer. Its events still replicate."""
+    would fill the disk), nor counted against the peer: they wait, unchecked and bounded,
+    for their feeds (tests/node/test_fork_evidence_waits.py). Its events still replicate."""
     [alder] = await network(1)
     fake = FakePeer()
     mallory, other_key = fake.keypair, Keypair.generate()
@@ -277,7 +278,8 @@ async def test_forged_and_inconsistent_evidence_is_refused_and_stores_nothing(
         assert {e.id_text for e in feed} <= ids  # replication went on
         metrics = alder.node.metrics
         assert metrics.get("fork_evidence_total", outcome="stored") == 1
-        assert metrics.get("fork_evidence_total", outcome="unknown") == 2
+        assert metrics.get("fork_evidence_total", outcome="waiting") == 2
+        assert db_rows(alder, "SELECT count(*) FROM forks_waiting") == [(2,)]
         assert metrics.get("fork_evidence_total", outcome="forged") == 2
         assert metrics.get("fork_evidence_total", outcome="unauthorised") == 1
         assert metrics.get("fork_evidence_total", outcome="invalid") == len(bad) - 3
