@@ -14,7 +14,6 @@ import yarl
 
 from podlink.ledger.authoring import Author
 from podlink.node.api_types import MemberKey, SubmitEvents, json_encoder
-from podlink.protocol.clock import FUTURE_LIMIT_MS
 from podlink.protocol.envelope import Event
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.http_auth import sign_request
@@ -185,12 +184,12 @@ class NodeClient:
         author = Author(self.keypair, pod or said)
         for lane, head in heads["heads"].items():
             author.set_head(lane, head["seq"], b64d(head["id"], length=32), head["ts"])
-        # Our own node's clock, followed as far as the node accepts events ahead of this
-        # laptop's clock (a roster.add stamped ahead must come before what its new
-        # organizer writes), and no further: a node clock that ran hours fast once must
-        # not stamp every lane hours ahead (each feed's own head is followed: set_head).
-        # A laptop further off than that cannot sign a request the node takes anyway.
-        author.clock.observe(heads["clock"], FUTURE_LIMIT_MS)
+        # Our own node's clock, followed however far ahead this laptop's clock is behind
+        # (a roster.add stamped ahead must come before what its new organizer writes);
+        # the node refuses by name anything it finds too far ahead. The node's clock
+        # resumes within the future limit of its wall clock (Ledger.open), and a feed
+        # head stamped further ahead holds back only its own feed (Author.set_head).
+        author.clock.advance(heads["clock"])
         return author
 
     async def submit(

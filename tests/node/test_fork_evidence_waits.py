@@ -253,7 +253,8 @@ async def test_a_v9_file_opens_at_v10_with_every_row_kept(tmp_path: Path) -> Non
         before = {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
     assert "forks_waiting" not in tables and before["forks"] and before["pending"]
     async with await Ledger.open(path) as ledger:
-        assert await table(ledger, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(10,)]
+        assert await table(ledger, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert SCHEMA_VERSION >= 10
         for name, rows in before.items():
             assert sorted(await table(ledger, f"SELECT * FROM {name}")) == rows, name
         assert (await ledger.verify()).ok
