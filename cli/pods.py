@@ -561,7 +561,9 @@ def _restore(file: Path, live: Path, node_key: bytes) -> None:
     if carried.unreadable:
         warn(f"nothing more could be carried over from the database it replaces "
              f"({one_line(carried.unreadable)}): what never left the pod after the backup "
-             "(members, pod-only needs, peer removals) is lost.")  # fmt: skip
+             "(members, pod-only needs, peer removals) is lost, and so are the peerings "
+             "made since: add each of those pods again (`podlink peer add URL --key KEY`, "
+             "or a new invite); they give back what the pod shared with them.")  # fmt: skip
     if aside.exists():
         echo(f"The old database is in {aside.name}.")
     echo("The store epoch was rotated: peers will repair from it.")

@@ -118,6 +118,7 @@ class Ledger:
         self.verifier = Verifier(workers)  # worker processes for large batches
         self.pod: bytes | None = None
         self.epoch: bytes = b""
+        self.restored = False  # put back from a backup once (rotate_epoch)
         self.clock = clock.HybridClock()
         self.roster = st.Roster()
         self.heads: dict[tuple[bytes, str], tuple[int, bytes, int]] = {}
@@ -192,6 +193,8 @@ class Ledger:
                 await db.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
                 await db.commit()
             self.epoch = epoch
+            # Restored from a backup once (rotate_epoch): a peer may hold our own events.
+            self.restored = await scalar(db, "SELECT 1 FROM meta WHERE key = 'restored'") == 1
             self.pod = await scalar(db, "SELECT value FROM meta WHERE key = 'pod'")
             self.next_pos = (await scalar(db, "SELECT max(pos) FROM events") or 0) + 1
             # The clock resumes past our own pod's events as far as the future limit (one
@@ -471,7 +474,11 @@ class Ledger:
             await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (self.epoch,))
             # Peers may hold events this copy lacks (our own included): repair from each.
             await self.db.execute("UPDATE peers SET repair = 1")
+            # And from each pod peered with later: it may be one peered with after the
+            # backup, whose peering the backup lacks (Node.add_peer).
+            await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('restored', x'01')")
             await self.db.commit()
+            self.restored = True
         return self.epoch
 
     # ---------------------------------------------------------------- writing

@@ -671,6 +671,13 @@ def describe(err: BaseException, seconds: float) -> str:
     if isinstance(err, TimeoutError) and not str(err):
         return f"no answer within {seconds:g} s (is that node up?)"
     text = str(err)
+    if isinstance(err, PeerError) and err.status == 401 and "not an organizer or a peer" in text:
+        # Its peers table lost us: it removed us, or put back a backup older than our
+        # peering. Only its organizers can mend that, and only they need to hear it.
+        return ("it does not know this pod as a peer (it removed us, or restored a backup "
+                "from before we peered): ask its organizers for a new invite, or to run "
+                "`podlink peer add` with this pod's URL and key (`podlink status` shows "
+                "them)")  # fmt: skip
     return (f"{type(err).__name__}: {text}" if text else type(err).__name__)[:300]
 
 

@@ -165,12 +165,17 @@ class Node:
 
             raise APIError("invalid", "a pod cannot peer with itself")
         url = url.rstrip("/")
+        # A peer sends us none of our own events (queries.visible_clause): a store put back
+        # from a backup repairs from each pod it peers with, new ones too, for those it
+        # shared after the backup, with a pod perhaps peered with after the backup.
+        repair = int(self.ledger.restored)
         await self.ledger.write(
-            "INSERT INTO peers (pod, url, name, added) VALUES (?, ?, ?, strftime('%s','now')) "
+            "INSERT INTO peers (pod, url, name, added, repair) "
+            "VALUES (?, ?, ?, strftime('%s','now'), ?) "
             "ON CONFLICT (pod) DO UPDATE SET url = excluded.url, "
             "name = CASE WHEN excluded.name != '' THEN excluded.name ELSE peers.name END, "
-            "removed = NULL",
-            (pod, url, name),
+            "removed = NULL, repair = max(peers.repair, excluded.repair)",
+            (pod, url, name, repair),
         )
         await self.load_peers(only=pod)
         record = self.peers[pod]
