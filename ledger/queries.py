@@ -424,16 +424,15 @@ async def list_offers(
                                    order="opened_ts, id", limit=limit, offset=offset,
                                    after=after)  # fmt: skip
     names = await pod_names(db, (r[1] for _, r in found))
-    return [
-        _with_pos(
-            {"id": i, "pod": p, "pod_name": names.get(p, ""), "author": a, "lane": ln,
-             "share": ln, "title": t, "category": c, "details": d, "by_member": bm,
-             "availability": av, "capacity": cap, "status": s, "opened_ts": o,
-             "closed_ts": cl},
-            pos,
-        )
-        for pos, (i, p, a, ln, t, c, d, bm, av, cap, s, o, cl) in found
-    ]  # fmt: skip
+    return [_with_pos(_offer_row(r, names), pos) for pos, r in found]
+
+
+def _offer_row(r: Sequence[Any], names: dict[bytes, str]) -> Row:
+    i, p, a, ln, t, c, d, bm, av, cap, s, o, cl = r
+    return {"id": i, "pod": p, "pod_name": names.get(p, ""), "author": a, "lane": ln,
+            "share": ln, "title": t, "category": c, "details": d, "by_member": bm,
+            "availability": av, "capacity": cap, "status": s, "opened_ts": o,
+            "closed_ts": cl}  # fmt: skip
 
 
 RESOURCE_COLUMNS = 'id, pod, lane, name, category, what, "where", "when", contact, ts'
@@ -758,6 +757,83 @@ async def sealed_for(
 
 # ---------------------------------------------------------------- matching
 
+#: The open needs the matcher reads at most per call, in the order they are listed (most
+#: urgent, oldest): on any ordinary pod, every open need it can see.
+MATCH_SCAN = 5000
+#: The pods whose offers of one category the matcher weighs, besides this pod's and the
+#: needing pod's: more than an ordinary network has offering any one kind of help.
+MATCH_PODS = 50
+#: The members whose skills the matcher reads (active ones, in joining order).
+MATCH_MEMBERS = 5000
+
+
+def _forgotten_by(alias: str) -> str:
+    """The condition: the offer ``alias`` was made for a member this pod forgot."""
+    return (f"{alias}.by_member IS NOT NULL AND EXISTS (SELECT 1 FROM members AS m "
+            f"WHERE m.id = {alias}.by_member AND m.status != 'active')")  # fmt: skip
+
+
+class _OpenOffers:
+    """The open offers the matcher pairs, read per (category, pod) and kept for one call.
+
+    Only the categories of the needs in view are read, and of each pod at most the
+    ``per_request`` oldest (a need gets no more suggestions than that): through the
+    ``offers_open`` index, so the rows read do not grow with the offers a network holds
+    in other categories, nor with one pod's many offers in the same."""
+
+    def __init__(self, db: aiosqlite.Connection, own_pod: bytes | None, per_request: int):
+        self.db, self.own, self.per_request = db, own_pod, per_request
+        self._of: dict[tuple[str, bytes, bytes | None], list[Row]] = {}
+        self._pods: dict[str, list[bytes]] = {}
+        self._names: dict[bytes, str] = {}
+
+    async def of_pod(self, category: str, pod: bytes, without: bytes | None = None) -> list[Row]:
+        """``pod``'s oldest open offers of ``category``, oldest first; this pod's never
+        those made for a member it forgot, nor (``without``) for that member."""
+        key = (category, pod, without)
+        if key not in self._of:
+            where = ["o.status = 'open'", "o.category = ?", "o.pod = ?"]
+            params: list[Any] = [category, pod]
+            if pod == self.own:
+                where.append(f"NOT ({_forgotten_by('o')})")
+            if without is not None:
+                where.append("o.by_member IS NOT ?")
+                params.append(without)
+            found = await rows(
+                self.db,
+                f"SELECT {OFFER_COLUMNS} FROM offers AS o INDEXED BY offers_open "
+                f"{_where(where)} ORDER BY o.opened_ts, o.id LIMIT ?",
+                [*params, self.per_request],
+            )
+            if found and pod not in self._names:
+                self._names.update(await pod_names(self.db, [pod]))
+            self._of[key] = [_offer_row(r, self._names) for r in found]
+        return self._of[key]
+
+    async def third_pods(self, category: str) -> list[bytes]:
+        """The other pods with open offers of ``category``, the one with the oldest offer
+        first (the order the matcher weighs them in): at most MATCH_PODS of them, found
+        one index step each (a network of more is read in key order up to that many)."""
+        if category not in self._pods:
+            found: list[tuple[int, bytes, bytes]] = []
+            last = b""
+            while len(found) < MATCH_PODS:
+                pod = await scalar(
+                    self.db, "SELECT min(pod) FROM offers INDEXED BY offers_open "
+                    "WHERE status = 'open' AND category = ? AND pod > ?", (category, last),
+                )  # fmt: skip
+                if pod is None:
+                    break
+                last = pod
+                if pod == self.own:
+                    continue
+                offers = await self.of_pod(category, pod)
+                if offers:
+                    found.append((offers[0]["opened_ts"], offers[0]["id"], pod))
+            self._pods[category] = [pod for _, _, pod in sorted(found)]
+        return self._pods[category]
+
+
 async def suggest_matches(
     db: aiosqlite.Connection, own_pod: bytes | None, *, per_request: int = 5, limit: int = 500
 ) -> list[Row]:
@@ -769,46 +845,64 @@ async def suggest_matches(
     offer (2); for another pod's shared need, its own offer (1), a member who could go
     (2: answered with a claim), other offers (3). Never the member in need themselves,
     and never an offer by a member this pod forgot. At most ``per_request`` suggestions
-    per need and ``limit`` in all: a long list helps nobody, and the work stays bounded."""
-    everyone = await list_members(db, include_forgotten=True) if own_pod is not None else []
-    members = [m for m in everyone if m["status"] == "active"]
-    forgotten = {m["id"] for m in everyone if m["status"] != "active"}
-    offers: dict[str, dict[bytes, list[Row]]] = {}  # category -> pod -> offers, oldest first
-    for off in await list_offers(db, status="open"):
-        if not (off["pod"] == own_pod and off["by_member"] in forgotten):
-            offers.setdefault(off["category"], {}).setdefault(off["pod"], []).append(off)
+    per need and ``limit`` in all: a long list helps nobody.
+
+    The work is bounded whatever the network holds: the MATCH_SCAN first open needs are
+    read (those of categories nobody can meet are passed over, in SQL), and of the
+    offers only the few each of them can use (:class:`_OpenOffers`); never every open
+    offer or every claim of the network."""
+    members = await list_members(db, limit=MATCH_MEMBERS) if own_pod is not None else []
+    can = sorted({c for m in members for c in m.get("can", [])})
     # Only needs someone could meet: hundreds that nobody can must not fill the window.
-    can = {c for m in members for c in m.get("can", [])} | set(offers)
-    requests = await list_requests(db, status="open", limit=limit, categories=sorted(can))
-    # Members who already offered (a claim of ours, pending or accepted) are not suggested
-    # for that need again: following the hint would double their claim.
-    claimed = {(rq, bm) for rq, bm in await rows(
-        db, "SELECT request, by_member FROM claims WHERE pod = ? AND status IN "
-        "('pending', 'accepted') AND by_member IS NOT NULL", (own_pod,))}  # fmt: skip
+    found = await rows(
+        db,
+        f"SELECT {REQUEST_COLUMNS} FROM (SELECT * FROM requests WHERE status = 'open' "
+        "ORDER BY urgency_rank, opened_ts, id LIMIT ?) AS r "
+        "WHERE r.category IN (SELECT value FROM json_each(?)) OR EXISTS (SELECT 1 FROM "
+        "offers AS o INDEXED BY offers_open WHERE o.status = 'open' AND o.category = "
+        f"r.category AND NOT (o.pod IS ? AND {_forgotten_by('o')})) "
+        "ORDER BY urgency_rank, opened_ts, id LIMIT ?",
+        (MATCH_SCAN, json.dumps(can), own_pod, limit),
+    )  # fmt: skip
+    names = await pod_names(db, (r[1] for r in found))
+    requests = [_request_row(r, names) for r in found]
+    # Members who already offered (a claim of ours, pending) are not suggested for that
+    # need again: following the hint would double their claim. A claim of an open need
+    # is pending (one accepted would have made the need accepted); the index holds the
+    # pending claims made for a member, so this reads this pod's own, not the network's.
+    claimed: set[tuple[bytes, bytes]] = set()
+    if members:
+        claimed = {(rq, bm) for rq, bm in await rows(
+            db, "SELECT request, by_member FROM claims INDEXED BY claims_pending WHERE pod = ? "
+            "AND status = 'pending' AND by_member IS NOT NULL", (own_pod,))}  # fmt: skip
+    offers = _OpenOffers(db, own_pod, per_request)
     suggestions: list[Row] = []
     for req in requests:
         ours = req["pod"] == own_pod
         for_whom = req["for_member"] if ours else None  # a member id means something here only
-        # Generators, taken per_request at most: building every pairing of every need
-        # and keeping five was needs x offers of work (100,000 dicts for 100 needs and
-        # 1,000 offers), on the event loop.
+        category = req["category"]
         helpers = (
             _match(req, "member", m["id"], m["name"], own_pod, 0 if ours else 2)
-            for m in members if req["category"] in m.get("can", []) and m["id"] != for_whom
+            for m in members if category in m.get("can", []) and m["id"] != for_whom
             and (req["id"], m["id"]) not in claimed
         )  # fmt: skip
-        by_pod = offers.get(req["category"], {})
-        mine = (_offer_match(req, o, 1) for o in by_pod.get(own_pod, [])
-                if not (ours and o["by_member"] == for_whom and for_whom))  # fmt: skip
-        # The needing pod's own offers before third parties'.
-        first = [] if ours else by_pod.get(req["pod"], [])
-        others = (
-            _offer_match(req, o, 2 if ours else 3)
-            for offs in (first, *(v for k, v in by_pod.items() if k not in (own_pod, req["pod"])))
-            for o in offs
-        )
-        found = chain(helpers, mine, others) if ours else chain(mine, helpers, others)
-        suggestions += islice(found, per_request)
+        own = await offers.of_pod(category, own_pod, for_whom) if own_pod is not None else []
+        mine = (_offer_match(req, o, 1) for o in own)
+        found_here = list(islice(chain(helpers, mine) if ours else chain(mine, helpers),
+                                 per_request))  # fmt: skip
+        if len(found_here) < per_request:
+            # The needing pod's own offers before third parties', these by their oldest.
+            rank = 2 if ours else 3
+            pods = [] if ours else [req["pod"]]
+            pods += [p for p in await offers.third_pods(category) if p != req["pod"]]
+            for pod in pods:
+                for o in await offers.of_pod(category, pod):
+                    found_here.append(_offer_match(req, o, rank))
+                    if len(found_here) >= per_request:
+                        break
+                if len(found_here) >= per_request:
+                    break
+        suggestions += found_here
     suggestions.sort(key=lambda s: (
         URGENCY_RANK.get(s["urgency"], 9), s["rank"], s["opened_ts"], s["request"],
     ))  # fmt: skip

@@ -289,5 +289,16 @@ CREATE INDEX forks_network ON forks (num) WHERE lane = 'network' AND kept_payloa
 CREATE INDEX forks_peers ON forks (kept_pod, num)
     WHERE lane = 'peers' AND kept_payload IS NOT NULL;
 """
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9)
+# V10: what `GET /v1/match` reads, found in a few steps however large the network is.
+# Open offers by category and pod (oldest first within a pod): the matcher reads the
+# offers of the categories of the needs it pairs, a few per pod, where it scanned every
+# open offer of the network. A pod's pending claims made for a member: the members
+# already offered for a need, where it scanned every claim of the network. Both are
+# partial and grow by appending (a pod's rows are in store order), so a write adds one
+# entry at the end of its pod's range, not a random page.
+V10 = """
+CREATE INDEX offers_open ON offers (category, pod, opened_ts) WHERE status = 'open';
+CREATE INDEX claims_pending ON claims (pod) WHERE status = 'pending' AND by_member IS NOT NULL;
+"""
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10)
 SCHEMA_VERSION = len(MIGRATIONS)
