@@ -461,8 +461,9 @@ class PodSession:
     async def check_applied(self, request_id: str, event_id: str) -> dict[str, Any]:
         """The request after our event; an error if the event was stored but ignored (a
         race: someone else's transition came first)."""
-        after = await self.get(f"/v1/requests/{request_id}")
-        step = next((h for h in after.get("history", []) if h["id"] == event_id), None)
+        after = await self.get(f"/v1/requests/{request_id}", event=event_id, claims=1,
+                               history=1)  # the step of our event, wherever it is  # fmt: skip
+        step = after.get("step")
         if step is not None and step["outcome"] != "applied":
             raise click.ClickException(f"recorded, but it changed nothing: {step['why']}")
         return after

@@ -281,8 +281,30 @@ async def list_requests(
     return [_with_pos(_request_row(r, names), pos) for pos, r in found]
 
 
-async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
-    """One request with its claims, fulfilment and history (each event and its outcome)."""
+#: Claims a request's answer holds by default: the newest (the accepted one always).
+CLAIMS_SHOWN = 100
+#: History steps a request's answer holds by default: its opening and the newest.
+HISTORY_SHOWN = 200
+
+
+async def get_request(
+    db: aiosqlite.Connection,
+    request: bytes,
+    *,
+    claims: int = CLAIMS_SHOWN,
+    history: int = HISTORY_SHOWN,
+    event: bytes | None = None,
+) -> Row:
+    """One request with its newest ``claims`` claims, its fulfilment and ``history``
+    steps of its history (each event and its outcome), each step's author named.
+
+    Any pod may claim a shared need, thousands of times: the answer holds the newest
+    claims (oldest first, and the accepted one whatever its age), ``claims_total`` says
+    how many there are, and ``GET /v1/claims?request=`` pages through them all. The
+    history is folded from every event (an outcome depends on all that came before it)
+    but holds the opening step and the newest ones; ``history_total`` counts them all.
+    ``event``: ``step`` is that event's step, wherever it is in the history (None if it
+    is not one of the request's), so a writer learns what came of its event."""
     found = await rows(
         db,
         f"SELECT {REQUEST_COLUMNS} FROM requests "
@@ -292,22 +314,52 @@ async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
     if not found:
         raise NotFound(f"no request {b64e(request)[:10]}")
     events = await load_roots_one(db, request)
-    folded = st.fold_request(request, events, await load_roster(db))
-    names = await pod_names(db, [found[0][1], *(e.pod for e in events)])
+    folded = st.fold_request(request, events, await load_roster(db, {e.pod for e in events}))
+    steps = folded.history if folded else []
+    shown = _history_window(steps, history)
+    wanted = next((s for s in steps if s.id == event), None) if event is not None else None
+    named = [*shown, *([wanted] if wanted is not None else [])]
+    names = await pod_names(db, [found[0][1], *(s.pod for s in named)])
+    authors = await organizer_names(db, ((s.pod, s.author) for s in named))
     row = _request_row(found[0], names)
-    row["claims"] = await list_claims(db, request=request)
+    row["claims_total"] = row["claims"]
+    row["claims"] = await _newest_claims(db, request, claims, row["accepted_claim"])
     row["fulfilments"] = [
         {"id": i, "pod": p, "note": n, "hours": h, "ts": t}
         for i, p, n, h, t in await rows(
             db, "SELECT id, pod, note, hours, ts FROM fulfilments WHERE request = ?", (request,)
         )
     ]
-    row["history"] = [
-        {"id": s.id, "kind": s.kind, "pod": s.pod, "pod_name": names.get(s.pod, ""),
-         "author": s.author, "ts": s.ts, "outcome": s.outcome, "why": s.why}
-        for s in (folded.history if folded else [])
-    ]  # fmt: skip
+    row["history_total"] = len(steps)
+    row["history"] = [_step_row(s, names, authors) for s in shown]
+    if event is not None:
+        row["step"] = None if wanted is None else _step_row(wanted, names, authors)
     return row
+
+
+def _history_window(steps: list[st.Step], size: int) -> list[st.Step]:
+    """The opening step and the newest ``size - 1`` (all of them when they fit)."""
+    if len(steps) <= size:
+        return steps
+    return steps[:1] + (steps[-(size - 1):] if size > 1 else [])
+
+
+def _step_row(
+    s: st.Step, names: dict[bytes, str], authors: dict[tuple[bytes, bytes], str]
+) -> Row:
+    return {"id": s.id, "kind": s.kind, "pod": s.pod, "pod_name": names.get(s.pod, ""),
+            "author": s.author, "author_name": authors.get((s.pod, s.author), ""),
+            "ts": s.ts, "outcome": s.outcome, "why": s.why}  # fmt: skip
+
+
+async def _newest_claims(
+    db: aiosqlite.Connection, request: bytes, limit: int, accepted: bytes | None
+) -> list[Row]:
+    """The newest ``limit`` claims of ``request`` and its accepted one, oldest first."""
+    found = await list_claims(db, request=request, limit=limit, newest_first=True) if limit else []
+    if accepted is not None and all(c["id"] != accepted for c in found):
+        found += await list_claims(db, id=accepted)
+    return sorted(found, key=lambda c: (c["ts"], c["id"]))
 
 
 async def load_roots_one(db: aiosqlite.Connection, root: bytes) -> list[st.EventView]:
@@ -324,20 +376,24 @@ async def list_claims(
     request: bytes | None = None,
     status: str | None = None,
     id: bytes | None = None,
+    pod: bytes | None = None,
     limit: int = NO_LIMIT,
     offset: int = 0,
     after: int | None = None,
+    newest_first: bool = False,
 ) -> list[Row]:
-    """Claims by time (``after``: by store position, each with its ``pos``); ``id``: the
-    one claim made by that event."""
-    where, params = _filters([("status", status)], made_by=id)
+    """Claims by time, oldest first (``newest_first``: newest first; ``after``: by store
+    position, each with its ``pos``); ``id``: the one claim made by that event; ``pod``:
+    only those that pod made."""
+    where, params = _filters([("status", status), ("pod", pod)], made_by=id)
     if request is not None:  # through the events' root index (claims have none by request)
         where.append(
             "rowid IN (SELECT pos FROM events WHERE root = ? AND root != id "
             "AND kind = 'claim.make') AND request = ?"
         )
         params += [request, request]
-    found = await _positioned_page(db, "claims", CLAIM_COLUMNS, where, params, order="ts, id",
+    order = "ts DESC, id DESC" if newest_first else "ts, id"
+    found = await _positioned_page(db, "claims", CLAIM_COLUMNS, where, params, order=order,
                                    limit=limit, offset=offset, after=after)  # fmt: skip
     names = await pod_names(db, (r[2] for _, r in found))
     return [
