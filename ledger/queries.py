@@ -26,7 +26,7 @@ from podlink.ledger.projections import (
 from podlink.ledger.store import chunks, marks, of_roots, rows, rows_by_pairs, scalar
 from podlink.protocol import boxes, kinds
 from podlink.protocol.errors import ProtocolError
-from podlink.protocol.text import b64e
+from podlink.protocol.text import b64d, b64e
 
 Row = dict[str, Any]
 
@@ -741,20 +741,43 @@ async def list_forks(
     """The fork evidence held, in the order it came (by ``num``): recorded here
     (``gossiped`` false: ``source`` delivered the refused event) or sent by the peer
     ``source`` (true). ``after``: the pieces numbered after it (numbers never change, so
-    pages never skip nor repeat one); ``author``: only that key's."""
+    pages never skip nor repeat one); ``author``: only that key's.
+
+    Each piece is named as a log row is: ``pod`` (the signed headers' pod, None if
+    neither is held), ``pod_name``, ``author_name`` (the name the key goes by on that
+    pod's roster) and ``source_name`` (the delivering peer's directory name). Only the
+    page's keys are looked up: naming them in the CLI read every roster and directory
+    page of the network for a list of a few forks."""
     where, params = _filters([("author", author)])
     if after is not None:
         where.append("num > ?")
         params.append(after)
     sql = (
-        "SELECT num, author, lane, seq, kept_id, other_id, source, received, gossiped "
-        f"FROM forks {_where(where)} ORDER BY num LIMIT ? OFFSET ?"
+        "SELECT num, author, lane, seq, kept_id, other_id, source, received, gossiped, "
+        f"coalesce(kept_pod, other_pod) FROM forks {_where(where)} ORDER BY num LIMIT ? OFFSET ?"
     )
+    found = await rows(db, sql, [*params, limit, offset])
+    sources = {r[6]: _origin_key(r[6]) for r in found}
+    names = await pod_names(db, chain((r[9] for r in found), sources.values()))
+    authors = await organizer_names(db, ((r[9], r[1]) for r in found if r[9] is not None))
     return [
         {"num": n, "author": a, "lane": ln, "seq": s, "kept_id": k, "other_id": o,
-         "source": src, "received": r, "gossiped": bool(g)}
-        for n, a, ln, s, k, o, src, r, g in await rows(db, sql, [*params, limit, offset])
+         "source": src, "received": r, "gossiped": bool(g), "pod": p,
+         "pod_name": names.get(p, "") if p else "", "author_name": authors.get((p, a), ""),
+         "source_name": names.get(sources[src], "") if sources[src] else ""}
+        for n, a, ln, s, k, o, src, r, g, p in found
     ]  # fmt: skip
+
+
+def _origin_key(source: str) -> bytes | None:
+    """A fork's ``source`` naming a peer (its key, base64url) as the raw key; else None
+    ("local", "restore")."""
+    if len(source) != 43:
+        return None
+    try:
+        return b64d(source, length=32)
+    except ProtocolError:
+        return None
 
 
 async def sealed_for(

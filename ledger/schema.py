@@ -297,8 +297,9 @@ CREATE INDEX forks_peers ON forks (kept_pod, num)
 # partial and grow by appending (a pod's rows are in store order), so a write adds one
 # entry at the end of its pod's range, not a random page.
 V10 = """
-CREATE INDEX offers_open ON offers (category, pod, opened_ts) WHERE status = 'open';
-CREATE INDEX claims_pending ON claims (pod) WHERE status = 'pending' AND by_member IS NOT NULL;
+CREATE INDEX IF NOT EXISTS offers_open ON offers (category, pod, opened_ts) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS claims_pending ON claims (pod)
+    WHERE status = 'pending' AND by_member IS NOT NULL;
 """
 MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10)
 SCHEMA_VERSION = len(MIGRATIONS)

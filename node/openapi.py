@@ -101,7 +101,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "at most `limit` (5000).", "organizer", response=ANY_ROWS,
              query={"category": "a category", "id": "one entry: its id or a prefix", **PAGE,
                     **AFTER_POS}),
-    Endpoint("GET", "/v1/forks", "Equivocation evidence, recorded here or sent by peers.",
+    Endpoint("GET", "/v1/forks", "Equivocation evidence, recorded here or sent by peers; "
+             "each row names its keys: `pod` (the headers' pod), `pod_name`, `author_name` "
+             "(its name on that pod's roster), `source_name` (the delivering peer's).",
              "organizer", response=ANY_ROWS,
              query={"author": "only this key's (base64url)", **PAGE,
                     "after": "a row's num (0: from the first): the pieces numbered after it"}),
