@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import chain, islice
 from typing import Any
 
@@ -260,18 +260,14 @@ async def list_requests(
     limit: int = 500,
     offset: int = 0,
     after: int | None = None,
-    categories: Collection[str] | None = None,
 ) -> list[Row]:
     """Requests this node can see: open and accepted ones first (unless ``status`` says
     which), then most urgent, oldest, and by id (so every node holding the same requests
     lists them in the same order). ``after``: instead, the rows stored after that position,
     in store order, each with its ``pos``: pages that never skip nor repeat a row, however
-    rows change between them (an export). ``categories``: only these."""
+    rows change between them (an export)."""
     where, params = _filters(
         [("status", status), ("category", category), ("pod", pod), ("lane", lane)])
-    if categories is not None:
-        where.append(f"category IN ({marks(len(categories))})" if categories else "0")
-        params += list(categories)
     active = "" if status else "status NOT IN ('open', 'accepted'), "  # closed ones last
     found = await _positioned_page(
         db, "requests", REQUEST_COLUMNS, where, params,

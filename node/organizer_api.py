@@ -345,9 +345,20 @@ async def list_claims(request: web.Request) -> web.Response:
     limit, offset = _page(request)
     found = await queries.list_claims(
         db, request=rid, status=wanted, id=await _id_param(request, "claims", "claim"),
-        pod=await _pod_param(request), limit=limit, offset=offset, after=_after_pos(request),
+        pod=await _claims_pod(request), limit=limit, offset=offset,
+        after=_after_pos(request),
     )  # fmt: skip
     return reply(found)
+
+
+async def _claims_pod(request: web.Request) -> bytes | None:
+    """``pod`` of GET /v1/claims: a whole key filters as it is (a claiming pod need not
+    be in the directory; `podlink claim` asks for its own pod's claims this way), a
+    shorter start is resolved in the directory."""
+    raw = request.query.get("pod")
+    if raw is not None and len(raw) == 43:
+        return b64d(raw, length=32, what="pod")
+    return await _pod_param(request)
 
 
 async def resolve_id(request: web.Request) -> web.Response:
