@@ -25,7 +25,6 @@ from podlink.cli.output import (
 from podlink.cli.params import CATEGORY, PREFERS, URGENCY, NeededBy, changes_given, share_option
 from podlink.cli.session import (
     ID_ARGUMENTS,
-    KeyNames,
     OrderedGroup,
     PodSession,
     Target,
@@ -33,6 +32,7 @@ from podlink.cli.session import (
     pod_options,
 )
 
+HISTORY_ALL = 5000  # the most history steps a node answers (its MAX_LIST)
 DATE_WORDS = "YYYY-MM-DD, today, tomorrow, a weekday, 'within 1-2 days', 'this week' or 'next week'"
 NEEDED_BY_HELP = f"{DATE_WORDS} (leave it out for 'anytime')."
 NEW_NEEDED_BY_HELP = f"A new date: {DATE_WORDS} (once set, a date cannot go back to 'anytime')."
@@ -297,20 +297,33 @@ def request_list(pod: Target, status: str | None, category: str | None, as_json:
 
 @request.command("show", context_settings=ID_ARGUMENTS)
 @click.argument("request_ref", metavar="REQUEST")
+@click.option("--all", "everything", is_flag=True,
+              help="Every claim (read page by page) and up to 5,000 steps of history, not "
+              "the newest 100 claims and 200 steps.")
 @pod_options
 @json_option
-def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
+def request_show(pod: Target, request_ref: str, everything: bool, as_json: bool) -> None:
     """Show one request (any unique id prefix): its claims and its history.
 
+    A need shared with other pods can gather many claims: the newest 100 are shown (and
+    the accepted one), with how many more there are; --all shows them all.
+
     \b
-    Example:
+    Examples:
       podlink request show 3Fq9
+      podlink request show 3Fq9 --all --json
     """
 
-    async def go(s: PodSession) -> tuple[dict, dict[str, str], KeyNames]:
-        return await s.request(request_ref), await _names(s), await s.key_names()
+    async def go(s: PodSession) -> tuple[dict, dict[str, str]]:
+        rid = await s.resolve("requests", request_ref)
+        if not everything:
+            return await s.get(f"/v1/requests/{rid}"), await _names(s)
+        r = await s.get(f"/v1/requests/{rid}", claims=0, history=HISTORY_ALL)
+        every = await s.get_all("/v1/claims", request=rid)  # pages in store order
+        r["claims"] = sorted(every, key=lambda c: (c["ts"], c["id"]))
+        return r, await _names(s)
 
-    r, names, keys = pod.call(go)
+    r, names = pod.call(go)
     if as_json:
         print_json(r)
         return
@@ -337,14 +350,25 @@ def request_show(pod: Target, request_ref: str, as_json: bool) -> None:
             t.add_row(short(c["id"]), c["pod_name"] or short(c["pod"]), by, note,
                       c["status"], ago_ts(c["ts"]))  # fmt: skip
         show(t)
+    older = r.get("claims_total", len(r["claims"])) - len(r["claims"])
+    if older > 0:
+        echo(f"{older:,} older claim{'s' if older > 1 else ''} not shown: podlink request "
+             f"show {short(r['id'])} --all to see them")  # fmt: skip
     for f in r.get("fulfilments", []):
         hours = f" ({f['hours']:g} h)" if f["hours"] is not None else ""
         echo(f"Fulfilled {ago_ts(f['ts'])}{hours}: {f['note']}".rstrip(": "))
     echo()
-    t = table("WHEN", "WHAT", "~POD", "~BY", "~RESULT", title="History")
-    for h in r["history"]:
+    steps = r["history"]
+    hidden = r.get("history_total", len(steps)) - len(steps)
+    title = "History"
+    if hidden > 0:
+        title += f" (its opening and the newest {len(steps) - 1:,} of {r['history_total']:,} steps)"
+    t = table("WHEN", "WHAT", "~POD", "~BY", "~RESULT", title=title)
+    for i, h in enumerate(steps):
+        if i == 1 and hidden > 0:
+            t.add_row("", f"… {hidden:,} steps", "", "", "")
         result = h["outcome"] + (f": {h['why']}" if h["why"] else "")
-        by = keys.of(h["author"], h["pod"]) or short(h["author"])
+        by = ("the pod" if h["author"] == h["pod"] else h.get("author_name")) or short(h["author"])
         t.add_row(ago_ts(h["ts"]), h["kind"], h["pod_name"] or short(h["pod"]), by, result)
     show(t)
 

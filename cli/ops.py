@@ -215,7 +215,10 @@ async def make_claim(
         raise Refused(f"this need already has an accepted claim ({accepted}); decline it "
                       "first if that help fell through")  # fmt: skip
     member = await _member_id(session, by)
-    same = next((c for c in req["claims"] if c["pod"] == pod and c["by_member"] == member
+    # This pod's claims on it, wherever they are among all of them (the request's answer
+    # holds only the newest claims: another pod's thousands would hide ours).
+    ours = await session.get_all("/v1/claims", request=req["id"], pod=pod)
+    same = next((c for c in ours if c["by_member"] == member
                  and c["status"] in ("pending", "accepted")), None)  # fmt: skip
     if same is not None:  # a claim must not silently double up (DOMAIN.md)
         who = by or "this pod"
@@ -223,8 +226,8 @@ async def make_claim(
                       f"{same['status']}")  # fmt: skip
     body = kinds.ClaimMade(by_member=b64d(member) if member else None, note=note)
     event = await session.write(body, req["lane"], (req["id"],))
-    after = await session.check_applied(req["id"], event)
-    mine = next((c for c in after["claims"] if c["id"] == event), {"status": "pending"})
+    await session.check_applied(req["id"], event)
+    mine = next(iter(await session.get("/v1/claims", id=event)), {"status": "pending"})
     return {"id": event, "kind": "claim.make", "lane": req["lane"], "request": req["id"],
             "request_pod": req["pod"], "request_pod_name": req["pod_name"],
             "by_member": member, "status": mine["status"]}  # fmt: skip

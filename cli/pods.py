@@ -417,17 +417,11 @@ def log(pod: Target, limit: int, verify: bool, forks: bool, as_json: bool) -> No
 def _forks(pod: Target, as_json: bool) -> None:
     """The fork evidence, with the name of each key where this pod knows it, and where
     it came from: the peer that delivered the event refused here, or the peer that sent
-    the proof (``gossiped``)."""
-
-    async def go(s: Any) -> list[dict[str, Any]]:
-        found = await s.get_all("/v1/forks")
-        names = await s.key_names()
-        for f in found:
-            f["author_name"] = names.anywhere(f["author"])
-            f["source_name"] = names.anywhere(f["source"]) if len(f["source"]) == 43 else ""
-        return found
-
-    found = pod.call(go)
+    the proof (``gossiped``). The node names each row's keys (as it does the log's):
+    naming them here read every roster and directory page of the network."""
+    found = pod.call(lambda s: s.get_all("/v1/forks"))
+    for f in found:
+        f["author_name"] = _fork_author(f)
     if as_json:
         print_json(found)
         return
@@ -445,6 +439,15 @@ def _forks(pod: Target, as_json: bool) -> None:
         warn("a fork is one key signing two histories: a backup restored and written on "
              "before it synced, or one organizer key on two machines. Give each machine "
              "its own key (`podlink organizer setup`); see docs/operations.md")  # fmt: skip
+
+
+def _fork_author(fork: dict[str, Any]) -> str:
+    """Who signed both histories: the pod (its key), or an organizer of the pod the
+    headers name, with that pod ("Ann of Maple"); "" when this pod does not know."""
+    pod_name = fork.get("pod_name") or (fork.get("pod") or "")[:8]
+    if fork["author"] == fork.get("pod"):
+        return pod_name
+    return f"{fork['author_name']} of {pod_name}" if fork.get("author_name") else ""
 
 
 # ---------------------------------------------------------------- backup and restore

@@ -282,39 +282,6 @@ def check_body(body: msgspec.Struct, decode: Callable[[bytes], Any] | None = Non
         raise click.ClickException(NOT_UTF8) from None
 
 
-class KeyNames:
-    """Names of keys: an organizer's as their own pod's roster.add gave it, a pod's as its
-    directory entry says. A name is only ever looked up within the pod that gave it: any
-    pod may name any key on its own roster (a roster.add of our organizer's key, named
-    "Mallory", must not rename our organizer)."""
-
-    def __init__(self, roster: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
-        # A key added again under a new name goes by the newest: rows are read in key
-        # order (pages), so the latest tenure is chosen by its start, not by arrival.
-        latest = sorted((r for r in roster if r["name"]), key=lambda r: r["from_ts"])
-        self.organizers = {(r["pod"], r["key"]): r["name"] for r in latest}
-        self.pods = {p["pod"]: p["name"] for p in pods}
-        # key -> [(pod, name)]: a fork's author is named per fork, and a scan of every
-        # organizer for each made `log --forks` quadratic in a pod of thousands
-        self._by_key: dict[str, list[tuple[str, str]]] = {}
-        for (pod, key), name in self.organizers.items():
-            self._by_key.setdefault(key, []).append((pod, name))
-
-    def of(self, key: str, pod: str) -> str:
-        """Who ``key`` is in ``pod`` ("the pod" for its own key); "" when unknown."""
-        if key == pod:
-            return "the pod"
-        return self.organizers.get((pod, key), "")
-
-    def anywhere(self, key: str) -> str:
-        """Who ``key`` is, whichever pod's it is (a fork's author: its pod is not known),
-        naming the pod too when it is another pod's organizer; "" when unknown."""
-        if key in self.pods:
-            return self.pods[key]
-        found = sorted(self._by_key.get(key, ()))
-        return "; ".join(f"{name} of {self.pods.get(pod) or pod[:8]}" for pod, name in found)
-
-
 class PodSession:
     """One command's conversation with its pod's node: reads, id lookups, signed writes."""
 
@@ -346,10 +313,6 @@ class PodSession:
 
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.client.post(path, body)
-
-    async def key_names(self) -> KeyNames:
-        """Who each key is, where this pod knows (see :class:`KeyNames`)."""
-        return KeyNames(await self.get_all("/v1/roster", pod="all"), await self.get_all("/v1/pods"))
 
     async def pod(self) -> str:
         """This pod's key (base64url)."""
@@ -462,8 +425,9 @@ class PodSession:
     async def check_applied(self, request_id: str, event_id: str) -> dict[str, Any]:
         """The request after our event; an error if the event was stored but ignored (a
         race: someone else's transition came first)."""
-        after = await self.get(f"/v1/requests/{request_id}")
-        step = next((h for h in after.get("history", []) if h["id"] == event_id), None)
+        after = await self.get(f"/v1/requests/{request_id}", event=event_id, claims=1,
+                               history=1)  # the step of our event, wherever it is  # fmt: skip
+        step = after.get("step")
         if step is not None and step["outcome"] != "applied":
             raise click.ClickException(f"recorded, but it changed nothing: {step['why']}")
         return after

@@ -63,12 +63,21 @@ async def load_roots(db: aiosqlite.Connection, roots: Iterable[bytes]) -> dict[b
     return grouped
 
 
-async def load_roster(db: aiosqlite.Connection) -> st.Roster:
+async def load_roster(
+    db: aiosqlite.Connection, pods: Iterable[bytes] | None = None
+) -> st.Roster:
     """The roster as last projected, and the keys roster.adds name (the ledger keeps both
-    in memory between batches)."""
+    in memory between batches). ``pods``: only theirs (what folding one request's events
+    needs: the pods that wrote them), not the whole network's."""
     by_pod: dict[bytes, list[st.Tenure]] = defaultdict(list)
     sql = "SELECT pod, key, name, from_ts, add_id, until_ts, remove_id FROM roster"
-    for pod, key, name, from_ts, add_id, until_ts, remove_id in await rows(db, sql):
+    if pods is None:
+        found = await rows(db, sql)
+    else:
+        found = []
+        for part in chunks(sorted(set(pods))):
+            found += await rows(db, f"{sql} WHERE pod IN ({marks(len(part))})", part)
+    for pod, key, name, from_ts, add_id, until_ts, remove_id in found:
         by_pod[pod].append(st.Tenure(pod, key, name, from_ts, add_id, until_ts, remove_id))
     # Keys named by roster.adds, counted or not: read through the root index (a roster
     # event's root is its pod), not a scan of the log. Every pod with a key named besides

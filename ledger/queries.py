@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import chain, islice
 from typing import Any
 
@@ -26,7 +26,7 @@ from podlink.ledger.projections import (
 from podlink.ledger.store import chunks, marks, of_roots, rows, rows_by_pairs, scalar
 from podlink.protocol import boxes, kinds
 from podlink.protocol.errors import ProtocolError
-from podlink.protocol.text import b64e
+from podlink.protocol.text import b64d, b64e
 
 Row = dict[str, Any]
 
@@ -260,18 +260,14 @@ async def list_requests(
     limit: int = 500,
     offset: int = 0,
     after: int | None = None,
-    categories: Collection[str] | None = None,
 ) -> list[Row]:
     """Requests this node can see: open and accepted ones first (unless ``status`` says
     which), then most urgent, oldest, and by id (so every node holding the same requests
     lists them in the same order). ``after``: instead, the rows stored after that position,
     in store order, each with its ``pos``: pages that never skip nor repeat a row, however
-    rows change between them (an export). ``categories``: only these."""
+    rows change between them (an export)."""
     where, params = _filters(
         [("status", status), ("category", category), ("pod", pod), ("lane", lane)])
-    if categories is not None:
-        where.append(f"category IN ({marks(len(categories))})" if categories else "0")
-        params += list(categories)
     active = "" if status else "status NOT IN ('open', 'accepted'), "  # closed ones last
     found = await _positioned_page(
         db, "requests", REQUEST_COLUMNS, where, params,
@@ -281,8 +277,30 @@ async def list_requests(
     return [_with_pos(_request_row(r, names), pos) for pos, r in found]
 
 
-async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
-    """One request with its claims, fulfilment and history (each event and its outcome)."""
+#: Claims a request's answer holds by default: the newest (the accepted one always).
+CLAIMS_SHOWN = 100
+#: History steps a request's answer holds by default: its opening and the newest.
+HISTORY_SHOWN = 200
+
+
+async def get_request(
+    db: aiosqlite.Connection,
+    request: bytes,
+    *,
+    claims: int = CLAIMS_SHOWN,
+    history: int = HISTORY_SHOWN,
+    event: bytes | None = None,
+) -> Row:
+    """One request with its newest ``claims`` claims, its fulfilment and ``history``
+    steps of its history (each event and its outcome), each step's author named.
+
+    Any pod may claim a shared need, thousands of times: the answer holds the newest
+    claims (oldest first, and the accepted one whatever its age), ``claims_total`` says
+    how many there are, and ``GET /v1/claims?request=`` pages through them all. The
+    history is folded from every event (an outcome depends on all that came before it)
+    but holds the opening step and the newest ones; ``history_total`` counts them all.
+    ``event``: ``step`` is that event's step, wherever it is in the history (None if it
+    is not one of the request's), so a writer learns what came of its event."""
     found = await rows(
         db,
         f"SELECT {REQUEST_COLUMNS} FROM requests "
@@ -292,22 +310,52 @@ async def get_request(db: aiosqlite.Connection, request: bytes) -> Row:
     if not found:
         raise NotFound(f"no request {b64e(request)[:10]}")
     events = await load_roots_one(db, request)
-    folded = st.fold_request(request, events, await load_roster(db))
-    names = await pod_names(db, [found[0][1], *(e.pod for e in events)])
+    folded = st.fold_request(request, events, await load_roster(db, {e.pod for e in events}))
+    steps = folded.history if folded else []
+    shown = _history_window(steps, history)
+    wanted = next((s for s in steps if s.id == event), None) if event is not None else None
+    named = [*shown, *([wanted] if wanted is not None else [])]
+    names = await pod_names(db, [found[0][1], *(s.pod for s in named)])
+    authors = await organizer_names(db, ((s.pod, s.author) for s in named))
     row = _request_row(found[0], names)
-    row["claims"] = await list_claims(db, request=request)
+    row["claims_total"] = row["claims"]
+    row["claims"] = await _newest_claims(db, request, claims, row["accepted_claim"])
     row["fulfilments"] = [
         {"id": i, "pod": p, "note": n, "hours": h, "ts": t}
         for i, p, n, h, t in await rows(
             db, "SELECT id, pod, note, hours, ts FROM fulfilments WHERE request = ?", (request,)
         )
     ]
-    row["history"] = [
-        {"id": s.id, "kind": s.kind, "pod": s.pod, "pod_name": names.get(s.pod, ""),
-         "author": s.author, "ts": s.ts, "outcome": s.outcome, "why": s.why}
-        for s in (folded.history if folded else [])
-    ]  # fmt: skip
+    row["history_total"] = len(steps)
+    row["history"] = [_step_row(s, names, authors) for s in shown]
+    if event is not None:
+        row["step"] = None if wanted is None else _step_row(wanted, names, authors)
     return row
+
+
+def _history_window(steps: list[st.Step], size: int) -> list[st.Step]:
+    """The opening step and the newest ``size - 1`` (all of them when they fit)."""
+    if len(steps) <= size:
+        return steps
+    return steps[:1] + (steps[-(size - 1):] if size > 1 else [])
+
+
+def _step_row(
+    s: st.Step, names: dict[bytes, str], authors: dict[tuple[bytes, bytes], str]
+) -> Row:
+    return {"id": s.id, "kind": s.kind, "pod": s.pod, "pod_name": names.get(s.pod, ""),
+            "author": s.author, "author_name": authors.get((s.pod, s.author), ""),
+            "ts": s.ts, "outcome": s.outcome, "why": s.why}  # fmt: skip
+
+
+async def _newest_claims(
+    db: aiosqlite.Connection, request: bytes, limit: int, accepted: bytes | None
+) -> list[Row]:
+    """The newest ``limit`` claims of ``request`` and its accepted one, oldest first."""
+    found = await list_claims(db, request=request, limit=limit, newest_first=True) if limit else []
+    if accepted is not None and all(c["id"] != accepted for c in found):
+        found += await list_claims(db, id=accepted)
+    return sorted(found, key=lambda c: (c["ts"], c["id"]))
 
 
 async def load_roots_one(db: aiosqlite.Connection, root: bytes) -> list[st.EventView]:
@@ -324,20 +372,24 @@ async def list_claims(
     request: bytes | None = None,
     status: str | None = None,
     id: bytes | None = None,
+    pod: bytes | None = None,
     limit: int = NO_LIMIT,
     offset: int = 0,
     after: int | None = None,
+    newest_first: bool = False,
 ) -> list[Row]:
-    """Claims by time (``after``: by store position, each with its ``pos``); ``id``: the
-    one claim made by that event."""
-    where, params = _filters([("status", status)], made_by=id)
+    """Claims by time, oldest first (``newest_first``: newest first; ``after``: by store
+    position, each with its ``pos``); ``id``: the one claim made by that event; ``pod``:
+    only those that pod made."""
+    where, params = _filters([("status", status), ("pod", pod)], made_by=id)
     if request is not None:  # through the events' root index (claims have none by request)
         where.append(
             "rowid IN (SELECT pos FROM events WHERE root = ? AND root != id "
             "AND kind = 'claim.make') AND request = ?"
         )
         params += [request, request]
-    found = await _positioned_page(db, "claims", CLAIM_COLUMNS, where, params, order="ts, id",
+    order = "ts DESC, id DESC" if newest_first else "ts, id"
+    found = await _positioned_page(db, "claims", CLAIM_COLUMNS, where, params, order=order,
                                    limit=limit, offset=offset, after=after)  # fmt: skip
     names = await pod_names(db, (r[2] for _, r in found))
     return [
@@ -424,16 +476,15 @@ async def list_offers(
                                    order="opened_ts, id", limit=limit, offset=offset,
                                    after=after)  # fmt: skip
     names = await pod_names(db, (r[1] for _, r in found))
-    return [
-        _with_pos(
-            {"id": i, "pod": p, "pod_name": names.get(p, ""), "author": a, "lane": ln,
-             "share": ln, "title": t, "category": c, "details": d, "by_member": bm,
-             "availability": av, "capacity": cap, "status": s, "opened_ts": o,
-             "closed_ts": cl},
-            pos,
-        )
-        for pos, (i, p, a, ln, t, c, d, bm, av, cap, s, o, cl) in found
-    ]  # fmt: skip
+    return [_with_pos(_offer_row(r, names), pos) for pos, r in found]
+
+
+def _offer_row(r: Sequence[Any], names: dict[bytes, str]) -> Row:
+    i, p, a, ln, t, c, d, bm, av, cap, s, o, cl = r
+    return {"id": i, "pod": p, "pod_name": names.get(p, ""), "author": a, "lane": ln,
+            "share": ln, "title": t, "category": c, "details": d, "by_member": bm,
+            "availability": av, "capacity": cap, "status": s, "opened_ts": o,
+            "closed_ts": cl}  # fmt: skip
 
 
 RESOURCE_COLUMNS = 'id, pod, lane, name, category, what, "where", "when", contact, ts'
@@ -686,20 +737,43 @@ async def list_forks(
     """The fork evidence held, in the order it came (by ``num``): recorded here
     (``gossiped`` false: ``source`` delivered the refused event) or sent by the peer
     ``source`` (true). ``after``: the pieces numbered after it (numbers never change, so
-    pages never skip nor repeat one); ``author``: only that key's."""
+    pages never skip nor repeat one); ``author``: only that key's.
+
+    Each piece is named as a log row is: ``pod`` (the signed headers' pod, None if
+    neither is held), ``pod_name``, ``author_name`` (the name the key goes by on that
+    pod's roster) and ``source_name`` (the delivering peer's directory name). Only the
+    page's keys are looked up: naming them in the CLI read every roster and directory
+    page of the network for a list of a few forks."""
     where, params = _filters([("author", author)])
     if after is not None:
         where.append("num > ?")
         params.append(after)
     sql = (
-        "SELECT num, author, lane, seq, kept_id, other_id, source, received, gossiped "
-        f"FROM forks {_where(where)} ORDER BY num LIMIT ? OFFSET ?"
+        "SELECT num, author, lane, seq, kept_id, other_id, source, received, gossiped, "
+        f"coalesce(kept_pod, other_pod) FROM forks {_where(where)} ORDER BY num LIMIT ? OFFSET ?"
     )
+    found = await rows(db, sql, [*params, limit, offset])
+    sources = {r[6]: _origin_key(r[6]) for r in found}
+    names = await pod_names(db, chain((r[9] for r in found), sources.values()))
+    authors = await organizer_names(db, ((r[9], r[1]) for r in found if r[9] is not None))
     return [
         {"num": n, "author": a, "lane": ln, "seq": s, "kept_id": k, "other_id": o,
-         "source": src, "received": r, "gossiped": bool(g)}
-        for n, a, ln, s, k, o, src, r, g in await rows(db, sql, [*params, limit, offset])
+         "source": src, "received": r, "gossiped": bool(g), "pod": p,
+         "pod_name": names.get(p, "") if p else "", "author_name": authors.get((p, a), ""),
+         "source_name": names.get(sources[src], "") if sources[src] else ""}
+        for n, a, ln, s, k, o, src, r, g, p in found
     ]  # fmt: skip
+
+
+def _origin_key(source: str) -> bytes | None:
+    """A fork's ``source`` naming a peer (its key, base64url) as the raw key; else None
+    ("local", "restore")."""
+    if len(source) != 43:
+        return None
+    try:
+        return b64d(source, length=32)
+    except ProtocolError:
+        return None
 
 
 async def sealed_for(
@@ -758,6 +832,83 @@ async def sealed_for(
 
 # ---------------------------------------------------------------- matching
 
+#: The open needs the matcher reads at most per call, in the order they are listed (most
+#: urgent, oldest): on any ordinary pod, every open need it can see.
+MATCH_SCAN = 5000
+#: The pods whose offers of one category the matcher weighs, besides this pod's and the
+#: needing pod's: more than an ordinary network has offering any one kind of help.
+MATCH_PODS = 50
+#: The members whose skills the matcher reads (active ones, in joining order).
+MATCH_MEMBERS = 5000
+
+
+def _forgotten_by(alias: str) -> str:
+    """The condition: the offer ``alias`` was made for a member this pod forgot."""
+    return (f"{alias}.by_member IS NOT NULL AND EXISTS (SELECT 1 FROM members AS m "
+            f"WHERE m.id = {alias}.by_member AND m.status != 'active')")  # fmt: skip
+
+
+class _OpenOffers:
+    """The open offers the matcher pairs, read per (category, pod) and kept for one call.
+
+    Only the categories of the needs in view are read, and of each pod at most the
+    ``per_request`` oldest (a need gets no more suggestions than that): through the
+    ``offers_open`` index, so the rows read do not grow with the offers a network holds
+    in other categories, nor with one pod's many offers in the same."""
+
+    def __init__(self, db: aiosqlite.Connection, own_pod: bytes | None, per_request: int):
+        self.db, self.own, self.per_request = db, own_pod, per_request
+        self._of: dict[tuple[str, bytes, bytes | None], list[Row]] = {}
+        self._pods: dict[str, list[bytes]] = {}
+        self._names: dict[bytes, str] = {}
+
+    async def of_pod(self, category: str, pod: bytes, without: bytes | None = None) -> list[Row]:
+        """``pod``'s oldest open offers of ``category``, oldest first; this pod's never
+        those made for a member it forgot, nor (``without``) for that member."""
+        key = (category, pod, without)
+        if key not in self._of:
+            where = ["o.status = 'open'", "o.category = ?", "o.pod = ?"]
+            params: list[Any] = [category, pod]
+            if pod == self.own:
+                where.append(f"NOT ({_forgotten_by('o')})")
+            if without is not None:
+                where.append("o.by_member IS NOT ?")
+                params.append(without)
+            found = await rows(
+                self.db,
+                f"SELECT {OFFER_COLUMNS} FROM offers AS o INDEXED BY offers_open "
+                f"{_where(where)} ORDER BY o.opened_ts, o.id LIMIT ?",
+                [*params, self.per_request],
+            )
+            if found and pod not in self._names:
+                self._names.update(await pod_names(self.db, [pod]))
+            self._of[key] = [_offer_row(r, self._names) for r in found]
+        return self._of[key]
+
+    async def third_pods(self, category: str) -> list[bytes]:
+        """The other pods with open offers of ``category``, the one with the oldest offer
+        first (the order the matcher weighs them in): at most MATCH_PODS of them, found
+        one index step each (a network of more is read in key order up to that many)."""
+        if category not in self._pods:
+            found: list[tuple[int, bytes, bytes]] = []
+            last = b""
+            while len(found) < MATCH_PODS:
+                pod = await scalar(
+                    self.db, "SELECT min(pod) FROM offers INDEXED BY offers_open "
+                    "WHERE status = 'open' AND category = ? AND pod > ?", (category, last),
+                )  # fmt: skip
+                if pod is None:
+                    break
+                last = pod
+                if pod == self.own:
+                    continue
+                offers = await self.of_pod(category, pod)
+                if offers:
+                    found.append((offers[0]["opened_ts"], offers[0]["id"], pod))
+            self._pods[category] = [pod for _, _, pod in sorted(found)]
+        return self._pods[category]
+
+
 async def suggest_matches(
     db: aiosqlite.Connection, own_pod: bytes | None, *, per_request: int = 5, limit: int = 500
 ) -> list[Row]:
@@ -769,46 +920,64 @@ async def suggest_matches(
     offer (2); for another pod's shared need, its own offer (1), a member who could go
     (2: answered with a claim), other offers (3). Never the member in need themselves,
     and never an offer by a member this pod forgot. At most ``per_request`` suggestions
-    per need and ``limit`` in all: a long list helps nobody, and the work stays bounded."""
-    everyone = await list_members(db, include_forgotten=True) if own_pod is not None else []
-    members = [m for m in everyone if m["status"] == "active"]
-    forgotten = {m["id"] for m in everyone if m["status"] != "active"}
-    offers: dict[str, dict[bytes, list[Row]]] = {}  # category -> pod -> offers, oldest first
-    for off in await list_offers(db, status="open"):
-        if not (off["pod"] == own_pod and off["by_member"] in forgotten):
-            offers.setdefault(off["category"], {}).setdefault(off["pod"], []).append(off)
+    per need and ``limit`` in all: a long list helps nobody.
+
+    The work is bounded whatever the network holds: the MATCH_SCAN first open needs are
+    read (those of categories nobody can meet are passed over, in SQL), and of the
+    offers only the few each of them can use (:class:`_OpenOffers`); never every open
+    offer or every claim of the network."""
+    members = await list_members(db, limit=MATCH_MEMBERS) if own_pod is not None else []
+    can = sorted({c for m in members for c in m.get("can", [])})
     # Only needs someone could meet: hundreds that nobody can must not fill the window.
-    can = {c for m in members for c in m.get("can", [])} | set(offers)
-    requests = await list_requests(db, status="open", limit=limit, categories=sorted(can))
-    # Members who already offered (a claim of ours, pending or accepted) are not suggested
-    # for that need again: following the hint would double their claim.
-    claimed = {(rq, bm) for rq, bm in await rows(
-        db, "SELECT request, by_member FROM claims WHERE pod = ? AND status IN "
-        "('pending', 'accepted') AND by_member IS NOT NULL", (own_pod,))}  # fmt: skip
+    found = await rows(
+        db,
+        f"SELECT {REQUEST_COLUMNS} FROM (SELECT * FROM requests WHERE status = 'open' "
+        "ORDER BY urgency_rank, opened_ts, id LIMIT ?) AS r "
+        "WHERE r.category IN (SELECT value FROM json_each(?)) OR EXISTS (SELECT 1 FROM "
+        "offers AS o INDEXED BY offers_open WHERE o.status = 'open' AND o.category = "
+        f"r.category AND NOT (o.pod IS ? AND {_forgotten_by('o')})) "
+        "ORDER BY urgency_rank, opened_ts, id LIMIT ?",
+        (MATCH_SCAN, json.dumps(can), own_pod, limit),
+    )  # fmt: skip
+    names = await pod_names(db, (r[1] for r in found))
+    requests = [_request_row(r, names) for r in found]
+    # Members who already offered (a claim of ours, pending) are not suggested for that
+    # need again: following the hint would double their claim. A claim of an open need
+    # is pending (one accepted would have made the need accepted); the index holds the
+    # pending claims made for a member, so this reads this pod's own, not the network's.
+    claimed: set[tuple[bytes, bytes]] = set()
+    if members:
+        claimed = {(rq, bm) for rq, bm in await rows(
+            db, "SELECT request, by_member FROM claims INDEXED BY claims_pending WHERE pod = ? "
+            "AND status = 'pending' AND by_member IS NOT NULL", (own_pod,))}  # fmt: skip
+    offers = _OpenOffers(db, own_pod, per_request)
     suggestions: list[Row] = []
     for req in requests:
         ours = req["pod"] == own_pod
         for_whom = req["for_member"] if ours else None  # a member id means something here only
-        # Generators, taken per_request at most: building every pairing of every need
-        # and keeping five was needs x offers of work (100,000 dicts for 100 needs and
-        # 1,000 offers), on the event loop.
+        category = req["category"]
         helpers = (
             _match(req, "member", m["id"], m["name"], own_pod, 0 if ours else 2)
-            for m in members if req["category"] in m.get("can", []) and m["id"] != for_whom
+            for m in members if category in m.get("can", []) and m["id"] != for_whom
             and (req["id"], m["id"]) not in claimed
         )  # fmt: skip
-        by_pod = offers.get(req["category"], {})
-        mine = (_offer_match(req, o, 1) for o in by_pod.get(own_pod, [])
-                if not (ours and o["by_member"] == for_whom and for_whom))  # fmt: skip
-        # The needing pod's own offers before third parties'.
-        first = [] if ours else by_pod.get(req["pod"], [])
-        others = (
-            _offer_match(req, o, 2 if ours else 3)
-            for offs in (first, *(v for k, v in by_pod.items() if k not in (own_pod, req["pod"])))
-            for o in offs
-        )
-        found = chain(helpers, mine, others) if ours else chain(mine, helpers, others)
-        suggestions += islice(found, per_request)
+        own = await offers.of_pod(category, own_pod, for_whom) if own_pod is not None else []
+        mine = (_offer_match(req, o, 1) for o in own)
+        found_here = list(islice(chain(helpers, mine) if ours else chain(mine, helpers),
+                                 per_request))  # fmt: skip
+        if len(found_here) < per_request:
+            # The needing pod's own offers before third parties', these by their oldest.
+            rank = 2 if ours else 3
+            pods = [] if ours else [req["pod"]]
+            pods += [p for p in await offers.third_pods(category) if p != req["pod"]]
+            for pod in pods:
+                for o in await offers.of_pod(category, pod):
+                    found_here.append(_offer_match(req, o, rank))
+                    if len(found_here) >= per_request:
+                        break
+                if len(found_here) >= per_request:
+                    break
+        suggestions += found_here
     suggestions.sort(key=lambda s: (
         URGENCY_RANK.get(s["urgency"], 9), s["rank"], s["opened_ts"], s["request"],
     ))  # fmt: skip

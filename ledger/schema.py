@@ -319,5 +319,17 @@ CREATE INDEX forks_waiting_received ON forks_waiting (received);
 V11 = """
 ALTER TABLE invites ADD COLUMN made_by BLOB;
 """
-MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11)
+# V12: what `GET /v1/match` reads, found in a few steps however large the network is.
+# Open offers by category and pod (oldest first within a pod): the matcher reads the
+# offers of the categories of the needs it pairs, a few per pod, where it scanned every
+# open offer of the network. A pod's pending claims made for a member: the members
+# already offered for a need, where it scanned every claim of the network. Both are
+# partial and grow by appending (a pod's rows are in store order), so a write adds one
+# entry at the end of its pod's range, not a random page.
+V12 = """
+CREATE INDEX IF NOT EXISTS offers_open ON offers (category, pod, opened_ts) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS claims_pending ON claims (pod)
+    WHERE status = 'pending' AND by_member IS NOT NULL;
+"""
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12)
 SCHEMA_VERSION = len(MIGRATIONS)

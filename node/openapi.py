@@ -60,8 +60,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              response=ANY_ROWS, query={"status": "open|accepted|fulfilled|cancelled",
                                        "category": "a category", "pod": "pod key prefix",
                                        "lane": "pod|peers|network", **PAGE, **AFTER_POS}),
-    Endpoint("GET", "/v1/requests/{id}", "One request, its claims and history.", "organizer",
-             response=ANY_OBJECT),
+    Endpoint("GET", "/v1/requests/{id}", "One request: its newest `claims` claims, oldest "
+             "first, and the accepted one (`claims_total` counts all; page them with GET "
+             "/v1/claims?request=), its fulfilment, and `history` steps of its history: the "
+             "opening and the newest (`history_total` counts all), each with `author_name`.",
+             "organizer", response=ANY_OBJECT,
+             query={"claims": "0..5000 newest claims (default 100)",
+                    "history": "1..5000 history steps (default 200)",
+                    "event": "an event id (base64url): `step` is its history step, "
+                             "wherever it is (null if not one of the request's)"}),
     Endpoint("GET", "/v1/offers", "Offers, oldest first; at most `limit` (5000).",
              "organizer", response=ANY_ROWS,
              query={"status": "open|withdrawn|all", "id": "one offer: its id or a prefix",
@@ -76,7 +83,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/claims", "Claims, oldest first; at most `limit` (5000).",
              "organizer", response=ANY_ROWS,
              query={"request": "request id prefix", "status": "pending|accepted|declined|closed",
-                    "id": "one claim: its id or a prefix", **PAGE, **AFTER_POS}),
+                    "id": "one claim: its id or a prefix",
+                    "pod": "only this pod's (its key, or a unique start of it)",
+                    **PAGE, **AFTER_POS}),
     Endpoint("GET", "/v1/resolve/{table}/{prefix}", "Expand a short id.", "organizer",
              response=ANY_OBJECT),
     Endpoint("GET", "/v1/pods", "The pod directory, by name; at most `limit` (5000).",
@@ -92,7 +101,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "at most `limit` (5000).", "organizer", response=ANY_ROWS,
              query={"category": "a category", "id": "one entry: its id or a prefix", **PAGE,
                     **AFTER_POS}),
-    Endpoint("GET", "/v1/forks", "Equivocation evidence, recorded here or sent by peers.",
+    Endpoint("GET", "/v1/forks", "Equivocation evidence, recorded here or sent by peers; "
+             "each row names its keys: `pod` (the headers' pod), `pod_name`, `author_name` "
+             "(its name on that pod's roster), `source_name` (the delivering peer's).",
              "organizer", response=ANY_ROWS,
              query={"author": "only this key's (base64url)", **PAGE,
                     "after": "a row's num (0: from the first): the pieces numbered after it"}),

@@ -276,10 +276,19 @@ async def list_requests(request: web.Request) -> web.Response:
 
 
 async def show_request(request: web.Request) -> web.Response:
+    """One request: its newest ``claims`` claims (0..MAX_LIST) and ``history`` steps
+    (1..MAX_LIST), with the counts of all; ``event``: that event's step too."""
     node = request.app[NODE]
     db = node.ledger.reader
+    event = request.query.get("event")
+    claims = int_param(request, "claims", queries.CLAIMS_SHOWN, 0, MAX_LIST)
+    history = int_param(request, "history", queries.HISTORY_SHOWN, 1, MAX_LIST)
     rid = await queries.resolve(db, "requests", request.match_info["id"], "request")
-    return reply(await queries.get_request(db, rid))
+    found = await queries.get_request(
+        db, rid, claims=claims, history=history,
+        event=None if event is None else b64d(event, length=32, what="event"),
+    )  # fmt: skip
+    return reply(found)
 
 
 async def list_offers(request: web.Request) -> web.Response:
@@ -336,9 +345,20 @@ async def list_claims(request: web.Request) -> web.Response:
     limit, offset = _page(request)
     found = await queries.list_claims(
         db, request=rid, status=wanted, id=await _id_param(request, "claims", "claim"),
-        limit=limit, offset=offset, after=_after_pos(request),
+        pod=await _claims_pod(request), limit=limit, offset=offset,
+        after=_after_pos(request),
     )  # fmt: skip
     return reply(found)
+
+
+async def _claims_pod(request: web.Request) -> bytes | None:
+    """``pod`` of GET /v1/claims: a whole key filters as it is (a claiming pod need not
+    be in the directory; `podlink claim` asks for its own pod's claims this way), a
+    shorter start is resolved in the directory."""
+    raw = request.query.get("pod")
+    if raw is not None and len(raw) == 43:
+        return b64d(raw, length=32, what="pod")
+    return await _pod_param(request)
 
 
 async def resolve_id(request: web.Request) -> web.Response:

@@ -17,17 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 from aiohttp import web
 
 from podlink.cli.session import Target
+from podlink.ledger import queries
 from podlink.ledger.ledger import Ledger
 from podlink.node import client as node_client
 from podlink.node.client import ClientError, NodeClient
 from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import Event
 from podlink.protocol.keys import Keypair
-from podlink.protocol.text import b64e
+from podlink.protocol.text import b64d, b64e
 from tests.cli.conftest import Pod, make_pod, running
 from tests.ledger.helpers import World, wires
 from tests.node.helpers import PodNode, make_node
@@ -174,17 +176,23 @@ def test_export_csv_requests_orders_tied_needs_otherwise_than_request_list(maple
 
 
 def test_key_names_call_a_re_added_organizer_by_a_name_it_no_longer_has(maple: Pod) -> None:
-    """KeyNames (cli/session.py) keeps, for each (pod, key), the name of the LAST roster
-    row it reads. GET /v1/roster?pod=all used to answer oldest first (ORDER BY from_ts),
-    so the newest tenure's name won; key_names now reads it with get_all, whose keyset
-    pages come in (pod, key, add_id) order (ledger/queries.py list_roster), so the name
-    kept is that of the tenure whose roster.add id happens to sort last: a key removed
-    and added again under a new name is shown in `podlink log` and `log --forks` by its
-    old name one time in two."""
-    names = Target(maple.home).call(lambda s: s.key_names())
-    [renamed] = [p for p, n in names.pods.items() if n == "Renamed pod"]
-    shown = {n for (p, _k), n in names.organizers.items() if p == renamed}
-    assert shown == {"New name"}
+    """KeyNames (cli/session.py) kept, for each (pod, key), the name of the LAST roster
+    row it read; GET /v1/roster?pod=all pages come in (pod, key, add_id) order, so the
+    name kept was that of the tenure whose roster.add id happens to sort last: a key
+    removed and added again under a new name was shown by its old name one time in two.
+    The node now names keys (``queries.organizer_names``, for `log` and `log --forks`):
+    by the newest tenure, whatever the ids."""
+    [renamed] = [p["pod"] for p in maple.json("pod", "list") if p["name"] == "Renamed pod"]
+    roster = Target(maple.home).call(lambda s: s.get_all("/v1/roster", pod=renamed))
+    assert {r["name"] for r in roster} == {"Old name", "New name"}
+
+    async def name() -> dict[tuple[bytes, bytes], str]:
+        path = maple.home / "ledger.db"
+        async with aiosqlite.connect(f"file:{path}?mode=ro", uri=True) as db:
+            pair = (b64d(renamed), b64d(roster[0]["key"]))
+            return await queries.organizer_names(db, [pair])
+
+    assert list(asyncio.run(name()).values()) == ["New name"]
 
 
 # ---------------------------------------------------------------- cost
