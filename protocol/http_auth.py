@@ -123,10 +123,14 @@ def verify_request(
     when = int(values[H_TIME])
     now = time.time() if now is None else now
     if abs(now - when) > WINDOW_S:
+        # Both clocks, named: the machine that reads this may be the one whose clock is
+        # right (a peer with a wrong clock refusing our pull), and only the two times
+        # side by side say which one is off.
         raise ProtocolError(
             "stale",
             f"request time is {_seconds(now - when)} away from this node's clock "
-            f"(limit {WINDOW_S} s); check the clock of the sending machine",
+            f"(limit {WINDOW_S} s): signed at {_utc(when)}, this node's clock reads "
+            f"{_utc(now)}; the machine whose clock is wrong must be put right",
         )
     try:
         message = signing_input(method, path_qs, body, when, nonce, pod)
@@ -135,6 +139,14 @@ def verify_request(
     if not verify_signature(key, message, sig):
         raise ProtocolError("forged", "request signature does not verify")
     return SignedRequest(key, when, nonce)
+
+
+def _utc(seconds: float) -> str:
+    """A unix time as people read it, in UTC (the two machines may be in other zones)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+    except (OverflowError, OSError, ValueError):  # 12 digits may be past what gmtime takes
+        return f"{int(seconds)} (unix seconds)"
 
 
 def _seconds(delta: float) -> str:

@@ -253,3 +253,16 @@ def test_one_key_filling_its_memory_locks_out_only_itself() -> None:
     assert len(cache) == 4
     cache.check_and_add(SignedRequest(ORGANIZER.public, T + 2000, b64e(bytes(16))), now=T + 2000)
     assert len(cache) == 1  # the rest left the window on both sides, and was swept
+
+
+def test_a_stale_request_names_both_clocks() -> None:
+    """A pod whose clock is hours off refuses an honest peer's pull as stale, and the peer
+    reads the refusal: both times are in it, so either side can tell whose clock is off."""
+    keys, pod = ORGANIZER, POD.public
+    signed_at = 1_750_000_000  # 2025-06-15 15:06:40 UTC
+    headers = sign_request(keys, "GET", "/v1/peer/changes", when=signed_at, pod=pod)
+    with pytest.raises(ProtocolError) as err:
+        verify_request(headers, "GET", "/v1/peer/changes", b"", pod=pod, now=signed_at - 7200)
+    assert err.value.reason == "stale"
+    assert "2025-06-15 15:06:40 UTC" in err.value.message, err.value.message
+    assert "2025-06-15 13:06:40 UTC" in err.value.message, err.value.message
