@@ -174,6 +174,11 @@ class Roster:
     def active_keys(self, pod: bytes) -> set[bytes]:
         return {t.key for t in self.tenures.get(pod, ()) if t.until_ts is None}
 
+    def open_tenure(self, pod: bytes, key: bytes) -> Tenure | None:
+        """The tenure ``key`` holds for ``pod`` now (no removal has ended it), if any."""
+        tenures = self._by_key.get((pod, key)) or ()
+        return tenures[-1] if tenures and tenures[-1].until_ts is None else None
+
     def extend_pod(
         self, pod: bytes, events: list[EventView]
     ) -> tuple[list[Tenure], list[tuple[Tenure, Tenure]]] | None:

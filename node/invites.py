@@ -58,15 +58,25 @@ def decode(code: str) -> InviteCode:
 
 
 async def store(node: Node, secret: str, expires: int, made_by: bytes) -> None:
-    """Keep the hash of a new code's secret, and the key of the organizer who made it
-    (the code dies with their place on the roster: peer_api.redeem)."""
+    """Keep the hash of a new code's secret, the key of the organizer who made it and the
+    tenure they made it in (the code dies with that tenure: ``alive``)."""
     from podlink.node.peer_api import secret_hash
 
+    tenure = node.ledger.roster.open_tenure(node.pod, made_by)
     await node.ledger.write(
-        "INSERT INTO invites (secret_hash, created, expires, made_by) "
-        "VALUES (?, strftime('%s','now'), ?, ?)",
-        (secret_hash(secret), expires, made_by),
+        "INSERT INTO invites (secret_hash, created, expires, made_by, made_in) "
+        "VALUES (?, strftime('%s','now'), ?, ?, ?)",
+        (secret_hash(secret), expires, made_by, tenure.add_id if tenure else None),
     )
+
+
+def alive(node: Node, made_by: bytes | None, made_in: bytes | None) -> bool:
+    """Whether a code's maker still holds the tenure they made it in (always, for a code
+    of the pod's own key or from before makers were kept)."""
+    if made_by is None or made_by == node.pod:
+        return True
+    tenure = node.ledger.roster.open_tenure(node.pod, made_by)
+    return tenure is not None and (made_in is None or tenure.add_id == made_in)
 
 
 async def redeem(node: Node, code: InviteCode) -> Peer:

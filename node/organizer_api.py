@@ -37,7 +37,7 @@ from podlink.node.api_types import (
 from podlink.node.auth import SIGNER
 from podlink.node.errors import APIError
 from podlink.node.peer_api import NODE, int_param, version
-from podlink.protocol import boxes, kinds
+from podlink.protocol import boxes, clock, kinds
 from podlink.protocol.envelope import PROTOCOL_VERSION, decode_event
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.text import b64d, b64e
@@ -205,8 +205,28 @@ async def _submit(node: Any, body: Any, wires: list[bytes]) -> web.Response:
     if refused is None:
         refused = next((r for r in results if not r.ok), None)
     if refused is not None:
-        raise APIError(refused.reason or "invalid", refused.message, results=out)
+        why = _why(node, refused, wires[results.index(refused)])
+        raise APIError(refused.reason or "invalid", why, results=out)
     return reply(SubmitResults(results=out))
+
+
+def _why(node: Any, refused: Any, wire: bytes) -> str:
+    """A refusal's message (of ``wire``); for an event too far ahead because its
+    author's tenure starts ahead (a roster.add stamped by a clock that ran fast), that,
+    not "check the author's clock", which may well be right."""
+    if refused.reason != "too-far-ahead":
+        return refused.message
+    try:
+        header = decode_event(wire).header
+    except ProtocolError:
+        return refused.message
+    tenure = node.ledger.roster.open_tenure(node.pod, header.author)
+    if tenure is None or clock.wall_ms(tenure.from_ts) <= clock.now_ms() + clock.FUTURE_LIMIT_MS:
+        return refused.message  # the tenure is not what holds it back
+    begins = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(clock.wall_ms(tenure.from_ts) / 1000))
+    return (f"{refused.message.split(';')[0]}: this key's tenure as organizer begins at "
+            f"{begins} (the roster.add that named it was stamped ahead, by a clock that ran "
+            "fast); it can write from then on")  # fmt: skip
 
 
 def _event_ids(wires: list[bytes]) -> list[bytes]:
@@ -225,10 +245,16 @@ async def heads(request: web.Request) -> web.Response:
     if "author" in request.query:
         author = b64d(request.query["author"], length=32, what="author")
     found = await queries.feed_heads(node.ledger.reader, author)
+    # Never a clock before the start of the author's tenure: its roster.add may be
+    # stamped ahead (a node clock that ran fast, put right since), and what it writes
+    # before then would be stored and never count. After it, the node refuses by name
+    # what is too far ahead, until the time comes.
+    tenure = node.ledger.roster.open_tenure(node.pod, author)
+    clock_now = node.ledger.clock.now()
     body = Heads(
         author=b64e(author), pod=b64e(node.pod),
         heads={lane: Head(seq=s, id=b64e(i), ts=t) for lane, (s, i, t) in found.items()},
-        clock=node.ledger.clock.now(),
+        clock=max(clock_now, tenure.from_ts) if tenure else clock_now,
     )  # fmt: skip
     return reply(body)
 

@@ -25,6 +25,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from podlink.ledger import forks as fork_rows
 from podlink.ledger import queries
+from podlink.node import invites
 from podlink.node.api_types import (
     MAX_POSITION,
     FeedHead,
@@ -274,16 +275,16 @@ async def redeem(request: web.Request) -> web.Response:
     h = secret_hash(body.secret)
     found = await queries.rows(
         node.ledger.reader,
-        "SELECT expires, used_by, made_by FROM invites WHERE secret_hash = ?",
+        "SELECT expires, used_by, made_by, made_in FROM invites WHERE secret_hash = ?",
         (h,),
     )
     if not found:
         raise APIError("unauthorised", "this invite is not known here")
-    expires, used_by, made_by = found[0]
-    if used_by is None and made_by is not None and "organizer" not in node.roles_of(made_by):
+    expires, used_by, made_by, made_in = found[0]
+    if used_by is None and not invites.alive(node, made_by, made_in):
         # Removing an organizer takes back the codes they made and nobody used yet.
-        raise APIError("unauthorised", "the organizer who made this invite is no longer "
-                       "one; ask the pod for a new invite")  # fmt: skip
+        raise APIError("unauthorised", "the organizer who made this invite has been removed "
+                       "since; ask the pod for a new invite")  # fmt: skip
     if used_by is not None and used_by != joiner:
         raise APIError("unauthorised", "this invite was already used")
     if used_by is not None and joiner not in node.peers:

@@ -132,6 +132,7 @@ async def test_upgrading_a_v2_file_rebuilds_the_replaced_tables(tmp_path: Path) 
         con.execute("ALTER TABLE peers DROP COLUMN forks_cursor")  # V8's
         con.execute("DROP TABLE forks_waiting")  # V10's
         con.execute("ALTER TABLE invites DROP COLUMN made_by")  # V11's
+        con.execute("ALTER TABLE invites DROP COLUMN made_in")  # V11's
         con.execute("PRAGMA user_version=2")
     con.close()
     async with await Ledger.open(path) as ledger:

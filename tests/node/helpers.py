@@ -559,6 +559,7 @@ def restore_db(backup: Path, home: Path) -> None:
 BACK_TO_V9 = """
     DROP TABLE forks_waiting;
     ALTER TABLE invites DROP COLUMN made_by;
+    ALTER TABLE invites DROP COLUMN made_in;
     PRAGMA user_version = 9;
 """
 # A ledger file taken back to what schema V7 held for fork evidence (one header per row,
@@ -566,6 +567,7 @@ BACK_TO_V9 = """
 BACK_TO_V7 = """
     DROP TABLE forks_waiting;
     ALTER TABLE invites DROP COLUMN made_by;
+    ALTER TABLE invites DROP COLUMN made_in;
     CREATE TABLE v7 AS SELECT author, lane, seq, kept_id, other_id, other_payload,
         other_sig, source, received FROM forks;
     DROP TABLE forks;
