@@ -218,7 +218,9 @@ async def make_claim(
     # This pod's claims on it, wherever they are among all of them (the request's answer
     # holds only the newest claims: another pod's thousands would hide ours).
     ours = await session.get_all("/v1/claims", request=req["id"], pod=pod)
-    same = next((c for c in ours if c["by_member"] == member
+    # (c["pod"] checked too: a node of the release before ignores pod= and answers every
+    # pod's claims, and another pod's claim "as the pod" is no claim of ours.)
+    same = next((c for c in ours if c["pod"] == pod and c["by_member"] == member
                  and c["status"] in ("pending", "accepted")), None)  # fmt: skip
     if same is not None:  # a claim must not silently double up (DOMAIN.md)
         who = by or "this pod"

@@ -429,8 +429,9 @@ def _forks(pod: Target, as_json: bool) -> None:
     for f in found:
         who = f"{f['author_name']} ({short(f['author'])})" if f["author_name"] else short(
             f["author"])  # fmt: skip
-        source = f["source_name"] or (short(f["source"]) if len(f["source"]) == 43 else
-                                      f["source"])  # fmt: skip
+        # (.get: a node of the release before names no source)
+        source = f.get("source_name") or (short(f["source"]) if len(f["source"]) == 43 else
+                                          f["source"])  # fmt: skip
         origin = f"proof from {source}" if f.get("gossiped") else f"seen here, from {source}"
         t.add_row(ago_ms(f["received"]), who, f["lane"], str(f["seq"]), short(f["kept_id"]),
                   short(f["other_id"]), origin)  # fmt: skip

@@ -148,6 +148,11 @@ async def _carry(
         await ledger.write(
             "UPDATE forks SET kept_pod = e.pod, kept_payload = e.payload, kept_sig = e.sig "
             "FROM events AS e WHERE e.id = forks.kept_id AND forks.kept_payload IS NULL")
+        # And the other header's pod, read from its bytes as V8 does (schema.py): without
+        # it a peers-lane proof is kept but never served to the pods it concerns.
+        await ledger.write(
+            "UPDATE forks SET other_pod = substr(other_payload, 5, 32) "
+            "WHERE other_pod IS NULL AND substr(other_payload, 1, 4) = x'9b01c420'")
         # A member forgotten in either database stays forgotten: no key of theirs is kept
         # (the forget may be a duplicate here, so no fold would run to destroy it again).
         await ledger.write("DELETE FROM member_keys WHERE member IN "

@@ -427,7 +427,10 @@ class PodSession:
         race: someone else's transition came first)."""
         after = await self.get(f"/v1/requests/{request_id}", event=event_id, claims=1,
                                history=1)  # the step of our event, wherever it is  # fmt: skip
-        step = after.get("step")
+        if "step" in after:
+            step = after["step"]
+        else:  # a node of the release before: no event=, its whole history instead
+            step = next((h for h in after.get("history", []) if h["id"] == event_id), None)
         if step is not None and step["outcome"] != "applied":
             raise click.ClickException(f"recorded, but it changed nothing: {step['why']}")
         return after

@@ -295,7 +295,9 @@ CREATE INDEX forks_peers ON forks (kept_pod, num)
 # (its signatures are checked when its feed reaches it: Ledger.store_forks), one piece
 # per feed position and source, bounded per source (Limits.evidence_per_source, counted
 # in memory) and dropped after Limits.pending_ttl_s, as parked events are. Rows are up
-# to ~4 kB, so a rowid table (WITHOUT ROWID suits narrow rows).
+# to ~4 kB, so a rowid table (WITHOUT ROWID suits narrow rows). Each peer's evidence is
+# read once more from its start: what a node before V10 skipped (about a feed it did not
+# hold yet) it never asks for again otherwise; pieces held already come back as `held`.
 V10 = """
 CREATE TABLE forks_waiting (
     id            INTEGER PRIMARY KEY,
@@ -311,6 +313,7 @@ CREATE TABLE forks_waiting (
     UNIQUE (author, lane, seq, source)
 ) STRICT;
 CREATE INDEX forks_waiting_received ON forks_waiting (received);
+UPDATE peers SET forks_cursor = 0;
 """
 # V11: who made each invite code (the organizer's key that signed POST /v1/invites) and
 # in which tenure (the id of the roster.add that began it; NULL for the pod's own key). A
