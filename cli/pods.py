@@ -322,10 +322,14 @@ def sync(pod: Target, as_json: bool) -> None:
       podlink sync
     """
 
+    # The node waits up to 3 x peer_timeout_s for a link's own pull, then as long for
+    # this one (organizer_api.sync): the client's usual 30 s would call it down.
+    wait_s = 2 * 3 * pod.config().peer_timeout_s + 10
+
     async def go(s: Any) -> dict:
         peers = await s.get("/v1/peers")
         with working(f"Syncing with {len(peers)} peer(s)"):
-            return await s.post("/v1/sync")
+            return await s.post("/v1/sync", wait_s=wait_s)
 
     data = pod.call(go)["peers"]
     if as_json:
@@ -482,13 +486,12 @@ def backup(pod: Target, file: Path) -> None:
         source = sqlite3.connect(config.ledger_path)
         target = sqlite3.connect(file)
         try:
-            with working("Backing up", total=None) as progress:
-                task = progress.task_ids[0]
-
-                def step(status: int, remaining: int, total: int) -> None:
-                    progress.update(task, total=total, completed=total - remaining)
-
-                source.backup(target, pages=256, progress=step)
+            # One step, on one read snapshot: an online backup taken in steps starts
+            # again from page 1 whenever the node commits between two of them, and a
+            # busy node (a peer's sync) commits every few milliseconds: a large ledger
+            # was never done. In WAL mode the snapshot does not hold the node's writer.
+            with working("Backing up", total=None):
+                source.backup(target, pages=-1)
         finally:
             target.close()
             source.close()

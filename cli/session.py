@@ -311,8 +311,8 @@ class PodSession:
         more = len(page) >= size and bool(await self.get(path, **query, offset=size, limit=1))
         return page, more
 
-    async def post(self, path: str, body: Any = None) -> Any:
-        return await self.client.post(path, body)
+    async def post(self, path: str, body: Any = None, *, wait_s: float | None = None) -> Any:
+        return await self.client.post(path, body, wait_s=wait_s)
 
     async def pod(self) -> str:
         """This pod's key (base64url)."""

@@ -79,9 +79,16 @@ class NodeClient:
             self._session = None
 
     async def request(
-        self, method: str, path: str, *, json: Any = None, query: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        query: dict[str, Any] | None = None,
+        wait_s: float | None = None,
     ) -> Any:
-        """Send one signed request; return the decoded JSON body."""
+        """Send one signed request; return the decoded JSON body. ``wait_s``: how long
+        to wait for the answer, where the client's timeout is too short (a sync)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         url = yarl.URL(self.url + path)
@@ -93,7 +100,7 @@ class NodeClient:
         headers = sign_request(self.keypair, method, url.raw_path_qs, body, pod=self.pod)
         if json is not None:
             headers["Content-Type"] = "application/json"
-        return await self._send(method, url, body, headers)
+        return await self._send(method, url, body, headers, wait_s)
 
     async def info(self) -> dict[str, Any]:
         """The node's public ``/v1/info`` (unsigned): which pod it is, its name, versions."""
@@ -112,18 +119,35 @@ class NodeClient:
             ) from None
         return info
 
-    async def _send(self, method: str, url: yarl.URL, body: bytes, headers: dict[str, str]) -> Any:
+    async def _send(
+        self,
+        method: str,
+        url: yarl.URL,
+        body: bytes,
+        headers: dict[str, str],
+        wait_s: float | None = None,
+    ) -> Any:
         assert self._session is not None
+        timeout = self._timeout if wait_s is None else aiohttp.ClientTimeout(total=wait_s)
         try:
             async with self._session.request(method, url, data=body or None,
-                                             headers=headers) as resp:  # fmt: skip
+                                             headers=headers, timeout=timeout) as resp:  # fmt: skip
                 data = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientConnectionError, TimeoutError) as err:
+        except aiohttp.ClientConnectionError as err:  # (connect timeouts among them)
             raise ClientError(
                 "unavailable",
                 f"cannot reach the node at {self.url} ({type(err).__name__}); "
                 "is it running? start it with `podlink serve`",
+            ) from None
+        except TimeoutError:
+            # It answered the connection and then took too long: it runs, and may still
+            # be at work (a long sync). Not "is it running?" (status 504: said as it is).
+            raise ClientError(
+                "unavailable",
+                f"the node at {self.url} gave no answer within {timeout.total:g} s; it may "
+                "still be at work (see `podlink status`)",
+                504,
             ) from None
         except aiohttp.ClientError as err:  # e.g. the node stopped halfway through its answer
             raise ClientError(
@@ -168,8 +192,9 @@ class NodeClient:
                 raise ClientError("invalid", f"the node's pages of {path} do not move on")
             after = nxt
 
-    async def post(self, path: str, body: Any = None) -> Any:
-        return await self.request("POST", path, json=body if body is not None else {})
+    async def post(self, path: str, body: Any = None, *, wait_s: float | None = None) -> Any:
+        return await self.request("POST", path, json=body if body is not None else {},
+                                  wait_s=wait_s)  # fmt: skip
 
     # ------------------------------------------------------------ writing events
 

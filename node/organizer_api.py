@@ -145,6 +145,54 @@ async def submit_events(request: web.Request) -> web.Response:
     node = request.app[NODE]
     body = submit_decoder.decode(await request.read())
     wires = [b64d(e, what="event") for e in body.events]
+    if any(b"claim.accept" in wire for wire in wires):  # (the kind is in the signed header)
+        async with node.answer_lock:
+            await _check_accepts(node, wires)
+            return await _after_roster_check(node, body, wires)
+    return await _after_roster_check(node, body, wires)
+
+
+async def _check_accepts(node: Any, wires: list[bytes]) -> None:
+    """Refuse an accept of one claim on a request of ours that has another accepted
+    already (unless the batch declines that one first).
+
+    Among pods, answers count in (ts, id) order, whatever order they arrive in: state is
+    a function of the events. But every answer of this pod's organizers goes through
+    this node: an accept signed before another organizer's, and arriving after it was
+    acknowledged as applied, would overturn it, and two helpers would have been told to
+    go (DOMAIN.md's double match). Checked under ``node.answer_lock`` until stored."""
+    declined: set[bytes] = set()
+    for wire in wires:
+        with contextlib.suppress(ProtocolError):
+            ev = decode_event(wire)
+            if ev.pod != node.pod or not ev.header.refs:
+                continue
+            claim = ev.header.refs[0]
+            if ev.kind == "claim.decline":
+                declined.add(claim)
+                continue
+            if ev.kind != "claim.accept":
+                continue
+            found = await rows(
+                node.ledger.reader,
+                # Rows sit at their event's store position (schema V3): found by id
+                # through the events index, never by a scan.
+                "SELECT r.status, r.accepted_claim FROM claims AS c, requests AS r "
+                "WHERE c.rowid = (SELECT pos FROM events WHERE id = ?) AND c.id = ? "
+                "AND r.rowid = (SELECT pos FROM events WHERE id = c.request) "
+                "AND r.id = c.request AND r.pod = ?", (claim, claim, node.pod),
+            )  # fmt: skip
+            if not found:
+                continue
+            status, accepted = found[0]
+            if status == "accepted" and accepted not in (None, claim) and accepted not in declined:
+                raise APIError(
+                    "duplicate", f"claim {b64e(accepted)[:8]} was accepted meanwhile, by "
+                    "another organizer: decline it first if that help fell through",
+                )  # fmt: skip
+
+
+async def _after_roster_check(node: Any, body: Any, wires: list[bytes]) -> web.Response:
     batch = _roster_views(wires, node.pod)
     if not any(isinstance(v.body, kinds.OrganizerRemoved) for v in batch):
         return await _submit(node, body, wires)
