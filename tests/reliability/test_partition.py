@@ -92,7 +92,14 @@ class Actor:
             events = await self._choose(self.author)
             if not events:
                 return
-            results = await self.node.client.submit(events)
+            try:
+                results = await self.node.client.submit(events)
+            except ClientError as err:
+                # An accept racing another accept of ours (the list read above was
+                # stale): the node refuses it by name, as it does the CLI's. Chain anew.
+                assert err.reason == "duplicate" and "accepted meanwhile" in err.message, err
+                self.author = None
+                return
             assert [r["status"] for r in results] == ["stored"] * len(events), results
             self.written += [Written(e, self.index) for e in events]
             self.steps += 1
@@ -118,7 +125,9 @@ class Actor:
             return [author.write(claim, "network", [_raw(target["id"])])]
         if roll < 0.85:  # accept a pending claim on one of ours
             pending = await self.node.client.get("/v1/claims", status="pending")
-            mine = {r["id"] for r in await self.node.client.get("/v1/requests", pod=me[:20])}
+            # Open ones, as `podlink accept` does (an accepted need is declined first).
+            mine = {r["id"] for r in await self.node.client.get(
+                "/v1/requests", pod=me[:20], status="open")}  # fmt: skip
             ours = [c for c in pending if c["request"] in mine]
             if not ours:
                 return []
