@@ -172,7 +172,7 @@ async def update_request(session: PodSession, ref: str, changes: dict[str, Any])
     check_body(body)
     warn_if_personal("request", req["lane"], *(changed.get(k, "") for k in
                                                ("title", "details", "area")))  # fmt: skip
-    event = await session.write(body, req["lane"], (req["id"],))
+    event = await session.write(body, req["lane"], (req["id"],), after=req)
     after = await session.check_applied(req["id"], event)
     return {"id": event, "kind": "request.update", "lane": req["lane"], "request": req["id"],
             "changed": changed, "title": after["title"], "status": after["status"]}  # fmt: skip
@@ -181,7 +181,8 @@ async def update_request(session: PodSession, ref: str, changes: dict[str, Any])
 async def cancel_request(session: PodSession, ref: str, reason: str = "") -> Summary:
     req = await _open_request(session, ref, "cancel")
     warn_if_personal("reason", req["lane"], reason)
-    event = await session.write(kinds.RequestCancelled(reason=reason), req["lane"], (req["id"],))
+    event = await session.write(kinds.RequestCancelled(reason=reason), req["lane"], (req["id"],),
+                                after=req)  # fmt: skip
     after = await session.check_applied(req["id"], event)
     return {"id": event, "kind": "request.cancel", "lane": req["lane"], "request": req["id"],
             "status": after["status"]}  # fmt: skip
@@ -193,7 +194,7 @@ async def fulfil_request(
     req = await _open_request(session, ref, "mark fulfilled")
     warn_if_personal("fulfilment note", req["lane"], note)
     body = kinds.RequestFulfilled(note=note, hours=hours)
-    event = await session.write(body, req["lane"], (req["id"],))
+    event = await session.write(body, req["lane"], (req["id"],), after=req)
     after = await session.check_applied(req["id"], event)
     return {"id": event, "kind": "request.fulfil", "lane": req["lane"], "request": req["id"],
             "status": after["status"], "hours": hours}  # fmt: skip
@@ -227,7 +228,7 @@ async def make_claim(
         raise Refused(f"{who} already offered to help with it: claim {same['id'][:8]}, "
                       f"{same['status']}")  # fmt: skip
     body = kinds.ClaimMade(by_member=b64d(member) if member else None, note=note)
-    event = await session.write(body, req["lane"], (req["id"],))
+    event = await session.write(body, req["lane"], (req["id"],), after=req)
     await session.check_applied(req["id"], event)
     mine = next(iter(await session.get("/v1/claims", id=event)), {"status": "pending"})
     return {"id": event, "kind": "claim.make", "lane": req["lane"], "request": req["id"],
@@ -256,7 +257,7 @@ async def decide_claim(session: PodSession, ref: str, *, accept: bool, reason: s
     warn_if_personal("reason", req["lane"], reason)
     # Naming the request too: the answer then reaches every reader of the request, even
     # those that can never hold the claim (it travelled in its pod's peers lane).
-    event = await session.write(body, req["lane"], (claim["id"], req["id"]))
+    event = await session.write(body, req["lane"], (claim["id"], req["id"]), after=req)
     after = await session.check_applied(req["id"], event)
     return {"id": event, "kind": body.KIND, "lane": req["lane"], "claim": claim["id"],
             "request": req["id"], "status": after["status"]}  # fmt: skip

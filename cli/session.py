@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import shlex
+import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import yarl
 from podlink.node import client as node_client
 from podlink.node.client import ClientError, NodeClient
 from podlink.node.config import CONFIG_FILE, NODE_KEY_FILE, Config, ConfigError, load_config
-from podlink.protocol import kinds
+from podlink.protocol import clock, kinds
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.keys import KeyFileError, load_keypair
 from podlink.protocol.text import b64d, b64e
@@ -282,6 +283,12 @@ def check_body(body: msgspec.Struct, decode: Callable[[bytes], Any] | None = Non
         raise click.ClickException(NOT_UTF8) from None
 
 
+def newest_of(request: dict[str, Any], pod: str) -> int:
+    """The timestamp of the newest event ``pod`` wrote on ``request`` (a request's answer:
+    its newest history steps), 0 if none is in view."""
+    return max((s["ts"] for s in request.get("history", []) if s.get("pod") == pod), default=0)
+
+
 class PodSession:
     """One command's conversation with its pod's node: reads, id lookups, signed writes."""
 
@@ -412,12 +419,26 @@ class PodSession:
         refs: tuple[str, ...] = (),
         *,
         member_key: bytes | None = None,
+        after: dict[str, Any] | None = None,
     ) -> str:
-        """Sign ``body`` as the next event of the organizer's ``lane`` feed; its id."""
+        """Sign ``body`` as the next event of the organizer's ``lane`` feed; its id.
+        ``after``: the request it changes, as the node answered it: the event is stamped
+        after the newest this pod wrote on it (the node refuses one stamped before)."""
         check_body(body)
         async with self._writing():
             author = await self.client.author(self.client.pod)  # the pod requests sign for
-            event = author.write(body, lane, [b64d(r, length=32) for r in refs])  # type: ignore[arg-type]
+            not_before = 0 if after is None else newest_of(after, await self.pod())
+            ahead_ms = clock.wall_ms(not_before) - clock.now_ms()
+            if ahead_ms > clock.FUTURE_LIMIT_MS:  # the node would refuse it, less clearly
+                when = time.strftime("%Y-%m-%d %H:%M UTC",
+                                     time.gmtime(clock.wall_ms(not_before) / 1000))  # fmt: skip
+                raise click.ClickException(
+                    f"this need's newest change is stamped {when}, {ahead_ms // 60000} minutes "
+                    "ahead of this machine's clock (a clock that ran fast wrote it): what "
+                    "changes it must come after it, and can be written from then on"
+                )
+            event = author.write(body, lane, [b64d(r, length=32) for r in refs],  # type: ignore[arg-type]
+                                 not_before=not_before)  # fmt: skip
             keys = {event.id: member_key} if member_key is not None else None
             await self.client.submit([event], keys)  # a refusal raises ClientError
         return b64e(event.id)

@@ -48,11 +48,13 @@ class Author:
         refs: list[bytes] | tuple[bytes, ...] = (),
         *,
         ts: int | None = None,
+        not_before: int = 0,
     ) -> Event:
-        """Sign the next event of this author's ``lane`` feed."""
+        """Sign the next event of this author's ``lane`` feed, stamped after its head and
+        after ``not_before`` (what it changes: the newest event of its request)."""
         seq, prev = self.heads.get(lane, (0, None))
         if ts is None:
-            ts = max(self.clock.now(), self.floors.get(lane, -1) + 1)
+            ts = max(self.clock.now(), self.floors.get(lane, -1) + 1, not_before + 1)
         event = sign_event(
             self.keypair, pod=self.pod, lane=lane, seq=seq + 1, prev=prev, ts=ts,
             kind=type(body).KIND,  # type: ignore[attr-defined]

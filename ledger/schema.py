@@ -316,14 +316,14 @@ CREATE INDEX forks_waiting_received ON forks_waiting (received);
 UPDATE peers SET forks_cursor = 0;
 """
 # V11: who made each invite code (the organizer's key that signed POST /v1/invites) and
-# in which tenure (the id of the roster.add that began it; NULL for the pod's own key). A
-# code lives only as long as that tenure: removing an organizer (a lost laptop, a
-# falling-out) takes back the codes they handed out but nobody used yet, for good, even
-# if the same key is added again later. Codes made before V11 have no maker and stay as
-# good as they were.
+# when, on the node's clock (``made_in``, a timestamp). A code lives only as long as the
+# tenure it was made in: removing an organizer (a lost laptop, a falling-out) takes back
+# the codes they handed out but nobody used yet, for good, even if the same key is added
+# again later (a tenure begun after the code). Codes made before V11 have no maker and
+# stay as good as they were.
 V11 = """
 ALTER TABLE invites ADD COLUMN made_by BLOB;
-ALTER TABLE invites ADD COLUMN made_in BLOB;
+ALTER TABLE invites ADD COLUMN made_in INTEGER;
 """
 # V12: what `GET /v1/match` reads, found in a few steps however large the network is.
 # Open offers by category and pod (oldest first within a pod): the matcher reads the

@@ -50,6 +50,16 @@ class ClientError(Exception):
         self.reason, self.message, self.status, self.body = reason, message, status, body
 
 
+CONNECT_S = 10.0  # to reach the node at all: beyond this it is down or out of reach
+
+
+def _timeout(total: float) -> aiohttp.ClientTimeout:
+    """A request's limits: ``total`` for the answer, and at most CONNECT_S (and half of
+    it) to connect, so that a node that cannot be reached is said to be so (a
+    connection timeout is a ClientConnectionError), not to be "still at work"."""
+    return aiohttp.ClientTimeout(total=total, connect=min(total / 2, CONNECT_S))
+
+
 class NodeClient:
     """Signed requests to one node's API, over one ClientSession."""
 
@@ -63,7 +73,7 @@ class NodeClient:
         self.url = url.rstrip("/")
         self.keypair = keypair
         self.pod = pod
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = _timeout(timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> NodeClient:
@@ -128,7 +138,7 @@ class NodeClient:
         wait_s: float | None = None,
     ) -> Any:
         assert self._session is not None
-        timeout = self._timeout if wait_s is None else aiohttp.ClientTimeout(total=wait_s)
+        timeout = self._timeout if wait_s is None else _timeout(wait_s)
         try:
             async with self._session.request(method, url, data=body or None,
                                              headers=headers, timeout=timeout) as resp:  # fmt: skip

@@ -59,24 +59,26 @@ def decode(code: str) -> InviteCode:
 
 async def store(node: Node, secret: str, expires: int, made_by: bytes) -> None:
     """Keep the hash of a new code's secret, the key of the organizer who made it and the
-    tenure they made it in (the code dies with that tenure: ``alive``)."""
+    node's clock then (the code dies with the tenure it was made in: ``alive``)."""
     from podlink.node.peer_api import secret_hash
 
-    tenure = node.ledger.roster.open_tenure(node.pod, made_by)
     await node.ledger.write(
         "INSERT INTO invites (secret_hash, created, expires, made_by, made_in) "
         "VALUES (?, strftime('%s','now'), ?, ?, ?)",
-        (secret_hash(secret), expires, made_by, tenure.add_id if tenure else None),
+        (secret_hash(secret), expires, made_by, node.ledger.clock.now()),
     )
 
 
-def alive(node: Node, made_by: bytes | None, made_in: bytes | None) -> bool:
+def alive(node: Node, made_by: bytes | None, made_in: int | None) -> bool:
     """Whether a code's maker still holds the tenure they made it in (always, for a code
-    of the pod's own key or from before makers were kept)."""
+    of the pod's own key or from before makers were kept): an open tenure begun by the
+    time the code was made. The node's clock then was past every roster event it held
+    (within the future limit), so a tenure begun later is a re-add after a removal; a
+    roster.add signed earlier and arriving late only moves the tenure's start back."""
     if made_by is None or made_by == node.pod:
         return True
     tenure = node.ledger.roster.open_tenure(node.pod, made_by)
-    return tenure is not None and (made_in is None or tenure.add_id == made_in)
+    return tenure is not None and (made_in is None or tenure.from_ts <= made_in)
 
 
 async def redeem(node: Node, code: InviteCode) -> Peer:

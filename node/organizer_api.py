@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import web
 
 from podlink.ledger import projections, queries, state
-from podlink.ledger.store import rows
+from podlink.ledger.store import rows, scalar
 from podlink.node import invites
 from podlink.node.api_types import (
     MAX_POSITION,
@@ -145,51 +145,97 @@ async def submit_events(request: web.Request) -> web.Response:
     node = request.app[NODE]
     body = submit_decoder.decode(await request.read())
     wires = [b64d(e, what="event") for e in body.events]
-    if any(b"claim.accept" in wire for wire in wires):  # (the kind is in the signed header)
+    # (the kind is in the signed header: request.* and claim.* events change requests)
+    if any(b"claim." in wire or b"request." in wire for wire in wires):
         async with node.answer_lock:
             await _check_accepts(node, wires)
             return await _after_roster_check(node, body, wires)
     return await _after_roster_check(node, body, wires)
 
 
-async def _check_accepts(node: Any, wires: list[bytes]) -> None:
-    """Refuse an accept of one claim on a request of ours that has another accepted
-    already (unless the batch declines that one first).
+CHANGES = ("claim.make", "claim.accept", "claim.decline", "request.update",
+           "request.cancel", "request.fulfil")  # fmt: skip
 
-    Among pods, answers count in (ts, id) order, whatever order they arrive in: state is
-    a function of the events. But every answer of this pod's organizers goes through
-    this node: an accept signed before another organizer's, and arriving after it was
-    acknowledged as applied, would overturn it, and two helpers would have been told to
-    go (DOMAIN.md's double match). Checked under ``node.answer_lock`` until stored."""
+
+async def _check_accepts(node: Any, wires: list[bytes]) -> None:
+    """Refuse, on a request of ours, an organizer's change stamped at or before the newest
+    event this pod already wrote on it, and an accept of one claim when another is
+    accepted (unless the batch declines that one first). A claim of ours on our own
+    request counts as an accept: the fold accepts it at once.
+
+    Among pods, changes count in (ts, id) order, whatever order they arrive in: state is
+    a function of the events. But every change of this pod's organizers goes through
+    this node: one signed before another organizer's, and arriving after that was
+    acknowledged as applied, would be folded before it and overturn it (an accept, and
+    two helpers sent: DOMAIN.md's double match; a decline of an accept stamped ahead by a
+    clock that ran fast, and the accept standing). Checked under ``node.answer_lock``
+    until stored."""
     declined: set[bytes] = set()
     for wire in wires:
         with contextlib.suppress(ProtocolError):
             ev = decode_event(wire)
-            if ev.pod != node.pod or not ev.header.refs:
+            if ev.pod != node.pod or not ev.header.refs or ev.kind not in CHANGES:
                 continue
-            claim = ev.header.refs[0]
-            if ev.kind == "claim.decline":
-                declined.add(claim)
+            if await scalar(node.ledger.reader, "SELECT 1 FROM events WHERE id = ?", (ev.id,)):
+                continue  # sent again (a retry): a duplicate, changing nothing
+            first = ev.header.refs[0]
+            if ev.kind.startswith("request.") or ev.kind == "claim.make":
+                request, claim = first, None
+            elif len(ev.header.refs) > 1:
+                request, claim = ev.header.refs[1], first
+            else:  # an answer naming only its claim (an older writer)
+                claim = first
+                request = await scalar(
+                    node.ledger.reader, "SELECT request FROM claims "
+                    "WHERE rowid = (SELECT pos FROM events WHERE id = ?) AND id = ?",
+                    (claim, claim),
+                )  # fmt: skip
+            if request is None:
                 continue
-            if ev.kind != "claim.accept":
-                continue
+            # Rows sit at their event's store position (schema V3): found by id through
+            # the events index, never by a scan.
             found = await rows(
                 node.ledger.reader,
-                # Rows sit at their event's store position (schema V3): found by id
-                # through the events index, never by a scan.
-                "SELECT r.status, r.accepted_claim FROM claims AS c, requests AS r "
-                "WHERE c.rowid = (SELECT pos FROM events WHERE id = ?) AND c.id = ? "
-                "AND r.rowid = (SELECT pos FROM events WHERE id = c.request) "
-                "AND r.id = c.request AND r.pod = ?", (claim, claim, node.pod),
+                "SELECT status, accepted_claim FROM requests "
+                "WHERE rowid = (SELECT pos FROM events WHERE id = ?) AND id = ? AND pod = ?",
+                (request, request, node.pod),
             )  # fmt: skip
             if not found:
-                continue
-            status, accepted = found[0]
-            if status == "accepted" and accepted not in (None, claim) and accepted not in declined:
-                raise APIError(
-                    "duplicate", f"claim {b64e(accepted)[:8]} was accepted meanwhile, by "
-                    "another organizer: decline it first if that help fell through",
-                )  # fmt: skip
+                continue  # not a request of ours: its pod decides
+            newest = await scalar(
+                node.ledger.reader,
+                "SELECT max(ts) FROM (SELECT ts FROM events WHERE root = ? AND root != id "
+                "AND pod = ? UNION ALL SELECT ts FROM events WHERE id = ? AND pod = ?)",
+                (request, node.pod, request, node.pod),
+            )  # fmt: skip
+            if newest is not None and ev.ts <= newest:
+                raise APIError("invalid", _changed_since(ev.kind, newest), status=409)
+            if ev.kind == "claim.decline":
+                declined.add(first)
+            elif ev.kind in ("claim.accept", "claim.make"):
+                _refuse_if_taken(found, claim, declined)
+
+
+def _changed_since(kind: str, newest: int) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(clock.wall_ms(newest) / 1000))
+    ahead = clock.wall_ms(newest) > clock.now_ms() + clock.FUTURE_LIMIT_MS
+    return (f"this {kind} is stamped before the need's newest change by this pod ({when})"
+            + ("; that change was stamped ahead by a clock that ran fast: what changes the "
+               "need can be written from then on" if ahead else
+               ": another organizer changed it meanwhile; look at it again and retry"))
+
+
+def _refuse_if_taken(found: list, claim: bytes | None, declined: set[bytes]) -> None:
+    """Refuse (409) when the request row ``found`` has a claim other than ``claim``
+    accepted, and the submission does not decline it."""
+    if not found:
+        return
+    status, accepted = found[0]
+    if status == "accepted" and accepted not in (None, claim) and accepted not in declined:
+        raise APIError(
+            "duplicate", f"claim {b64e(accepted)[:8]} was accepted meanwhile, by "
+            "another organizer: decline it first if that help fell through",
+        )  # fmt: skip
 
 
 async def _after_roster_check(node: Any, body: Any, wires: list[bytes]) -> web.Response:

@@ -352,7 +352,7 @@ def test_a_schema_9_backup_restored_over_a_schema_12_database_keeps_what_v10_v11
     twin = Author(key, key.public).write(kinds.PodFounded(name="Far 2", zone="Far"), "network")
     fork = parse_evidence(Evidence(at1.payload, at1.sig, twin.payload, twin.sig))
     with closing(sqlite3.connect(live)) as db:
-        [(tenure,)] = db.execute("SELECT add_id FROM roster WHERE key = ?", (organizer,))
+        [(tenure,)] = db.execute("SELECT from_ts FROM roster WHERE key = ?", (organizer,))
         db.execute("INSERT INTO invites (secret_hash, created, expires, made_by, made_in) "
                    "VALUES (?, 1, 2000000000, ?, ?)", (b"h" * 32, organizer, tenure))  # fmt: skip
         db.execute(fork_rows.INSERT_WAITING, fork_rows.waiting_row(fork, "peer", now_ms()))
