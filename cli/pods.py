@@ -39,11 +39,12 @@ from podlink.cli.session import (
     pod_options,
     run_sync,
 )
+from podlink.ledger import aside as aside_copies
 from podlink.ledger.errors import LedgerError
 from podlink.ledger.schema import SCHEMA_VERSION
 from podlink.ledger.store import private_file
 from podlink.node.config import ConfigError
-from podlink.protocol.keys import KeyFileError, load_keypair
+from podlink.protocol.keys import KeyFileError, Keypair, load_keypair
 
 # ---------------------------------------------------------------- the pod itself
 
@@ -527,7 +528,7 @@ def restore(pod: Target, file: Path) -> None:
     if file.resolve() == live.resolve():
         raise click.ClickException(f"{file} is the pod's live database, not a backup")
     try:
-        node_key = load_keypair(config.node_key_path).public
+        node_key = load_keypair(config.node_key_path)
     except KeyFileError as e:
         raise click.ClickException(one_line(str(e))) from None
     with no_trace(file):  # SQLite leaves -shm and -wal beside a WAL database it reads
@@ -538,16 +539,20 @@ def restore(pod: Target, file: Path) -> None:
          "new one would fork its organizer's feed).")  # fmt: skip
 
 
-def _restore(file: Path, live: Path, node_key: bytes) -> None:
-    _check_backup(file, node_key)
+def _restore(file: Path, live: Path, node: Keypair) -> None:
+    _check_backup(file, node.public)
     # Prepare the restored database beside the live one and swap it in last, so that a
     # failure on the way leaves the live ledger as it was.
-    incoming = live.with_name(f"{live.name}.restoring")
+    incoming = live.with_name(f"{live.name}{aside_copies.RESTORING}")
     aside = live.with_name(f"{live.name}.before-restore-{time.strftime('%Y%m%d-%H%M%S')}")
+    # A restore cut off (killed, a power cut) left its whole ledger here: not ours to
+    # finish, and a copy of member keys nothing else would remove.
+    for extra in ("", "-wal", "-shm", "-journal"):
+        incoming.with_name(incoming.name + extra).unlink(missing_ok=True)
     try:
         private_file(incoming)  # a whole ledger, member keys included: 0600 from the start
         copy_backup(file, incoming)  # with what the backup's -wal holds, if it has one
-        carried = carry_over(live, incoming, node_key)
+        carried = carry_over(live, incoming, node.public, signer=node)
         events = run_sync(_rotate_epoch(incoming))
         if live.exists():
             keep_aside(live, aside)
@@ -565,6 +570,9 @@ def _restore(file: Path, live: Path, node_key: bytes) -> None:
         echo(f"Carried over from the database it replaces: {carried.events} events "
                    f"the backup lacked, {carried.keys} member keys, "
                    f"{carried.peers} peers.")  # fmt: skip
+    if carried.forgets:
+        echo(f"{carried.forgets} member(s) it says were forgotten, whose forget could not be "
+             "read, forgotten again (signed with the pod's node key).")  # fmt: skip
     if carried.unreadable:
         warn(f"nothing more could be carried over from the database it replaces "
              f"({one_line(carried.unreadable)}): what never left the pod after the backup "

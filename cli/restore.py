@@ -8,8 +8,10 @@ database being replaced can still be read, restore carries over from it:
 * every event the backup lacks, through the ledger's own ingest (signatures, chains and
   roster checked again, so a damaged row is refused, never copied) — a member forgotten
   after the backup stays forgotten, since the forget is one of those events;
-* member keys the backup lacks (members who joined after it; a forgotten member's key is
-  gone from the replaced database too, and the carried forget destroys the backup's);
+* member keys the backup lacks, for members the restored pod holds (a key whose join
+  could not be read is not kept: nothing could show it, nor forget it); a member
+  forgotten in the replaced database stays forgotten: by the carried forget, or, when
+  the forget's events cannot be read any more, by a forget the pod's node key signs again;
 * the peers and invites tables as they stand (removals, cursors, used invites), and the
   fork evidence and parked events it holds (a fork's other header is kept nowhere else),
   fork evidence waiting for its feed too (the peers would not send it again).
@@ -28,9 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from podlink.cli.session import run_sync
+from podlink.ledger import queries
+from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger
 from podlink.ledger.store import private_file
+from podlink.protocol import kinds
 from podlink.protocol.envelope import encode_wire
+from podlink.protocol.keys import Keypair
 
 PAGE = 2000  # events read from the replaced database and ingested at a time
 LOCAL_TABLES = ("peers", "invites")  # replaced: the replaced database's are the newer
@@ -50,6 +56,7 @@ class Carried:
     events: int = 0  # stored: the backup lacked them
     keys: int = 0
     peers: int = 0
+    forgets: int = 0  # written again: forgotten there, their forget lost with its events
     unreadable: str = ""  # why nothing could be carried over ("" if it could)
 
 
@@ -98,9 +105,13 @@ def keep_aside(live: Path, aside: Path) -> None:
             shutil.copyfile(wal, aside_wal)
 
 
-def carry_over(live: Path, incoming: Path, pod: bytes) -> Carried:
+def carry_over(
+    live: Path, incoming: Path, pod: bytes, signer: Keypair | None = None
+) -> Carried:
     """Take into ``incoming`` (the backup, being restored) what ``live`` holds that it
-    lacks; see the module's docstring."""
+    lacks; see the module's docstring. ``signer``: the pod's node key, which writes a
+    member's forget again when ``live`` says they were forgotten but the forget itself
+    cannot be read any more (its events damaged)."""
     if not live.exists():
         return Carried(unreadable="there is no current database")
     try:
@@ -118,7 +129,12 @@ def carry_over(live: Path, incoming: Path, pod: bytes) -> Carried:
                      if version >= SINCE.get(t, 0)}  # fmt: skip
         except sqlite3.Error as e:
             return Carried(unreadable=str(e))
-        return run_sync(_carry(src, incoming, keys, local))
+        try:  # the read model may still say it where the events cannot
+            forgotten = {m for (m,) in src.execute(
+                "SELECT id FROM members WHERE status = 'forgotten'")}  # fmt: skip
+        except sqlite3.Error:
+            forgotten = set()
+        return run_sync(_carry(src, incoming, keys, local, forgotten, signer))
 
 
 async def _carry(
@@ -126,23 +142,33 @@ async def _carry(
     incoming: Path,
     keys: list[tuple[bytes, bytes]],
     local: dict[str, tuple[list[str], list[tuple]]],
+    forgotten: set[bytes],
+    signer: Keypair | None,
 ) -> Carried:
     carried = Carried()
     async with await Ledger.open(incoming) as ledger:
-        have = {m for (m,) in await ledger.reader.execute_fetchall(
-            "SELECT member FROM member_keys UNION SELECT id FROM members "
-            "WHERE status = 'forgotten'")}  # fmt: skip
-        for member, key in keys:
-            if member not in have:  # before the events: a carried forget deletes it
-                await ledger.write("INSERT OR IGNORE INTO member_keys VALUES (?, ?)",
-                                   (member, key))  # fmt: skip
-                carried.keys += 1
         for table, (columns, rows) in local.items():
             carried.peers += await _replace_table(ledger, table, columns, rows)
         try:
             carried.events = await _events(src, ledger)
         except sqlite3.Error as e:  # damaged past some page: keep what came before it
             carried.unreadable = f"it could be read only in part ({e})"
+        # Keys after the events, and only for members the restored pod now holds and has
+        # not forgotten: a key whose member.join was lost with damaged pages would be
+        # shown nowhere, and no `member forget` could ever reach it.
+        status = dict(await ledger.reader.execute_fetchall("SELECT id, status FROM members"))
+        have = {m for (m,) in await ledger.reader.execute_fetchall(
+            "SELECT member FROM member_keys")}  # fmt: skip
+        for member, key in keys:
+            if member not in have and status.get(member) == "active":
+                await ledger.write("INSERT OR IGNORE INTO member_keys VALUES (?, ?)",
+                                   (member, key))  # fmt: skip
+                carried.keys += 1
+        # Forgotten there, with the forget itself unreadable: forgotten here again, by a
+        # forget the node key signs (the key, their bodies and their details destroyed).
+        again = sorted(m for m in forgotten if status.get(m) == "active")
+        if again and signer is not None:
+            carried.forgets = await _forget_again(ledger, signer, again)
         # Fork evidence carried from a database older than V8 lacks its kept header: the
         # events carried give it (as the V8 migration does), so that it can be gossiped.
         await ledger.write(
@@ -157,7 +183,22 @@ async def _carry(
         # (the forget may be a duplicate here, so no fold would run to destroy it again).
         await ledger.write("DELETE FROM member_keys WHERE member IN "
                            "(SELECT id FROM members WHERE status = 'forgotten')")  # fmt: skip
+        for member in forgotten:  # (without a signer: their key at least)
+            await ledger.write("DELETE FROM member_keys WHERE member = ?", (member,))
     return carried
+
+
+async def _forget_again(ledger: Ledger, signer: Keypair, members: list[bytes]) -> int:
+    """A member.forget of each of ``members``, signed by the pod's node key in the pod
+    lane, stored through the ledger's own ingest (it destroys key and bodies)."""
+    pod = ledger.pod
+    assert pod is not None
+    author = Author(signer, pod)
+    for lane, (seq, id_, ts) in (await queries.feed_heads(ledger.reader, signer.public)).items():
+        author.set_head(lane, seq, id_, ts)
+    wires = [author.write(kinds.MemberForgotten(), "pod", [m]).to_wire() for m in members]
+    results = await ledger.append(wires)
+    return sum(r.status == "stored" for r in results)
 
 
 def _table(db: sqlite3.Connection, table: str) -> tuple[list[str], list[tuple]]:

@@ -2,10 +2,11 @@
 
 `podlink restore` keeps the database it replaces beside the new one, in the pod's own
 folder, as ``ledger.db.before-restore-TIME``: a whole ledger, member keys and boxes
-included. A member forgotten afterwards is crypto-shredded in the live database, and the
-forget promises their details are destroyed for good; so the same keys and bodies are
-destroyed in every such copy too. A copy SQLite cannot read (restore keeps a damaged
-database as bytes) cannot be scrubbed: it is named in a warning, to be deleted by hand.
+included (a restore cut off leaves ``ledger.db.restoring``, the same). A member forgotten
+afterwards is crypto-shredded in the live database, and the forget promises their
+details are destroyed for good; so the same keys and bodies are destroyed in every such
+copy too. A copy SQLite cannot read (restore keeps a damaged database as bytes) cannot be
+scrubbed: it is named in a warning, to be deleted by hand.
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ from podlink.ledger.store import marks, of_roots
 log = logging.getLogger("podlink.ledger")
 
 ASIDE = ".before-restore-"  # what cli/pods.py restore puts between the name and the time
+RESTORING = ".restoring"  # the ledger a restore prepares (left whole if it is cut off)
 _SIDECARS = ("-journal", "-wal", "-shm")
 
 
 def copies(live: Path) -> list[Path]:
-    """The copies a restore set aside beside the database at ``live``."""
-    return sorted(
-        p for p in live.parent.glob(f"{live.name}{ASIDE}*")
-        if p.is_file() and not p.name.endswith(_SIDECARS)
-    )  # fmt: skip
+    """The copies a restore set aside beside the database at ``live``, and the one a
+    restore cut off left (the next restore removes it; until then it is scrubbed too)."""
+    found = [p for p in live.parent.glob(f"{live.name}{ASIDE}*")
+             if p.is_file() and not p.name.endswith(_SIDECARS)]  # fmt: skip
+    left = live.with_name(live.name + RESTORING)
+    return sorted(found + ([left] if left.is_file() else []))
 
 
 def scrub(live: Path, members: Sequence[bytes]) -> list[Path]:

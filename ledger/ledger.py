@@ -28,6 +28,7 @@ from podlink.ledger.errors import LedgerError
 from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
 from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import (
+    BUSY_TIMEOUT_MS,
     connect,
     marks,
     rows,
@@ -645,16 +646,23 @@ class Ledger:
         WAL; it waits (busy_timeout) for a reader's snapshot to end, and is tried again
         if one keeps it busy."""
         await self._shred_copies()
-        for _ in range(20):
-            try:
-                cursor = await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                busy = (await cursor.fetchone() or (1,))[0]
-            except sqlite3.Error as err:  # the forget is committed: never fail it now
-                log.warning("could not empty the WAL after a forget: %s", err)
-                return
-            if not busy:
-                return
-            await asyncio.sleep(0.05)
+        # Briefly, while holding the writer: a reader's long snapshot (a one-step
+        # `podlink backup` of a large ledger) would otherwise hold every write of the
+        # node for 20 x busy_timeout. The next checkpoint that empties the WAL will do.
+        await self.db.execute("PRAGMA busy_timeout=100")
+        try:
+            for _ in range(10):
+                try:
+                    cursor = await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    busy = (await cursor.fetchone() or (1,))[0]
+                except sqlite3.Error as err:  # the forget is committed: never fail it now
+                    log.warning("could not empty the WAL after a forget: %s", err)
+                    return
+                if not busy:
+                    return
+                await asyncio.sleep(0.05)
+        finally:
+            await self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         log.warning("the WAL still holds a forgotten member's old pages; the next "
                     "checkpoint that empties it will remove them")  # fmt: skip
 

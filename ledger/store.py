@@ -21,6 +21,7 @@ import aiosqlite
 from podlink.ledger.errors import SchemaTooNew, StorageError
 from podlink.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
+BUSY_TIMEOUT_MS = 5000  # how long a statement waits for a lock another connection holds
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
@@ -31,7 +32,7 @@ PRAGMAS = (
     # Checkpoint every ~40 MB of WAL rather than every 4 MB: each checkpoint fsyncs the
     # database file, and at the default it landed on almost every 1,000-event commit.
     "PRAGMA wal_autocheckpoint=10000",
-    "PRAGMA busy_timeout=5000",
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
 )
 T = TypeVar("T")
 MAX_PARAMS = 500  # ids per IN (...) query, well under SQLite's variable limit
