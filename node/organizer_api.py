@@ -145,8 +145,9 @@ async def submit_events(request: web.Request) -> web.Response:
     node = request.app[NODE]
     body = submit_decoder.decode(await request.read())
     wires = [b64d(e, what="event") for e in body.events]
-    # (the kind is in the signed header: request.* and claim.* events change requests)
-    if any(b"claim." in wire or b"request." in wire for wire in wires):
+    # (the kind is in the signed header). Only these wait for the lock: a new need or
+    # anything else goes on to the group commit with whatever else is submitted.
+    if any(kind in wire for wire in wires for kind in _CHANGE_BYTES):
         async with node.answer_lock:
             await _check_accepts(node, wires)
             return await _after_roster_check(node, body, wires)
@@ -155,6 +156,7 @@ async def submit_events(request: web.Request) -> web.Response:
 
 CHANGES = ("claim.make", "claim.accept", "claim.decline", "request.update",
            "request.cancel", "request.fulfil")  # fmt: skip
+_CHANGE_BYTES = tuple(kind.encode() for kind in CHANGES)
 
 
 async def _check_accepts(node: Any, wires: list[bytes]) -> None:
