@@ -527,6 +527,13 @@ def restore(pod: Target, file: Path) -> None:
     live = config.ledger_path
     if file.resolve() == live.resolve():
         raise click.ClickException(f"{file} is the pod's live database, not a backup")
+    restoring = live.with_name(live.name + aside_copies.RESTORING)
+    if file.resolve() in {restoring.with_name(restoring.name + extra).resolve()
+                          for extra in ("", "-wal", "-shm", "-journal")}:  # fmt: skip
+        raise click.ClickException(
+            f"{file.name} is what a restore cut off left (restore prepares its database "
+            "there, over it): move it out of the pod's folder to restore from it"
+        )
     try:
         node_key = load_keypair(config.node_key_path)
     except KeyFileError as e:

@@ -22,6 +22,7 @@ says what that loses.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -81,7 +82,10 @@ def no_trace(file: Path) -> Iterator[None]:
 
 def copy_backup(source: Path, target: Path) -> None:
     """``source`` into ``target`` through SQLite's backup API, so that what a copy's
-    ``-wal`` file still holds comes too; ``source`` is only read."""
+    ``-wal`` file still holds comes too; ``source`` is only read (and never ``target``:
+    SQLite's backup of a file onto itself never ends)."""
+    if target.exists() and source.exists() and os.path.samefile(source, target):
+        raise OSError(f"{source} and {target} are the same file")
     with (
         closing(sqlite3.connect(read_only(source), uri=True)) as src,
         closing(sqlite3.connect(target)) as dst,
