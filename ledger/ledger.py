@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from podlink.ledger.ingest import Batch
 
 log = logging.getLogger("podlink.ledger")
+INVITE_KEEP_S = 30 * 86400  # an unused invite code's row, after it expired
 #: The event kinds podlink knew before a ledger recorded them (meta 'kinds'): every kind
 #: but resource.withdraw, the first added after.
 KINDS_BEFORE_RECORD = frozenset(kinds.KINDS) - {"resource.withdraw"}
@@ -765,6 +766,13 @@ class Ledger:
             dropped = cur.rowcount
             cur = await self.db.execute("DELETE FROM forks_waiting WHERE received < ?", (cutoff,))
             expired = cur.rowcount
+            # Invite codes nobody used, expired a month ago: kept that long so that a late
+            # joiner hears "expired", not "not known". (Used ones stay: a removed peer must
+            # not rejoin with its old code, peer_api.redeem.)
+            await self.db.execute(
+                "DELETE FROM invites WHERE used_by IS NULL AND expires < ?",
+                (now_ms // 1000 - INVITE_KEEP_S,),
+            )
             await self.db.commit()
             self.pending_by_source.clear()
             for source, n in await rows(

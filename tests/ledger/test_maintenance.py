@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from podlink.ledger.authoring import Author
-from podlink.ledger.ledger import Ledger, Limits
+from podlink.ledger.ledger import INVITE_KEEP_S, Ledger, Limits
 from podlink.ledger.schema import SCHEMA_VERSION, V1
 from podlink.protocol import kinds
 from podlink.protocol.keys import Keypair
@@ -163,3 +163,22 @@ async def test_rebuild_keeps_a_pod_whose_events_share_another_pods_feed(
     assert len(live["pods"]) == 2
     await ledger.rebuild()
     assert await ledger.dump() == live
+
+
+async def test_the_purge_drops_invites_unused_a_month_after_they_expired(tmp_path: Path) -> None:
+    """Expired invite codes nobody used would pile up for good; the periodic purge drops
+    them a month after they expired (the late joiner hears "expired" till then), and
+    never a used one (a removed peer must not rejoin with its old code)."""
+    now_s = 1_800_000_000
+    async with await Ledger.open(tmp_path / "pod.db") as ledger:
+        for name, expires, used in (
+            (b"old", now_s - INVITE_KEEP_S - 1, None),  # unused, expired over a month ago
+            (b"recent", now_s - INVITE_KEEP_S + 60, None),  # unused, expired lately
+            (b"used", now_s - 10 * INVITE_KEEP_S, b"p" * 32),  # used long ago
+            (b"open", now_s + 3600, None),  # still good
+        ):
+            await ledger.write("INSERT INTO invites (secret_hash, created, expires, used_by) "
+                               "VALUES (?, 1, ?, ?)", (name * 8, expires, used))  # fmt: skip
+        await ledger.purge_pending(now_s * 1000)
+        left = {bytes(h) for (h,) in await query(ledger, "SELECT secret_hash FROM invites")}
+    assert left == {b"recent" * 8, b"used" * 8, b"open" * 8}
