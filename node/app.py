@@ -52,6 +52,7 @@ async def create_app(config: Config) -> web.Application:
     limits = Limits(
         pending_per_source=config.pending_per_source,
         pending_ttl_s=config.pending_ttl_s,
+        evidence_per_source=config.evidence_per_source,
         batch_size=config.batch_size,
     )
     ledger = await Ledger.open(config.ledger_path, limits=limits, workers=config.verify_workers)

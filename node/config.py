@@ -40,6 +40,7 @@ class Config:
     page_events: int = 1000  # events per page served to a peer (and per ingest transaction)
     rate_per_s: float = 200.0  # signed requests per key per second (burst: 5 s worth)
     pending_per_source: int = 10_000  # events parked per peer waiting for predecessors
+    evidence_per_source: int = 1000  # fork evidence per peer waiting for its feed
     pending_ttl_s: int = 24 * 3600
     batch_size: int = 1000  # events per ingest transaction
     verify_workers: int = 2  # signature checkers: processes for large batches, else threads
@@ -132,7 +133,7 @@ def load_config(home: Path, env: dict[str, str] | None = None) -> Config:
 # Settings that must be at least 1 (a count) or above 0 (a rate or a time in seconds).
 # (invite_ttl_s may be anything: 0 or less makes every new invite expire at once.)
 AT_LEAST_ONE = ("max_request_bytes", "page_events", "pending_per_source", "batch_size",
-                "verify_workers", "pending_ttl_s")  # fmt: skip
+                "verify_workers", "pending_ttl_s", "evidence_per_source")  # fmt: skip
 POSITIVE = ("rate_per_s", "backoff_max_s", "peer_timeout_s")
 # Times added to a clock in SQLite (expiries): beyond a century they overflow its 64 bits.
 TTLS, TTL_MAX_S = ("invite_ttl_s", "pending_ttl_s"), 100 * 365 * 24 * 3600

@@ -25,6 +25,7 @@ from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger, Limits
 from podlink.ledger.schema import SCHEMA_VERSION
 from podlink.node.api_types import msgpack_encoder
+from podlink.node.config import Config, ConfigError, _check_ranges
 from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import Event, Lane
 from podlink.protocol.errors import ProtocolError
@@ -352,3 +353,12 @@ def test_a_restore_carries_the_evidence_waiting_for_its_feed(tmp_path: Path) -> 
     with closing(sqlite3.connect(live)) as db:
         got = db.execute("SELECT author, seq, source, other_payload FROM forks_waiting")
         assert got.fetchall() == [(key.public, 1, PEER, twin.payload)]
+
+
+async def test_the_waiting_room_per_source_is_a_config_key(network: Any) -> None:
+    """config.toml's evidence_per_source sets the room each peer has (docs/operations.md);
+    0 is refused when the config is read, as for the other bounds."""
+    [node] = await network(1, evidence_per_source=2)
+    assert node.ledger.limits.evidence_per_source == 2
+    with pytest.raises(ConfigError, match="evidence_per_source must be 1 or more"):
+        _check_ranges(Config(home=node.home, name="x", evidence_per_source=0))
