@@ -26,7 +26,7 @@ from podlink.ledger.verifier import PROCESS_MIN, check_signed
 from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import Event, decode_event, decode_header
 from podlink.protocol.errors import ProtocolError, Reason
-from podlink.protocol.text import b64d, b64e
+from podlink.protocol.text import b64e, key_or_none
 
 if TYPE_CHECKING:
     from podlink.ledger.ledger import Ledger
@@ -116,16 +116,6 @@ class Batch:
 
 
 _PENDING = IngestResult("pending")
-
-
-def _origin(source: str) -> bytes | None:
-    """A source naming a peer (its key in base64url) as the raw key; else None."""
-    if len(source) != 43:
-        return None
-    try:
-        return b64d(source, length=32)
-    except ProtocolError:
-        return None
 
 
 def _refused(err: ProtocolError, id_: bytes | None = None) -> IngestResult:
@@ -283,7 +273,7 @@ async def commit(
     The caller holds the ledger's write lock."""
     db = ledger.db
     batch = Batch(ledger, source, allow_pending, prep.now, prep.results)
-    origin = _origin(source)
+    origin = key_or_none(source)
     for cand in prep.fresh:
         cand.origin = origin
 
@@ -804,7 +794,7 @@ def _decoded(found: Sequence[tuple]) -> list[Candidate]:
         ev = decode_event(wire)  # verified before it was parked
         if ev.body is not None and not ev.body_matches():
             ev = ev.without_body()
-        out.append(Candidate(-1, ev, kinds.check_kind(ev), wire, origin=_origin(source),
+        out.append(Candidate(-1, ev, kinds.check_kind(ev), wire, origin=key_or_none(source),
                              parked=(source, received)))  # fmt: skip
     return out
 

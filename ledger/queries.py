@@ -26,7 +26,7 @@ from podlink.ledger.projections import (
 from podlink.ledger.store import chunks, marks, of_roots, rows, rows_by_pairs, scalar
 from podlink.protocol import boxes, kinds
 from podlink.protocol.errors import ProtocolError
-from podlink.protocol.text import b64d, b64e
+from podlink.protocol.text import b64e, key_or_none
 
 Row = dict[str, Any]
 
@@ -753,7 +753,7 @@ async def list_forks(
         f"coalesce(kept_pod, other_pod) FROM forks {_where(where)} ORDER BY num LIMIT ? OFFSET ?"
     )
     found = await rows(db, sql, [*params, limit, offset])
-    sources = {r[6]: _origin_key(r[6]) for r in found}
+    sources = {r[6]: key_or_none(r[6]) for r in found}
     names = await pod_names(db, chain((r[9] for r in found), sources.values()))
     authors = await organizer_names(db, ((r[9], r[1]) for r in found if r[9] is not None))
     return [
@@ -763,17 +763,6 @@ async def list_forks(
          "source_name": names.get(sources[src], "") if sources[src] else ""}
         for n, a, ln, s, k, o, src, r, g, p in found
     ]  # fmt: skip
-
-
-def _origin_key(source: str) -> bytes | None:
-    """A fork's ``source`` naming a peer (its key, base64url) as the raw key; else None
-    ("local", "restore")."""
-    if len(source) != 43:
-        return None
-    try:
-        return b64d(source, length=32)
-    except ProtocolError:
-        return None
 
 
 async def sealed_for(

@@ -34,3 +34,14 @@ def short(raw_or_text: bytes | str, length: int = SHORT_LEN) -> str:
     """The short on-screen form of a key or id (a prefix of its base64url text)."""
     text = b64e(raw_or_text) if isinstance(raw_or_text, bytes) else raw_or_text
     return text[:length]
+
+
+def key_or_none(text: str) -> bytes | None:
+    """``text`` as a 32-byte key if it is one in base64url (43 characters), else None: a
+    source naming a peer, among sources that name something else ("local", "restore")."""
+    if len(text) != 43:
+        return None
+    try:
+        return b64d(text, length=32)
+    except ProtocolError:
+        return None
