@@ -149,7 +149,7 @@ async def submit_events(request: web.Request) -> web.Response:
     # anything else goes on to the group commit with whatever else is submitted.
     if any(kind in wire for wire in wires for kind in _CHANGE_BYTES):
         async with node.answer_lock:
-            await _check_accepts(node, wires)
+            await _check_changes(node, wires)
             return await _after_roster_check(node, body, wires)
     return await _after_roster_check(node, body, wires)
 
@@ -159,7 +159,7 @@ CHANGES = ("claim.make", "claim.accept", "claim.decline", "request.update",
 _CHANGE_BYTES = tuple(kind.encode() for kind in CHANGES)
 
 
-async def _check_accepts(node: Any, wires: list[bytes]) -> None:
+async def _check_changes(node: Any, wires: list[bytes]) -> None:
     """Refuse, on a request of ours, an organizer's change stamped at or before the newest
     event this pod already wrote on it, and an accept of one claim when another is
     accepted (unless the batch declines that one first). A claim of ours on our own

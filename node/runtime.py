@@ -52,8 +52,8 @@ class Node:
         # Held while a submission that removes organizers checks and stores (see
         # organizer_api.submit_events): two removals racing must not both pass the check.
         self.roster_lock = asyncio.Lock()
-        # Organizers' accepts, checked against the stored request and stored one at a
-        # time (organizer_api._check_accepts).
+        # Organizers' changes of the pod's requests, checked against the stored request
+        # and stored one at a time (organizer_api._check_changes).
         self.answer_lock = asyncio.Lock()
         ledger.stored_listeners.append(self._on_stored)
         ledger.evidence_listeners.append(self._on_evidence)

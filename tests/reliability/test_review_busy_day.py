@@ -245,7 +245,7 @@ async def test_four_organizers_answering_at_once_leave_state_equal_to_a_rebuild(
 
     async with asyncio.timeout(LIMIT_S):
         await asyncio.gather(*(organizer(k, i) for i, k in enumerate(organizers)))
-    # Stored, or refused by name (organizer_api._check_accepts): an accept of one claim
+    # Stored, or refused by name (organizer_api._check_changes): an accept of one claim
     # while another is accepted ("duplicate"), a change signed before another organizer's
     # change of the same need that was stored first ("invalid", 409).
     assert len(answered) == 80 and set(answered) <= {"stored", "duplicate", "invalid"}

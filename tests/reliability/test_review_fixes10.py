@@ -95,7 +95,7 @@ async def test_an_acknowledged_accept_is_overturned_by_a_late_claim_of_the_pods_
     of ours gets accepted: a claim made by this pod itself, accepted at once.
 
     Ann accepts Birch's claim on Alder's need; the node checks it under
-    ``answer_lock`` (node/organizer_api.py ``_check_accepts``), stores it, and her CLI
+    ``answer_lock`` (node/organizer_api.py ``_check_changes``), stores it, and her CLI
     says "Accepted". Sam's `podlink claim` on the same need (a member of Alder will
     drive: cli/ops.py ``make_claim`` allows it while the need is open) was signed a moment
     before and arrives after. A claim.make of the request's own pod is accepted at once
@@ -143,7 +143,7 @@ async def test_an_acknowledged_accept_is_overturned_by_a_late_claim_of_the_pods_
 async def test_the_accept_check_takes_a_new_accept_after_a_decline_and_checks_one_naming_its_claim(
     network: Network,
 ) -> None:
-    """(passes: pins behaviour) node/organizer_api.py ``_check_accepts`` refuses only
+    """(passes: pins behaviour) node/organizer_api.py ``_check_changes`` refuses only
     what would overturn an accept: an accept naming only its claim (an older CLI's) is
     refused by name (409) while another claim is accepted; once that one is declined, in
     a submission of its own, another organizer's accept of the second claim is stored

@@ -1,5 +1,5 @@
 """Review of the newest fixes: the organizer API's change check (node/organizer_api.py
-_check_accepts) with the CLI's stamping after the newest change (cli/session.py), and
+_check_changes) with the CLI's stamping after the newest change (cli/session.py), and
 restore's forget signed again and its removal of a stale ledger.db.restoring
 (cli/restore.py, cli/pods.py _restore). Each failing test names a real bug in its
 docstring.
@@ -69,7 +69,7 @@ def test_restoring_from_the_file_a_cut_off_restore_left_does_not_destroy_it(
 def test_two_organizers_with_skewed_laptop_clocks_change_one_need_in_quick_succession(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PASSES: the change check (node/organizer_api.py _check_accepts) refuses none of an
+    """PASSES: the change check (node/organizer_api.py _check_changes) refuses none of an
     ordinary morning's commands: Ann on the pod's folder and Sam on his laptop, whose
     clock runs 4 minutes behind, then 4 minutes ahead (within the signed-request
     window), take turns on one need with `request update`, `claim --by`, `decline`,
