@@ -13,7 +13,6 @@ import functools
 import os
 import re
 import shlex
-import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -430,8 +429,7 @@ class PodSession:
             not_before = 0 if after is None else newest_of(after, await self.pod())
             ahead_ms = clock.wall_ms(not_before) - clock.now_ms()
             if ahead_ms > clock.FUTURE_LIMIT_MS:  # the node would refuse it, less clearly
-                when = time.strftime("%Y-%m-%d %H:%M UTC",
-                                     time.gmtime(clock.wall_ms(not_before) / 1000))  # fmt: skip
+                when = clock.ts_text(not_before)
                 raise click.ClickException(
                     f"this need's newest change is stamped {when}, {ahead_ms // 60000} minutes "
                     "ahead of this machine's clock (a clock that ran fast wrote it): what "

@@ -219,7 +219,7 @@ async def _check_changes(node: Any, wires: list[bytes]) -> None:
 
 
 def _changed_since(kind: str, newest: int) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(clock.wall_ms(newest) / 1000))
+    when = clock.ts_text(newest)
     ahead = clock.wall_ms(newest) > clock.now_ms() + clock.FUTURE_LIMIT_MS
     return (f"this {kind} is stamped before the need's newest change by this pod ({when})"
             + ("; that change was stamped ahead by a clock that ran fast: what changes the "
@@ -319,7 +319,7 @@ def _why(node: Any, refused: Any, wire: bytes) -> str:
     tenure = node.ledger.roster.open_tenure(node.pod, header.author)
     if tenure is None or clock.wall_ms(tenure.from_ts) <= clock.now_ms() + clock.FUTURE_LIMIT_MS:
         return refused.message  # the tenure is not what holds it back
-    begins = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(clock.wall_ms(tenure.from_ts) / 1000))
+    begins = clock.ts_text(tenure.from_ts)
     return (f"{refused.message.split(';')[0]}: this key's tenure as organizer begins at "
             f"{begins} (the roster.add that named it was stamped ahead, by a clock that ran "
             "fast); it can write from then on")  # fmt: skip

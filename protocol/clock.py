@@ -32,6 +32,20 @@ def wall_ms(ts: int) -> int:
     return ts >> LOGICAL_BITS
 
 
+def utc_text(unix_s: float) -> str:
+    """A unix time as people read it in a message, in UTC (the machines that read it may
+    be in other zones)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix_s))
+    except (OverflowError, OSError, ValueError):  # 12 digits may be past what gmtime takes
+        return f"{int(unix_s)} (unix seconds)"
+
+
+def ts_text(ts: int) -> str:
+    """A timestamp's wall time, as :func:`utc_text` shows it."""
+    return utc_text(wall_ms(ts) / 1000)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

@@ -30,6 +30,7 @@ import re
 import time
 from collections.abc import Mapping
 
+from podlink.protocol.clock import utc_text
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.keys import KEY_LEN, SIG_LEN, Keypair, verify_signature
 from podlink.protocol.text import b64d, b64e
@@ -129,8 +130,8 @@ def verify_request(
         raise ProtocolError(
             "stale",
             f"request time is {_seconds(now - when)} away from this node's clock "
-            f"(limit {WINDOW_S} s): signed at {_utc(when)}, this node's clock reads "
-            f"{_utc(now)}; the machine whose clock is wrong must be put right",
+            f"(limit {WINDOW_S} s): signed at {utc_text(when)}, this node's clock reads "
+            f"{utc_text(now)}; the machine whose clock is wrong must be put right",
         )
     try:
         message = signing_input(method, path_qs, body, when, nonce, pod)
@@ -139,14 +140,6 @@ def verify_request(
     if not verify_signature(key, message, sig):
         raise ProtocolError("forged", "request signature does not verify")
     return SignedRequest(key, when, nonce)
-
-
-def _utc(seconds: float) -> str:
-    """A unix time as people read it, in UTC (the two machines may be in other zones)."""
-    try:
-        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
-    except (OverflowError, OSError, ValueError):  # 12 digits may be past what gmtime takes
-        return f"{int(seconds)} (unix seconds)"
 
 
 def _seconds(delta: float) -> str:
