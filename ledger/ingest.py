@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from podlink.ledger import projections
+from podlink.ledger import fast, projections
 from podlink.ledger import state as st
 from podlink.ledger.store import chunks, marks, rows, transaction
 from podlink.ledger.verifier import PROCESS_MIN, check_signed
@@ -107,12 +107,33 @@ class Batch:
     fork_at: set[tuple[bytes, str, int]] = field(default_factory=set)  # evidence kept
     named_copied: set[bytes] = field(default_factory=set)  # pods whose named set is ours
     first_pos: int = 0
+    fast: bool = False  # stored by ledger/fast.py
     stored: int = 0
     released: int = 0  # of those, events released from pending (index -1)
 
     def result(self, cand: Candidate, res: IngestResult) -> None:
         if cand.index >= 0:
             self.results[cand.index] = res
+
+    async def write_events(self) -> None:
+        """Write the events stored so far and their feeds' new heads."""
+        db = self.ledger.db
+        if self.rows:
+            await db.executemany(
+                "INSERT INTO events (pos, id, pod, author, lane, seq, ts, kind, root, payload, "
+                "sig, body, received, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self.rows,
+            )
+            self.rows = []
+        if self.dirty_heads:
+            heads = self.heads
+            await db.executemany(
+                "INSERT INTO feeds (author, lane, pod, seq, id, ts) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (author, lane) DO UPDATE SET seq = excluded.seq, "
+                "id = excluded.id, ts = excluded.ts",
+                [(a, ln, pod, *heads[(a, ln)]) for (a, ln), pod in self.dirty_heads.items()],
+            )
+            self.dirty_heads = {}
 
 
 _PENDING = IngestResult("pending")
@@ -314,22 +335,11 @@ async def commit(
         async with transaction(db):
             batch.first_pos = ledger.next_pos
             await _load_heads(batch, candidates)
-            for cand in refills:  # first: a refilled roster.add may authorise this batch
-                await _refill(batch, cand)
-                if batch.ready:
-                    await _settle(batch)
-            for cand in candidates:
-                await _offer(batch, cand)
-                if batch.ready:  # (no coroutine per event when nothing was released)
-                    await _settle(batch)
-            await _park_waiting(batch)
-            await _flush(batch)
-            await _refold_rosters(batch)
-            fresh = await _fresh_roots(batch)
-            forgot = await projections.refold(
-                db, batch.roots, ledger.roster, fresh=fresh, folds=ledger.folds,
-                new=batch.views, reload=batch.reload,
+            batch.fast = (
+                ledger.fast_path and not refills and fast.qualifies(batch, candidates)
+                and await fast.store(batch, candidates)
             )  # fmt: skip
+            forgot = False if batch.fast else await _general(batch, candidates, refills)
     except BaseException:
         ledger.roster.restore(roster)
         ledger.forget_caches()
@@ -338,6 +348,28 @@ async def commit(
     if forgot:
         await ledger.shred_wal()
     return _final(batch)
+
+
+async def _general(batch: Batch, candidates: list[Candidate], refills: list[Candidate]) -> bool:
+    """Every case: chain, authorise, store, park and project, one event at a time; True if
+    a member was forgotten."""
+    ledger = batch.ledger
+    for cand in refills:  # first: a refilled roster.add may authorise this batch
+        await _refill(batch, cand)
+        if batch.ready:
+            await _settle(batch)
+    for cand in candidates:
+        await _offer(batch, cand)
+        if batch.ready:  # (no coroutine per event when nothing was released)
+            await _settle(batch)
+    await _park_waiting(batch)
+    await _flush(batch)
+    await _refold_rosters(batch)
+    fresh = await _fresh_roots(batch)
+    return await projections.refold(
+        ledger.db, batch.roots, ledger.roster, fresh=fresh, folds=ledger.folds,
+        new=batch.views, reload=batch.reload,
+    )  # fmt: skip
 
 
 def _final(batch: Batch) -> list[IngestResult]:
@@ -889,25 +921,11 @@ async def _flush(batch: Batch) -> None:
     """Write stored events, feed heads and fork evidence gathered so far."""
     db = batch.ledger.db
     await _flush_taken(batch)
-    if batch.rows:
-        await db.executemany(
-            "INSERT INTO events (pos, id, pod, author, lane, seq, ts, kind, root, payload, "
-            "sig, body, received, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            batch.rows,
-        )
-        # Answers that arrived before their claim now join the claim's request.
-        claims = {row[1]: row[8] for row in batch.rows if row[7] == "claim.make" and row[8]}
-        if claims:  # the requests gain events stored before: fold them from the table
-            batch.reload.update(await _rehome_answers(db, claims))
-        batch.rows = []
-    if batch.dirty_heads:
-        await db.executemany(
-            "INSERT INTO feeds (author, lane, pod, seq, id, ts) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (author, lane) DO UPDATE SET seq = excluded.seq, id = excluded.id, "
-            "ts = excluded.ts",
-            [(a, ln, pod, *batch.heads[(a, ln)]) for (a, ln), pod in batch.dirty_heads.items()],
-        )
-        batch.dirty_heads = {}
+    # Answers that arrived before their claim now join the claim's request.
+    claims = {row[1]: row[8] for row in batch.rows if row[7] == "claim.make" and row[8]}
+    await batch.write_events()
+    if claims:  # the requests gain events stored before: fold them from the table
+        batch.reload.update(await _rehome_answers(db, claims))
     if batch.forks:
         # The kept header is the stored event's (flushed above): the row carries both, so
         # that the evidence can be served without the events (docs/protocol.md, V8).

@@ -138,6 +138,9 @@ class Ledger:
         self.generation = 0
         self.recent: deque[tuple[int, dict[bytes, bool]]] = deque(maxlen=8)
         self.folds = projections.FoldCache()  # requests folded, to continue next batch
+        # Batches of the common case stored by ledger/fast.py; off: every batch the general
+        # way (tests hold the two to the same outcome).
+        self.fast_path = True
         self.stored_listeners: list[Callable[[int], None]] = []
         self.released_stored = 0  # events stored after waiting in pending (no result of theirs)
         # Fork evidence waiting for its feed (table forks_waiting): pieces per source, the

@@ -355,7 +355,7 @@ class Writer:
         if self.fresh:
             for table, values in self.inserts.items():
                 if values:
-                    await db.executemany(await _insert_sql(db, table), values)
+                    await db.executemany(await insert_sql(db, table), values)
         else:
             for table, roots in self.deletes.items():
                 await _replace(
@@ -386,7 +386,7 @@ async def _table_columns(db: aiosqlite.Connection, table: str) -> tuple[str, ...
     return _columns[table]
 
 
-async def _insert_sql(db: aiosqlite.Connection, table: str) -> str:
+async def insert_sql(db: aiosqlite.Connection, table: str) -> str:
     columns = await _table_columns(db, table)
     if table in POSITIONED:  # rows lead with their rowid
         names = ", ".join(f'"{c}"' for c in columns)
@@ -441,7 +441,7 @@ async def _replace(
         sets = ", ".join(f'"{columns[i]}" = ?' for i in changed)
         await db.executemany(f"UPDATE {table} SET {sets} WHERE {key_sql} = ?", params)
     if inserts:
-        await db.executemany(await _insert_sql(db, table), inserts)
+        await db.executemany(await insert_sql(db, table), inserts)
 
 
 async def forget_members(db: aiosqlite.Connection, members: list[bytes]) -> None:
