@@ -29,6 +29,7 @@ from podlink.ledger import state as st
 from podlink.ledger.projections import URGENCY_RANK, insert_sql
 from podlink.ledger.store import chunks, marks, rows
 from podlink.protocol import clock, kinds
+from podlink.protocol.text import b64e
 
 if TYPE_CHECKING:
     from podlink.ledger.ingest import Batch, Candidate
@@ -117,6 +118,8 @@ async def store(batch: Batch, cands: list[Candidate]) -> bool:
         return False
 
     # Every check passed: from here on the batch is stored this way.
+    from podlink.ledger.ingest import IngestResult  # (ingest imports this module)
+
     new_requests: list[tuple[int, Candidate]] = []
     offers: list[tuple] = []
     resources: list[tuple] = []
@@ -155,7 +158,7 @@ async def store(batch: Batch, cands: list[Candidate]) -> bool:
         batch.dirty_heads[feed] = h.pod
         batch.stored_ids[ev.id] = False
         batch.stored += 1
-        batch.result(cand, _stored(cand))
+        batch.result(cand, IngestResult("stored", b64e(ev.id)))
         limit = clock.FUTURE_LIMIT_MS if h.pod == own else clock.OBSERVE_LIMIT_MS
         ledger.clock.observe(h.ts, limit)
 
@@ -171,12 +174,6 @@ async def store(batch: Batch, cands: list[Candidate]) -> bool:
     for root in named:  # a fold kept of it has not seen these claims
         ledger.folds.drop(root)
     return True
-
-
-def _stored(cand: Candidate):  # -> IngestResult (imported late: ingest imports this module)
-    from podlink.ledger.ingest import IngestResult
-
-    return IngestResult("stored", cand.event.id_text)
 
 
 async def _stored_requests(db, ids: set[bytes]) -> dict[bytes, _Request] | None:

@@ -462,7 +462,7 @@ async def _known_ids(db, ids: list[bytes]) -> dict[bytes, bool]:
 
 
 async def _load_heads(batch: Batch, cands: list[Candidate]) -> None:
-    feeds = list({(c.event.author, c.event.lane) for c in cands} - batch.loaded)
+    feeds = list({(c.event.header.author, c.event.header.lane) for c in cands} - batch.loaded)
     cache = batch.ledger.heads
     missing = [f for f in feeds if f not in cache]
     for part in chunks(missing, 250):
