@@ -55,7 +55,7 @@ def qualifies(batch: Batch, cands: list[Candidate]) -> bool:
         later.discard(ev.id)
         if h.kind not in FAST_KINDS or cand.body is None or ev.body is None:
             return False
-        if h.lane == "pod" or cand.index < 0:  # members; events released from pending
+        if h.lane == "pod":  # members, and other pods' events refused here
             return False
         feed = (h.author, h.lane)
         if feed in pending:
@@ -69,6 +69,29 @@ def qualifies(batch: Batch, cands: list[Candidate]) -> bool:
             return False
         heads[feed] = (h.seq, ev.id, h.ts)
     return True
+
+
+async def forget_emptied_feeds(batch: Batch, cands: list[Candidate]) -> None:
+    """Take out of ``ledger.pending_feeds`` the batch's feeds on which nothing waits any
+    more (the caller holds the writer; read before the batch changes anything).
+
+    The set only grows while the ledger is open (a parked event adds its feed; one
+    released or expired leaves it there): harmless to the general path, which then looks
+    for successors that are not there, but it kept every feed that ever had a gap off the
+    fast path until a restart, most of a shuffled catch-up's."""
+    ledger = batch.ledger
+    feeds = list({(c.event.header.author, c.event.header.lane) for c in cands}
+                 & ledger.pending_feeds)  # fmt: skip
+    if not feeds:
+        return
+    waiting: set[tuple[bytes, str]] = set()
+    for part in chunks(feeds, 250):
+        where = " OR ".join(["(author = ? AND lane = ?)"] * len(part))
+        params = [x for feed in part for x in feed]
+        found = await rows(ledger.db, f"SELECT DISTINCT author, lane FROM pending WHERE {where}",
+                           params)  # fmt: skip
+        waiting.update((author, lane) for author, lane in found)
+    ledger.pending_feeds.difference_update(set(feeds) - waiting)
 
 
 @dataclass(slots=True)

@@ -335,10 +335,11 @@ async def commit(
         async with transaction(db):
             batch.first_pos = ledger.next_pos
             await _load_heads(batch, candidates)
-            batch.fast = (
-                ledger.fast_path and not refills and fast.qualifies(batch, candidates)
-                and await fast.store(batch, candidates)
-            )  # fmt: skip
+            if ledger.fast_path and not refills:
+                await fast.forget_emptied_feeds(batch, candidates)
+                batch.fast = fast.qualifies(batch, candidates) and await fast.store(
+                    batch, candidates
+                )
             forgot = False if batch.fast else await _general(batch, candidates, refills)
     except BaseException:
         ledger.roster.restore(roster)

@@ -228,3 +228,22 @@ async def test_what_the_fast_path_declines_is_stored_the_general_way(tmp_path: P
     # already), odd (names an offer). The accept, answer, removal and the removed
     # organizer's claim never qualify.
     assert seen == [5, 6]
+
+
+async def test_a_feed_whose_gap_was_filled_takes_the_fast_path_again(tmp_path: Path) -> None:
+    """A claim that comes before its feed predecessor waits; once that one releases it,
+    nothing waits on the feed, and its next event is stored the fast way (the set of
+    feeds with parked events used to keep every feed that ever had one)."""
+    world, w = _world(tmp_path)
+    ana, cy = w["ana"], w["cy"]
+    need = ana.write(kinds.RequestOpened(title="soup", category="food"), "network")
+    claims = []
+    for note in ("one", "two", "three"):
+        world.tick(10)
+        claims.append(cy.write(kinds.ClaimMade(note=note), "network", [need.id]))
+    c1, c2, c3 = claims
+    batches = [wires(w["setup"]), wires([need]), wires([c2]), wires([c1]), wires([c3])]
+    seen = await twins(tmp_path / "a", w["elm"].id, batches)
+    # need and c3 the fast way; c2 (not next in its feed) and c1 (its successor parked)
+    # never qualify.
+    assert seen == [2, 0]
