@@ -75,10 +75,11 @@ async def forget_emptied_feeds(batch: Batch, cands: list[Candidate]) -> None:
     """Take out of ``ledger.pending_feeds`` the batch's feeds on which nothing waits any
     more (the caller holds the writer; read before the batch changes anything).
 
-    The set only grows while the ledger is open (a parked event adds its feed; one
-    released or expired leaves it there): harmless to the general path, which then looks
-    for successors that are not there, but it kept every feed that ever had a gap off the
-    fast path until a restart, most of a shuffled catch-up's."""
+    The set only grew while the ledger was open (a parked event adds its feed; one
+    released or expired left it there): harmless to the general path, which then looked
+    for successors that were not there, but it kept every feed that ever had a gap off
+    the fast path until a restart, most of a shuffled catch-up's. Run for every batch,
+    whichever path takes it, so that both keep the same set."""
     ledger = batch.ledger
     feeds = list({(c.event.header.author, c.event.header.lane) for c in cands}
                  & ledger.pending_feeds)  # fmt: skip

@@ -335,8 +335,8 @@ async def commit(
         async with transaction(db):
             batch.first_pos = ledger.next_pos
             await _load_heads(batch, candidates)
+            await fast.forget_emptied_feeds(batch, candidates)
             if ledger.fast_path and not refills:
-                await fast.forget_emptied_feeds(batch, candidates)
                 batch.fast = fast.qualifies(batch, candidates) and await fast.store(
                     batch, candidates
                 )
