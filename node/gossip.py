@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -201,36 +201,37 @@ class PeerLink:
     async def _pull_changes(self) -> tuple[int, int]:
         """Fetch pages of changes from our cursor until caught up."""
         received = stored = 0
-        # Pipelined: the next page is fetched and its signatures checked while this
+        # Pipelined: the next pages are fetched and their signatures checked while this
         # one is stored (a page's events chain onto the last page's, which the store
-        # step takes in order).
-        fetched = await self._fetch(self.record.cursor)
-        while True:
-            page, checked = fetched
-            last = page.cursor >= page.head or (not page.events and page.cursor == page.head)
-            ahead = None if last else asyncio.ensure_future(self._fetch(page.cursor))
-            try:
+        # step takes in order). With one page ahead, node B waited ~20 % of a sync for
+        # the next page once its store got faster (docs/performance.md, eleventh round).
+        pages = _Ahead(self._fetch, self.record.cursor)
+        try:
+            while True:
+                page, checked = await pages.next()
                 r, s = await self._take(page, checked)
-            except BaseException:
-                await _cancel(ahead)
-                raise
-            received, stored = received + r, stored + s
-            if ahead is None:
-                break
-            if self.record.cursor != page.cursor:  # a repair moved it: refetch from there
-                await _cancel(ahead)
-                ahead = asyncio.ensure_future(self._fetch(self.record.cursor))
-            fetched = await ahead
+                received, stored = received + r, stored + s
+                if _last(page):
+                    break
+                if self.record.cursor != page.cursor:  # a repair moved it: refetch from there
+                    await pages.cancel()
+                    pages = _Ahead(self._fetch, self.record.cursor)
+        finally:
+            await pages.cancel()
         return received, stored
 
-    async def _fetch(self, since: int) -> tuple[Page, Checked | None]:
-        """One page of changes after ``since``, its events checked (not stored yet)."""
+    async def _fetch(self, since: int) -> tuple[Page, asyncio.Future[Checked | None]]:
+        """One page of changes after ``since``, and its events' check under way (they are
+        not stored yet)."""
         try:
             page = page_decoder.decode(await self._get("/v1/peer/changes", since=since))
         except UNREADABLE as err:
             raise PeerError(f"unreadable page: {err}") from None
         wires = [bytes(raw) for raw in page.events]
-        return page, (await self.node.ledger.check(wires) if wires else None)
+        return page, asyncio.ensure_future(self._check(wires))
+
+    async def _check(self, wires: list[bytes]) -> Checked | None:
+        return await self.node.ledger.check(wires) if wires else None
 
     async def _take(self, page: Page, checked: Checked | None = None) -> tuple[int, int]:
         """Ingest one page, repairing first if the peer's store was restored."""
@@ -679,6 +680,73 @@ def describe(err: BaseException, seconds: float) -> str:
                 "`podlink peer add` with this pod's URL and key (`podlink status` shows "
                 "them)")  # fmt: skip
     return (f"{type(err).__name__}: {text}" if text else type(err).__name__)[:300]
+
+
+PAGES_AHEAD = 2  # pages of changes fetched and checked while one is stored
+
+
+def _last(page: Page) -> bool:
+    """Whether ``page`` is the last of a pull: it reaches the head the peer reported."""
+    return page.cursor >= page.head or (not page.events and page.cursor == page.head)
+
+
+class _Ahead:
+    """Pages of changes asked for ahead of the one being stored, up to PAGES_AHEAD.
+
+    A page is asked for with the cursor of the page before it, so one task asks for each
+    as soon as the one before has come, starts its check, and hands both over in order;
+    it waits while PAGES_AHEAD pages are handed over and not taken. An error of a fetch
+    is raised by ``next`` once the pages before it are taken, as a pull with one page
+    ahead raised it."""
+
+    def __init__(
+        self,
+        fetch: Callable[[int], Awaitable[tuple[Page, asyncio.Future[Checked | None]]]],
+        since: int,
+    ) -> None:
+        self._fetch = fetch
+        # One page waits here, and the task holds the next (its check under way).
+        self._ready: asyncio.Queue[tuple[Page, asyncio.Future[Checked | None]]] = (
+            asyncio.Queue(maxsize=PAGES_AHEAD - 1)
+        )
+        self._task = asyncio.ensure_future(self._run(since))
+
+    async def _run(self, since: int) -> None:
+        while True:
+            page, checking = await self._fetch(since)
+            try:
+                await self._ready.put((page, checking))
+            except BaseException:
+                await _cancel(checking)
+                raise
+            if _last(page):
+                return
+            since = page.cursor
+
+    async def next(self) -> tuple[Page, Checked | None]:
+        """The next page and its checked events, in order."""
+        if self._ready.empty() and not self._task.done():
+            getting = asyncio.ensure_future(self._ready.get())
+            try:
+                await asyncio.wait({getting, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                await _cancel(getting)
+                raise
+            if getting.done():
+                page, checking = getting.result()
+                return page, await checking
+            await _cancel(getting)
+        if self._ready.empty():  # the task ended: its error, or a pull past its last page
+            self._task.result()
+            raise RuntimeError("no page after the last one")
+        page, checking = self._ready.get_nowait()
+        return page, await checking
+
+    async def cancel(self) -> None:
+        """Stop asking; cancel the checks of pages that will not be taken."""
+        await _cancel(self._task)
+        while not self._ready.empty():
+            await _cancel(self._ready.get_nowait()[1])
 
 
 async def _cancel(task: asyncio.Future | None) -> None:

@@ -410,6 +410,8 @@ class FakePeer:
         self.epoch = os.urandom(16)
         self.events: list[bytes] = []
         self.raw_changes: bytes | None = None  # served instead of a page when set
+        self.page_size: int | None = None  # events per page of changes (None: all)
+        self.unreadable_from: int | None = None  # pages from this cursor on are garbage
         self.raw_heads: bytes | None = None  # served instead of the (empty) heads when set
         self.heads: list[FeedHead] = []  # served paged as a node does, if raw_heads is None
         self.feed_events: list[bytes] = []  # what every /v1/peer/feed request gets
@@ -465,9 +467,10 @@ class FakePeer:
 
     def page(self, since: int) -> bytes:
         head = len(self.events)
-        events = [msgspec.Raw(e) for e in self.events[since:]]
+        end = head if self.page_size is None else min(head, since + self.page_size)
+        events = [msgspec.Raw(e) for e in self.events[since:end]]
         return msgpack_encoder.encode(
-            Page(epoch=self.epoch, cursor=head, head=head, events=events, forks=len(self.forks))
+            Page(epoch=self.epoch, cursor=end, head=head, events=events, forks=len(self.forks))
         )
 
     async def _info(self, request: web.Request) -> web.Response:
@@ -480,6 +483,8 @@ class FakePeer:
             return web.json_response({"error": "unauthorised", "message": "sign"}, status=401)
         since = int(request.query.get("since", "0"))
         body = self.raw_changes if self.raw_changes is not None else self.page(since)
+        if self.unreadable_from is not None and since >= self.unreadable_from:
+            body = b"\xc1 not a page"
         return web.Response(body=body, content_type="application/msgpack")
 
     async def _heads(self, request: web.Request) -> web.Response:

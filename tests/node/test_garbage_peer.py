@@ -115,3 +115,41 @@ async def still_working(a: PodNode, b: PodNode) -> None:
 
     await wait_for(exchanged, what="the honest peers to exchange events")
     await wait_converged([a, b])
+
+
+async def test_pages_before_an_unreadable_one_are_stored_then_the_rest_follow(
+    network: Any,
+) -> None:
+    """Pages are fetched and checked two ahead of the one being stored: a page that
+    cannot be read is reported only after every page before it is stored, and the next
+    sync goes on from there."""
+    [a] = await network(1)
+    fake = FakePeer()
+    pod = Author(fake.keypair, fake.keypair.public)
+    events = [pod.write(kinds.PodFounded(name="Fir", zone="fir"), "network")]
+    events += [
+        pod.write(kinds.RequestOpened(title=f"need {i}", category="food"), "network")
+        for i in range(9)
+    ]
+    fake.events = [e.to_wire() for e in events]
+    fake.page_size = 2
+    fake.unreadable_from = 6  # the fourth page
+    await fake.start()
+    try:
+        before = await a.event_count()
+        await a.client.post("/v1/peers", {"url": fake.url, "key": fake.key, "name": "Fir"})
+
+        async def reported() -> bool:
+            return "unreadable page" in ((await a.peers())[fake.key]["last_error"] or "")
+
+        await wait_for(reported, what="the unreadable page in the peer's status")
+        assert await a.event_count() == before + 6  # the three pages before it, whole
+        fake.unreadable_from = None
+        report = await a.client.post("/v1/sync")
+        [mine] = [p for p in report["peers"] if p["pod"] == fake.key]
+        assert mine["ok"] is True, mine
+        assert await a.event_count() == before + 10
+        changes = [path for _, path, _ in fake.calls if path.startswith("/v1/peer/changes")]
+        assert any("since=6" in path for path in changes)
+    finally:
+        await fake.stop()
