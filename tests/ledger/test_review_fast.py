@@ -23,11 +23,7 @@ from podlink.ledger.ledger import Ledger, Limits
 from podlink.protocol import kinds as k
 from podlink.protocol.envelope import Event
 from tests.ledger.helpers import World, bodiless, request_row, until_queued, wires
-
-_LOG = (
-    "SELECT pos, id, pod, author, lane, seq, ts, kind, root, payload, sig, body, origin, "
-    "dropped FROM events ORDER BY pos"
-)
+from tests.ledger.test_fast import _LOG
 
 
 @contextlib.contextmanager
