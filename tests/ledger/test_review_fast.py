@@ -13,35 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from podlink.ledger import fast, projections
 from podlink.ledger import ingest as ingest_mod
+from podlink.ledger import projections
 from podlink.ledger import state as st
 from podlink.ledger.ledger import Ledger, Limits
 from podlink.protocol import kinds as k
 from podlink.protocol.envelope import Event
 from tests.ledger.helpers import World, bodiless, request_row, until_queued, wires
-from tests.ledger.test_fast import _LOG
-
-
-@contextlib.contextmanager
-def counted() -> Iterator[list[bool]]:
-    """Per call of fast.store (only the fast ledger calls it): whether it stored."""
-    real = fast.store
-    seen: list[bool] = []
-
-    async def store(batch, cands):  # type: ignore[no-untyped-def]
-        done = await real(batch, cands)
-        seen.append(done)
-        return done
-
-    fast.store = store
-    try:
-        yield seen
-    finally:
-        fast.store = real
+from tests.ledger.test_fast import _LOG, counted
 
 
 async def _folds_exact(ledger: Ledger) -> None:
