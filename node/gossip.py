@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -695,9 +696,15 @@ class _Ahead:
 
     A page is asked for with the cursor of the page before it, so one task asks for each
     as soon as the one before has come, starts its check, and hands both over in order;
-    it waits while PAGES_AHEAD pages are handed over and not taken. An error of a fetch
-    is raised by ``next`` once the pages before it are taken, as a pull with one page
-    ahead raised it."""
+    it waits while PAGES_AHEAD pages are handed over and not taken. A fetch's error is
+    handed over in the same queue, after the pages before it, and raised by ``next``
+    when it is taken: as a pull with one page ahead raised it.
+
+    Everything passes through the queue because ``Queue.get`` never loses an item to a
+    cancellation (a review found both ways a side task did: a page taken by a ``get``
+    cancelled with the pull, whose check then ran on, unowned; and a stop swallowed while
+    that ``get`` was cancelled, so that the link took the stop for a peer's error and
+    never ended)."""
 
     def __init__(
         self,
@@ -705,19 +712,24 @@ class _Ahead:
         since: int,
     ) -> None:
         self._fetch = fetch
-        # One page waits here, and the task holds the next (its check under way).
-        self._ready: asyncio.Queue[tuple[Page, asyncio.Future[Checked | None]]] = (
-            asyncio.Queue(maxsize=PAGES_AHEAD - 1)
+        # One page waits here, and the task holds the next (its check under way). An
+        # item is (page, its check) or (None, the error that ended the task).
+        self._ready: asyncio.Queue[tuple[Page | None, Any]] = asyncio.Queue(
+            maxsize=PAGES_AHEAD - 1
         )
         self._task = asyncio.ensure_future(self._run(since))
 
     async def _run(self, since: int) -> None:
         while True:
-            page, checking = await self._fetch(since)
+            try:
+                page, checking = await self._fetch(since)
+            except Exception as err:  # taken, and raised, after the pages before it
+                await self._ready.put((None, err))
+                return
             try:
                 await self._ready.put((page, checking))
             except BaseException:
-                await _cancel(checking)
+                checking.cancel()
                 raise
             if _last(page):
                 return
@@ -725,37 +737,42 @@ class _Ahead:
 
     async def next(self) -> tuple[Page, Checked | None]:
         """The next page and its checked events, in order."""
-        if self._ready.empty() and not self._task.done():
-            getting = asyncio.ensure_future(self._ready.get())
-            try:
-                await asyncio.wait({getting, self._task}, return_when=asyncio.FIRST_COMPLETED)
-            except BaseException:
-                await _cancel(getting)
-                raise
-            if getting.done():
-                page, checking = getting.result()
-                return page, await checking
-            await _cancel(getting)
-        if self._ready.empty():  # the task ended: its error, or a pull past its last page
-            self._task.result()
-            raise RuntimeError("no page after the last one")
-        page, checking = self._ready.get_nowait()
+        page, checking = await self._ready.get()
+        if page is None:
+            raise checking
         return page, await checking
 
     async def cancel(self) -> None:
-        """Stop asking; cancel the checks of pages that will not be taken."""
-        await _cancel(self._task)
+        """Stop asking; cancel the checks of pages that will not be taken (all of it
+        before the first wait, so that a stop of the caller meanwhile leaves nothing)."""
+        self._task.cancel()
+        checks = []
         while not self._ready.empty():
-            await _cancel(self._ready.get_nowait()[1])
+            page, checking = self._ready.get_nowait()
+            if page is not None:
+                checking.cancel()
+                checks.append(checking)
+        for task in (self._task, *checks):
+            await _cancel(task)
 
 
 async def _cancel(task: asyncio.Future | None) -> None:
-    """Cancel a page fetched ahead that will not be used, and wait for it to stop."""
-    if task is not None and not task.done():
+    """Cancel a page fetched ahead that will not be used, and wait for it to stop.
+
+    A cancellation of the caller while it waits is passed on, not swallowed with the
+    task's own: a stopping link must stop."""
+    if task is None:
+        return
+    if not task.done():
         task.cancel()
-    if task is not None:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # the task's own failure: nobody needs it any more
+        pass
 
 
 def _at(wire: bytes, author: bytes, lane: str, seq: int) -> bool:
