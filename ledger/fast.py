@@ -71,30 +71,6 @@ def qualifies(batch: Batch, cands: list[Candidate]) -> bool:
     return True
 
 
-async def forget_emptied_feeds(batch: Batch, cands: list[Candidate]) -> None:
-    """Take out of ``ledger.pending_feeds`` the batch's feeds on which nothing waits any
-    more (the caller holds the writer; read before the batch changes anything).
-
-    The set only grew while the ledger was open (a parked event adds its feed; one
-    released or expired left it there): harmless to the general path, which then looked
-    for successors that were not there, but it kept every feed that ever had a gap off
-    the fast path until a restart, most of a shuffled catch-up's. Run for every batch,
-    whichever path takes it, so that both keep the same set."""
-    ledger = batch.ledger
-    feeds = list({(c.event.header.author, c.event.header.lane) for c in cands}
-                 & ledger.pending_feeds)  # fmt: skip
-    if not feeds:
-        return
-    waiting: set[tuple[bytes, str]] = set()
-    for part in chunks(feeds, 250):
-        where = " OR ".join(["(author = ? AND lane = ?)"] * len(part))
-        params = [x for feed in part for x in feed]
-        found = await rows(ledger.db, f"SELECT DISTINCT author, lane FROM pending WHERE {where}",
-                           params)  # fmt: skip
-        waiting.update((author, lane) for author, lane in found)
-    ledger.pending_feeds.difference_update(set(feeds) - waiting)
-
-
 @dataclass(slots=True)
 class _Request:
     """A request's row as far as claims change it."""

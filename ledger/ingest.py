@@ -107,7 +107,6 @@ class Batch:
     fork_at: set[tuple[bytes, str, int]] = field(default_factory=set)  # evidence kept
     named_copied: set[bytes] = field(default_factory=set)  # pods whose named set is ours
     first_pos: int = 0
-    fast: bool = False  # stored by ledger/fast.py
     stored: int = 0
     released: int = 0  # of those, events released from pending (index -1)
 
@@ -335,12 +334,12 @@ async def commit(
         async with transaction(db):
             batch.first_pos = ledger.next_pos
             await _load_heads(batch, candidates)
-            await fast.forget_emptied_feeds(batch, candidates)
-            if ledger.fast_path and not refills:
-                batch.fast = fast.qualifies(batch, candidates) and await fast.store(
-                    batch, candidates
-                )
-            forgot = False if batch.fast else await _general(batch, candidates, refills)
+            await _forget_emptied_feeds(batch, candidates)
+            stored_fast = (
+                ledger.fast_path and not refills and fast.qualifies(batch, candidates)
+                and await fast.store(batch, candidates)
+            )  # fmt: skip
+            forgot = False if stored_fast else await _general(batch, candidates, refills)
     except BaseException:
         ledger.roster.restore(roster)
         ledger.forget_caches()
@@ -477,6 +476,30 @@ async def _load_heads(batch: Batch, cands: list[Candidate]) -> None:
         if f in cache:
             batch.heads[f] = cache[f]
     batch.loaded.update(feeds)
+
+
+async def _forget_emptied_feeds(batch: Batch, cands: list[Candidate]) -> None:
+    """Take out of ``ledger.pending_feeds`` the batch's feeds on which nothing waits any
+    more (the caller holds the writer; read before the batch changes anything).
+
+    The set only grew while the ledger was open (a parked event adds its feed; one
+    released or expired left it there): harmless to the general path, which then looked
+    for successors that were not there, but it kept every feed that ever had a gap off
+    the fast path (ledger/fast.py) until a restart, most of a shuffled catch-up's. Run
+    for every batch, whichever path takes it, so that both keep the same set."""
+    ledger = batch.ledger
+    feeds = list({(c.event.header.author, c.event.header.lane) for c in cands}
+                 & ledger.pending_feeds)  # fmt: skip
+    if not feeds:
+        return
+    waiting: set[tuple[bytes, str]] = set()
+    for part in chunks(feeds, 250):
+        where = " OR ".join(["(author = ? AND lane = ?)"] * len(part))
+        params = [x for feed in part for x in feed]
+        found = await rows(ledger.db, f"SELECT DISTINCT author, lane FROM pending WHERE {where}",
+                           params)  # fmt: skip
+        waiting.update((author, lane) for author, lane in found)
+    ledger.pending_feeds.difference_update(set(feeds) - waiting)
 
 
 async def _offer(batch: Batch, cand: Candidate) -> None:

@@ -757,7 +757,8 @@ class _Ahead:
 
 
 async def _cancel(task: asyncio.Future | None) -> None:
-    """Cancel a page fetched ahead that will not be used, and wait for it to stop.
+    """Cancel a task that will not be used (a page fetched ahead, its check), and wait
+    for it to stop.
 
     A cancellation of the caller while it waits is passed on, not swallowed with the
     task's own: a stopping link must stop."""
