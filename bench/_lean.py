@@ -262,7 +262,7 @@ async def lean_run(wires: Sequence[bytes], path: Path, workers: int) -> tuple[fl
             ahead: list[asyncio.Future] = []
             stored = 0
             for i, part in enumerate(parts):
-                while len(ahead) < AHEAD and i + len(ahead) < len(parts):
+                while len(ahead) <= AHEAD and i + len(ahead) < len(parts):  # as the ledger
                     now = clock.now_ms()
                     ahead.append(asyncio.ensure_future(
                         verifier.check(parts[i + len(ahead)], now)))  # fmt: skip

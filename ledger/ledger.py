@@ -55,9 +55,11 @@ INVITE_KEEP_S = 30 * 86400  # an unused invite code's row, after it expired
 #: but resource.withdraw, the first added after.
 KINDS_BEFORE_RECORD = frozenset(kinds.KINDS) - {"resource.withdraw"}
 Progress = Callable[[int, int], None]  # (done, total)
-# Batches of one ingest checked (decoded, verified) ahead of the one committing. Two keep
-# the verify processes fed while a commit holds the event loop; each is one batch of
-# events in memory. (One ahead: the workers idled between batches, 1.56 cores busy of 2.)
+# Batches of one ingest checked (decoded, verified) while the one before them commits.
+# Two keep the verify processes fed through a commit; each is one batch of events in
+# memory. (One: the workers idled between batches. Until the twelfth round only one was
+# ahead during a commit, the next one being asked for after it: 1.18 x raw at 100k
+# events against 1.12, bench._threads-style interleaved pairs, docs/performance.md.)
 PREPARE_AHEAD = 2
 
 
@@ -503,7 +505,8 @@ class Ledger:
         upcoming: deque[asyncio.Future[Prepared]] = deque()
         try:
             for i in range(len(parts)):
-                while len(upcoming) < PREPARE_AHEAD and i + len(upcoming) < len(parts):
+                # The batch to commit next, and PREPARE_AHEAD more checked during its commit.
+                while len(upcoming) <= PREPARE_AHEAD and i + len(upcoming) < len(parts):
                     part = parts[i + len(upcoming)]
                     upcoming.append(asyncio.ensure_future(prepare(self, part, probe=probe)))
                 try:

@@ -34,8 +34,10 @@ try:
 except ImportError:  # not a Unix
     fcntl = None  # type: ignore[assignment]
 
-from podlink.protocol.envelope import Event, check_time, decode_event
+from podlink.protocol import clock
+from podlink.protocol.envelope import SIGN_PREFIX, Event, check_time, decode_event
 from podlink.protocol.errors import REASONS, ProtocolError
+from podlink.protocol.keys import verify_signature
 
 log = logging.getLogger("podlink.ledger")
 
@@ -53,11 +55,50 @@ def check_signed(event: Event, now: int) -> None:
     check_time(event, now)
 
 
+class _Signed(msgspec.Struct, array_like=True, gc=False):
+    """The two fields of a wire a signature check reads (the body is skipped)."""
+
+    payload: bytes
+    sig: bytes
+
+
+class _Signer(msgspec.Struct, array_like=True, gc=False):
+    """The header's leading fields up to ``ts``; the rest of the array is skipped."""
+
+    v: int
+    pod: msgspec.Raw
+    author: bytes
+    lane: msgspec.Raw
+    seq: msgspec.Raw
+    prev: msgspec.Raw
+    ts: int
+
+
+_signed_decoder = msgspec.msgpack.Decoder(_Signed)
+_signer_decoder = msgspec.msgpack.Decoder(_Signer)
+
+
 def check_wires(wires: Sequence[bytes], now: int) -> list[Verdict]:
-    """Decode each wire and ``check_signed`` it. Bodies and kind rules are left to the
-    node, which decodes them anyway."""
+    """``check_signed`` each wire. Bodies and kind rules are left to the node.
+
+    The node sends only wires it decoded itself, so a sound one is read no further than
+    its signature needs (a full decode is ~2 us of the ~43 us an event costs here). A wire
+    that fails that short read, its signature or its time is decoded and checked in full,
+    for the same refusal, in the same words, as the node's own threads give."""
     out: list[Verdict] = []
+    limit = now + clock.FUTURE_LIMIT_MS
     for wire in wires:
+        try:
+            signed = _signed_decoder.decode(wire)
+            signer = _signer_decoder.decode(signed.payload)
+            sound = clock.wall_ms(signer.ts) <= limit and verify_signature(
+                signer.author, SIGN_PREFIX + signed.payload, signed.sig
+            )
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError, TypeError):
+            sound = False
+        if sound:
+            out.append(None)
+            continue
         try:
             check_signed(decode_event(wire), now)
             out.append(None)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from podlink.ledger.verifier import PIPE_BYTES, PROCESS_MIN, Verifier
+from podlink.ledger.verifier import PIPE_BYTES, PROCESS_MIN, Verifier, check_signed, check_wires
 from podlink.protocol import clock, kinds
-from podlink.protocol.envelope import Event, encode_wire
+from podlink.protocol.envelope import Event, decode_event, encode_wire
+from podlink.protocol.errors import ProtocolError
 from tests.ledger.conftest import OpenLedger
 from tests.ledger.helpers import Pod, World, count, reasons, statuses, wires
 
@@ -203,3 +204,47 @@ def _pipe_max_size() -> int | None:
         return int(Path("/proc/sys/fs/pipe-max-size").read_text())
     except OSError:
         return None
+
+
+def test_a_worker_refuses_exactly_what_the_threads_refuse(world: World) -> None:
+    """Workers read a sound wire no further than its signature needs; any other wire gets
+    the refusal, reason and words, that the node's own full check gives."""
+    pod, genesis = world.pod()
+    org, add = world.organizer(pod)
+    need = org.write(kinds.RequestOpened(title="soup", category="food"), "network")
+    now = clock.wall_ms(need.ts)
+    world.tick(FUTURE_MS)
+    ahead = org.write(kinds.RequestOpened(title="later", category="food"), "network")
+    edge = clock.FUTURE_LIMIT_MS
+    other_body = encode_wire(need.payload, need.sig, b"not the body")  # the node's to refuse
+    bad_payload = encode_wire(need.payload[:-1] + bytes([need.payload[-1] ^ 1]), need.sig, None)
+    sound = wires([*genesis, add, need])
+    cases = [
+        *sound,
+        forged(need),
+        ahead.to_wire(),
+        other_body,
+        bad_payload,
+        encode_wire(need.payload, need.sig[:-1], None),  # a signature a byte short
+        encode_wire(ahead.payload[:3], ahead.sig, None),  # a header cut short
+        b"\x93\x01\x02",  # not an event at all
+    ]
+
+    def by_threads(wire: bytes, now: int) -> tuple[str, str] | None:
+        try:
+            check_signed(decode_event(wire), now)
+        except ProtocolError as err:
+            return err.reason, err.message
+        return None
+
+    for at in (now, clock.wall_ms(ahead.ts) - edge, clock.wall_ms(ahead.ts) - edge - 1):
+        verdicts = check_wires(cases, at)
+        assert verdicts == [by_threads(w, at) for w in cases]
+    verdicts = check_wires(cases, now)[len(sound) :]
+    assert check_wires(sound, now) == [None] * len(sound)
+    # (a body that does not match its header is the node's to refuse, not a worker's)
+    assert [v and v[0] for v in verdicts[:3]] == ["forged", "too-far-ahead", None]
+    assert all(v is not None for v in verdicts[3:])
+    # At its limit, the event from the future is sound; a millisecond later it is not.
+    assert check_wires([ahead.to_wire()], clock.wall_ms(ahead.ts) - edge) == [None]
+    assert check_wires([ahead.to_wire()], clock.wall_ms(ahead.ts) - edge - 1)[0] is not None
