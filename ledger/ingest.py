@@ -243,7 +243,7 @@ async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True)
     # signature check: same id and same signature bytes as the verified copy we hold
     # (Ed25519 is deterministic). The reader sees committed events only, and nothing
     # stored ever goes away; any other copy is verified like a new event.
-    generation = ledger.generation  # before the probe: it sees at least these commits
+    generation = ledger.landed  # before the probe: it sees at least these commits
     # Only an event at or below its feed's head can be stored already (feeds are stored
     # without gaps); the cached heads lag the store, never lead it. Any copy the probe
     # misses is still caught at commit, by id or by its feed position.
@@ -286,11 +286,12 @@ async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True)
 
 
 async def commit(
-    ledger: Ledger, prep: Prepared, *, source: str, allow_pending: bool
+    ledger: Ledger, prep: Prepared, *, source: str, allow_pending: bool, linger: bool = False
 ) -> list[IngestResult]:
     """Dedupe, chain, authorise, store and project a prepared batch: one transaction.
 
-    The caller holds the ledger's write lock."""
+    The caller holds the ledger's write lock. ``linger``: leave the COMMIT to land while
+    the caller goes on (ledger/writer.py); the caller must settle it before it returns."""
     db = ledger.db
     batch = Batch(ledger, source, allow_pending, prep.now, prep.results)
     origin = key_or_none(source)
@@ -331,7 +332,8 @@ async def commit(
 
     roster = ledger.roster.snapshot()  # a roster event folded here must not outlive a rollback
     try:
-        async with transaction(db):
+        async with transaction(db) as tx:
+            await ledger.settle_landed()  # the COMMIT before this BEGIN, if one was left
             batch.first_pos = ledger.next_pos
             await _load_heads(batch, candidates)
             await _forget_emptied_feeds(batch, candidates)
@@ -340,11 +342,14 @@ async def commit(
                 and await fast.store(batch, candidates)
             )  # fmt: skip
             forgot = False if stored_fast else await _general(batch, candidates, refills)
+            # (a forget shreds the WAL next, and released fork evidence is checked next:
+            # both need this COMMIT on disk first)
+            tx.linger = linger and not forgot and not ledger.waiting_due
     except BaseException:
         ledger.roster.restore(roster)
         ledger.forget_caches()
         raise
-    ledger.after_commit(batch)
+    ledger.after_commit(batch, tx.landing)
     if forgot:
         await ledger.shred_wal()
     return _final(batch)

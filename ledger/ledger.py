@@ -24,7 +24,7 @@ import aiosqlite
 
 from podlink.ledger import aside, forks, projections
 from podlink.ledger import state as st
-from podlink.ledger.errors import LedgerError
+from podlink.ledger.errors import LedgerError, StorageError
 from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
 from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import (
@@ -38,6 +38,7 @@ from podlink.ledger.store import (
     translated,
 )
 from podlink.ledger.verifier import Verifier
+from podlink.ledger.writer import Landing, Writer
 from podlink.protocol import clock, kinds
 from podlink.protocol.boxes import MEMBER_KEY_LEN
 from podlink.protocol.envelope import decode_header, verify_signature_parts
@@ -100,6 +101,13 @@ class VerifyReport:
         return not self.problems
 
 
+def _storage_error(err: BaseException) -> BaseException:
+    """A failed COMMIT as the ledger reports storage errors (``store.translated``)."""
+    if isinstance(err, sqlite3.Error):
+        return StorageError(f"ingest failed and was rolled back: {err}")
+    return err
+
+
 class Ledger:
     """One node's event store, ingest pipeline and read model."""
 
@@ -130,7 +138,8 @@ class Ledger:
         self.pending_by_source: Counter[str] = Counter()
         self.pending_feeds: set[tuple[bytes, str]] = set()
         self.pending_roster: set[bytes] = set()
-        self._write = asyncio.Lock()
+        self._write = Writer(self._settle_quietly)
+        self._landing: Landing | None = None  # an ingest's COMMIT left to land (writer.py)
         self.closed = False  # set under the writer by close(): callers queued behind it stop
         self._appends: list[_Queued] = []  # local appends waiting for the writer, in order
         self._last_purge = 0.0
@@ -139,6 +148,9 @@ class Ledger:
         # checked for copies against the reader before those commits need not ask again.
         self.generation = 0
         self.recent: deque[tuple[int, dict[bytes, bool]]] = deque(maxlen=8)
+        # The generation up to which every commit has landed: what a reader may be trusted
+        # to see (a COMMIT left to land, ledger/writer.py, is in ``recent`` already).
+        self.landed = 0
         self.folds = projections.FoldCache()  # requests folded, to continue next batch
         # Batches of the common case stored by ledger/fast.py; off: every batch the general
         # way (tests hold the two to the same outcome).
@@ -503,6 +515,7 @@ class Ledger:
         # Pipeline: the next batches' signatures are checked while this one commits.
         probe = allow_pending  # peers send copies; local appends almost never do
         upcoming: deque[asyncio.Future[Prepared]] = deque()
+        landings: list[Landing] = []  # the COMMITs it left to land (ledger/writer.py)
         try:
             for i in range(len(parts)):
                 # The batch to commit next, and PREPARE_AHEAD more checked during its commit.
@@ -514,16 +527,35 @@ class Ledger:
                 except (ValueError, RuntimeError):  # aiosqlite's or the executor's, if
                     self._check_open()  # close() came while the batch was prepared
                     raise
-                results += await self._commit(prepared, source, allow_pending)
-        finally:
-            for pending in upcoming:
-                pending.cancel()
-            for pending in upcoming:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pending
+                # Each COMMIT but the last is left to land while the next batch goes on.
+                before = self._landing
+                linger = i < len(parts) - 1 and not (source == "local" and not allow_pending)
+                results += await self._commit(prepared, source, allow_pending, linger=linger)
+                if self._landing is not None and self._landing is not before:
+                    landings.append(self._landing)
+        except BaseException as err:
+            await self._stop_preparing(upcoming)
+            await run_to_end(self._settle_all(landings))
+            failed = next((x.error for x in landings if x.error is not None), None)
+            if failed is None or not isinstance(err, Exception):
+                raise
+            # A batch queued behind a failed COMMIT fails too; the COMMIT says why.
+            raise _storage_error(failed) from err
+        await self._settle_all(landings)
+        for landing in landings:
+            if landing.error is not None:
+                raise _storage_error(landing.error)
         if self.waiting_due:
             await self._drain_waiting()
         return results
+
+    @staticmethod
+    async def _stop_preparing(upcoming: deque[asyncio.Future[Prepared]]) -> None:
+        for pending in upcoming:
+            pending.cancel()
+        for pending in upcoming:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await pending
 
     async def check(self, wires: Sequence[bytes]) -> Checked:
         """The stateless half of ``ingest`` (decode, signatures, bodies), no lock taken.
@@ -545,25 +577,76 @@ class Ledger:
         return results
 
     async def _commit(
-        self, prepared: Prepared, source: str, allow_pending: bool
+        self, prepared: Prepared, source: str, allow_pending: bool, *, linger: bool = False
     ) -> list[IngestResult]:
         if source == "local" and not allow_pending:
             return await self._commit_append(prepared)
-        async with self._write, translated("ingest failed and was rolled back"):
+        # A batch settles a COMMIT left before it after its own BEGIN (ingest.commit).
+        async with self._write.continuing(), translated("ingest failed and was rolled back"):
             self._check_open()
-            return await self._commit_locked(prepared, source, allow_pending)
+            return await self._commit_locked(prepared, source, allow_pending, linger)
 
     async def _commit_locked(
-        self, prepared: Prepared, source: str, allow_pending: bool
+        self, prepared: Prepared, source: str, allow_pending: bool, linger: bool = False
     ) -> list[IngestResult]:
+        if self._stale_caches or time.monotonic() - self._last_purge >= 60:
+            await self._settle_quietly()  # the reload and the purge go by what is on disk
         if self._stale_caches:
             await self._load()
             self._stale_caches = False
         await self._purge_pending()
-        results = await commit(self, prepared, source=source, allow_pending=allow_pending)
+        results = await commit(
+            self, prepared, source=source, allow_pending=allow_pending, linger=linger
+        )
         if self.waiting_due:  # this batch brought feeds that fork evidence waited for
+            await self.settle_landed()  # (not left to land then: ingest.commit)
             await run_to_end(self._release_waiting())  # its memory follows its commit
         return results
+
+    # A COMMIT left to land (ledger/writer.py) is settled by whoever writes next: the
+    # next batch of an ingest after its BEGIN, any other writer on entering the lock,
+    # and the ingest itself before it returns.
+
+    def _land(self, landing: Landing) -> BaseException | None:
+        """Take note, once, of how a COMMIT left to land ended (its task is done)."""
+        if not landing.settled:
+            landing.settled = True
+            if self._landing is landing:
+                self._landing = None
+            task = landing.task
+            landing.error = asyncio.CancelledError() if task.cancelled() else task.exception()
+            if landing.error is None:
+                self.landed = max(self.landed, landing.generation)
+                if landing.news:
+                    self.notify_stored(landing.head)
+            else:  # what the writer holds in memory had the batch; the disk has not
+                self.forget_caches()
+        return landing.error
+
+    async def settle_landed(self) -> None:
+        """Wait for the COMMIT left to land, if any; if it failed, roll back (it may have
+        left its transaction open) and raise its error. The caller holds the writer."""
+        landing = self._landing
+        if landing is None:
+            return
+        await asyncio.wait([landing.task])
+        error = self._land(landing)
+        if error is not None:
+            await self.db.rollback()
+            raise error
+
+    async def _settle_quietly(self) -> None:
+        """``settle_landed`` for a writer other than the ingest that left the COMMIT: a
+        failed one is that ingest's to report; this writer starts from what is on disk."""
+        with contextlib.suppress(Exception):
+            await self.settle_landed()
+
+    async def _settle_all(self, landings: list[Landing]) -> None:
+        """Before an ingest returns or raises: every COMMIT it left to land has landed or
+        failed (``Landing.error``; its batch and the ones after it are not stored)."""
+        if landings and not landings[-1].settled:
+            async with self._write:  # acquiring it settles the COMMIT (or another writer did)
+                pass
 
     async def _commit_append(self, prepared: Prepared) -> list[IngestResult]:
         """Group commit: appends that queued while a transaction held the writer go in
@@ -693,7 +776,8 @@ class Ledger:
         self.recent.clear()
         self.folds.clear()  # they may hold events the rollback took back
 
-    def after_commit(self, batch: Batch) -> None:
+    def after_commit(self, batch: Batch, landing: asyncio.Future[None] | None = None) -> None:
+        """After a batch's transaction: its COMMIT landed, or is ``landing`` (writer.py)."""
         self.heads.update(batch.heads)
         if self.waiting_feeds:  # (nothing more to do on an ingest while no evidence waits)
             self._note_due(batch.heads)
@@ -701,7 +785,12 @@ class Ledger:
         if batch.stored_ids:
             self.generation += 1
             self.recent.append((self.generation, batch.stored_ids))
-        if batch.stored or batch.forked:  # new fork evidence is news for peers too
+        news = bool(batch.stored or batch.forked)  # new fork evidence is news for peers too
+        if landing is not None:
+            self._landing = Landing(landing, self.generation, self.next_pos - 1, news)
+            return
+        self.landed = self.generation
+        if news:
             self.notify_stored()
 
     def _note_due(self, heads: dict[tuple[bytes, str], tuple[int, bytes, int]]) -> None:
@@ -713,10 +802,11 @@ class Ledger:
             if feed in large and waiting[feed] <= heads[feed][0] + 1:
                 self.waiting_due.add(feed)
 
-    def notify_stored(self) -> None:
-        """Tell the listeners (the node's live streams) that something new is stored."""
+    def notify_stored(self, head: int | None = None) -> None:
+        """Tell the listeners (the node's live streams) that something new is stored, up to
+        store position ``head`` (default: the last taken)."""
         for listener in list(self.stored_listeners):
-            listener(self.next_pos - 1)
+            listener(self.next_pos - 1 if head is None else head)
 
     def stored_since(self, generation: int) -> dict[bytes, bool] | None:
         """Ids stored after ``generation`` (see ``recent``); None if not all remembered."""

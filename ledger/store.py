@@ -38,19 +38,37 @@ T = TypeVar("T")
 MAX_PARAMS = 500  # ids per IN (...) query, well under SQLite's variable limit
 
 
+class Tx:
+    """What the body of a ``transaction`` may ask of its end."""
+
+    def __init__(self) -> None:
+        self.linger = False  # queue the COMMIT and return without waiting for it
+        self.landing: asyncio.Future[None] | None = None  # that COMMIT (ledger/writer.py)
+
+
 @contextlib.asynccontextmanager
-async def transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
+async def transaction(db: aiosqlite.Connection) -> AsyncIterator[Tx]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error or cancellation.
 
     BEGIN is awaited inside the guarded block: aiosqlite's thread runs a statement to its
     end even when the task awaiting it is cancelled, so a cancellation that lands while
     BEGIN runs must still roll back, or the transaction stays open and every later BEGIN
     fails ("cannot start a transaction within a transaction"). A rollback with no
-    transaction open does nothing."""
+    transaction open does nothing.
+
+    With ``Tx.linger`` set by the body, the COMMIT is put on aiosqlite's queue and left
+    to land (``Tx.landing``): a task that calls ``db.commit()``, given one turn of the
+    loop before this returns. Tasks first run in the order they were made, so that turn
+    queues the COMMIT before any statement this caller sends next."""
+    tx = Tx()
     try:
         await db.execute("BEGIN IMMEDIATE")
-        yield
-        await db.commit()
+        yield tx
+        if tx.linger:
+            tx.landing = asyncio.ensure_future(db.commit())
+            await asyncio.sleep(0)
+        else:
+            await db.commit()
     except BaseException:
         await db.rollback()
         raise
