@@ -10,7 +10,6 @@ open, as SQLite documents for deferred constraints. Nothing of the ledger is fak
 from __future__ import annotations
 
 import asyncio
-import itertools
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from podlink.ledger.projections import canonical_dump
 from podlink.protocol import kinds
 from podlink.protocol.envelope import Event
 from tests.ledger.helpers import World, query, statuses, stored_ids, wires
+from tests.ledger.test_fast import counted
 
 BATCH = 10
 
@@ -55,9 +55,13 @@ async def fail_commit_with(ledger: Ledger, event: Event) -> None:
     )
 
 
+@pytest.mark.parametrize("behind", ["new events", "copies"])
 async def test_a_commit_failing_while_it_lands_stores_no_batch_after_it(
-    tmp_path: Path, world: World
+    tmp_path: Path, world: World, behind: str
 ) -> None:
+    """Behind the failing batch: a batch with a transaction of its own (whose BEGIN finds
+    the failed one open), or one of copies only (no transaction: the failure is found
+    when the ingest settles its COMMITs before it raises)."""
     pod, setup, needs = pod_needs(world, 3 * BATCH)
     ledger = await Ledger.open(tmp_path / "pod.db", limits=Limits(batch_size=BATCH))
     told: list[int] = []
@@ -66,10 +70,11 @@ async def test_a_commit_failing_while_it_lands_stores_no_batch_after_it(
         assert statuses(await ledger.ingest(wires(setup))) == ["stored"] * len(setup)
         ledger.stored_listeners.append(told.append)
         await fail_commit_with(ledger, needs[BATCH + 5])  # in the second batch
+        sent = wires(needs if behind == "new events" else [*needs[: 2 * BATCH], *needs[:BATCH]])
         with pytest.raises(StorageError, match="rolled back: FOREIGN KEY constraint failed"):
-            await ledger.ingest(wires(needs))
+            await ledger.ingest(sent)
         # The first batch landed; the second failed at its COMMIT; the third, queued
-        # behind it, was refused before it wrote anything.
+        # behind it, wrote nothing.
         on_disk = {e.id for e in [*setup, *needs[:BATCH]]}
         assert await stored_ids(ledger) == on_disk
         (last,) = await query(ledger, "SELECT max(pos) FROM events")
@@ -133,16 +138,11 @@ async def test_copies_of_batches_still_landing_are_duplicates(
 ) -> None:
     """A ring delivers each event twice. The later batches are probed for copies on the
     reader while the earlier ones' COMMITs may still be landing: what the probe cannot
-    see yet, the ledger must remember."""
+    see yet, the ledger must remember (or the copies reach the transaction, where the
+    general path finds them by their feed position, at its cost)."""
     pod, setup, needs = pod_needs(world, 6 * BATCH)
     sent = wires([*setup, *needs])
     ledger = await Ledger.open(tmp_path / "pod.db", limits=Limits(batch_size=BATCH))
-    chunks = [sent[i : i + BATCH] for i in range(0, len(sent), BATCH)]
-    lagging = [*chunks[0]]  # each batch followed by a copy of the one before it
-    expected = ["stored"] * len(chunks[0])
-    for before, chunk in itertools.pairwise(chunks):
-        lagging += [*chunk, *before]
-        expected += ["stored"] * len(chunk) + ["duplicate"] * len(before)
     try:
         await ledger.set_pod(pod)
         # The whole ring twice, then a second ledger with each copy a batch behind.
@@ -152,10 +152,28 @@ async def test_copies_of_batches_still_landing_are_duplicates(
         assert await stored_ids(ledger) == {e.id for e in [*setup, *needs]}
     finally:
         await ledger.close()
-    second = await Ledger.open(tmp_path / "second.db", limits=Limits(batch_size=BATCH))
-    try:
-        await second.set_pod(pod)
-        assert statuses(await second.ingest(lagging)) == expected
-        assert await stored_ids(second) == {e.id for e in [*setup, *needs]}
-    finally:
-        await second.close()
+    # Then each batch half new events, half copies of some batches before it: the probe
+    # of a batch runs while the COMMIT of the batch three before it may still land.
+    half = BATCH // 2
+    chunks = [sent[i : i + half] for i in range(0, len(sent), half)]
+    for lag in (1, 2, 3, 4):
+        second = await Ledger.open(tmp_path / f"lag{lag}.db", limits=Limits(batch_size=BATCH))
+        try:
+            await second.set_pod(pod)
+            await second.ingest([w for chunk in chunks[:lag] for w in chunk])
+            lagging: list[bytes] = []
+            for i in range(lag, len(chunks)):
+                lagging += [*chunks[i], *chunks[i - lag]]
+            with counted() as fast:
+                results = await second.ingest(lagging)
+            expected = [
+                status
+                for i in range(lag, len(chunks))
+                for status in ["stored"] * len(chunks[i]) + ["duplicate"] * half
+            ]
+            assert statuses(results) == expected
+            # The copies known before the transaction, every batch is the fast path's.
+            assert fast == [True] * (len(chunks) - lag)
+            assert await stored_ids(second) == {e.id for e in [*setup, *needs]}
+        finally:
+            await second.close()
