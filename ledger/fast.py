@@ -97,6 +97,7 @@ async def store(batch: Batch, cands: list[Candidate]) -> bool:
     request whose row exists and whose stored followers are all claims stamped before it."""
     ledger = batch.ledger
     db = ledger.db
+    memo = ledger.fast_memo
     ids = [c.event.id for c in cands]
     for part in chunks(ids):
         sql = f"SELECT 1 FROM events WHERE root IN ({marks(len(part))}) AND root != id LIMIT 1"
@@ -106,9 +107,14 @@ async def store(batch: Batch, cands: list[Candidate]) -> bool:
     named = {
         c.event.header.refs[0] for c in cands if c.event.header.kind == "claim.make"
     } - opened  # fmt: skip
-    requests = await _stored_requests(db, named)
-    if requests is None:
-        return False
+    requests = {r: memo.rows[r] for r in named if r in memo.rows}
+    if len(requests) < len(named):
+        found = await _stored_requests(db, named - requests.keys())
+        if found is None:
+            return False
+        requests.update(found)
+    for req in requests.values():  # (kept from an earlier batch: as its row is now)
+        req.status_was, req.accepted_was, req.changed = req.status, req.accepted, False
     first_claim: dict[bytes, int] = {}
     for cand in cands:
         h = cand.event.header
@@ -163,6 +169,9 @@ async def store(batch: Batch, cands: list[Candidate]) -> bool:
         ledger.clock.observe(h.ts, limit)
 
     claim_rows = _fold_claims(requests, claims)
+    for _, cand in claims:  # counted or not, each is a follower of its request now
+        req = requests[cand.event.header.refs[0]]
+        req.after = max(req.after, cand.event.header.ts)
     await batch.write_events()
     await db.executemany(await insert_sql(db, "requests"), [
         _request_row(pos, cand, requests[cand.event.id]) for pos, cand in new_requests
@@ -173,7 +182,37 @@ async def store(batch: Batch, cands: list[Candidate]) -> bool:
             await db.executemany(await insert_sql(db, table), values)
     for root in named:  # a fold kept of it has not seen these claims
         ledger.folds.drop(root)
+    memo.keep(requests)
     return True
+
+
+class Memo:
+    """Request rows as the fast path left them, for the next batch's claims.
+
+    Folding a claim onto its request needs the request's row and the newest of its
+    followers: two reads per batch, ~2.4 us of SQLite per event at 100k events. What the
+    fast path wrote last it knows already, as long as nothing else has written since:
+    the ledger empties this before the general path stores a batch, before any other
+    writer (``Ledger._before_writing``), and after a rollback (``forget_caches``). A row
+    kept here is then the row on disk, and its followers are the claims this path
+    stored. At most ``CAP`` rows, the oldest dropped first (claims mostly follow recent
+    requests; a row not kept is read as before)."""
+
+    CAP = 50_000  # ~12 MB
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, _Request] = {}
+
+    def keep(self, requests: dict[bytes, _Request]) -> None:
+        rows = self.rows
+        for id_, req in requests.items():
+            rows.pop(id_, None)
+            rows[id_] = req  # (the newest last)
+        for _ in range(len(rows) - self.CAP):
+            del rows[next(iter(rows))]
+
+    def clear(self) -> None:
+        self.rows.clear()
 
 
 async def _stored_requests(db, ids: set[bytes]) -> dict[bytes, _Request] | None:

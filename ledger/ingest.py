@@ -341,6 +341,8 @@ async def commit(
                 ledger.fast_path and not refills and fast.qualifies(batch, candidates)
                 and await fast.store(batch, candidates)
             )  # fmt: skip
+            if not stored_fast:
+                ledger.fast_memo.clear()  # the general path may change any request
             forgot = False if stored_fast else await _general(batch, candidates, refills)
             # (a forget shreds the WAL next, and released fork evidence is checked next:
             # both need this COMMIT on disk first)

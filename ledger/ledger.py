@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
-from podlink.ledger import aside, forks, projections
+from podlink.ledger import aside, fast, forks, projections
 from podlink.ledger import state as st
 from podlink.ledger.errors import LedgerError, StorageError
 from podlink.ledger.ingest import IngestResult, Prepared, commit, merge_prepared, prepare
@@ -138,7 +138,7 @@ class Ledger:
         self.pending_by_source: Counter[str] = Counter()
         self.pending_feeds: set[tuple[bytes, str]] = set()
         self.pending_roster: set[bytes] = set()
-        self._write = Writer(self._settle_quietly)
+        self._write = Writer(self._before_writing)
         self._landing: Landing | None = None  # an ingest's COMMIT left to land (writer.py)
         self.closed = False  # set under the writer by close(): callers queued behind it stop
         self._appends: list[_Queued] = []  # local appends waiting for the writer, in order
@@ -152,6 +152,7 @@ class Ledger:
         # to see (a COMMIT left to land, ledger/writer.py, is in ``recent`` already).
         self.landed = 0
         self.folds = projections.FoldCache()  # requests folded, to continue next batch
+        self.fast_memo = fast.Memo()  # request rows the fast path wrote last (ledger/fast.py)
         # Batches of the common case stored by ledger/fast.py; off: every batch the general
         # way (tests hold the two to the same outcome).
         self.fast_path = True
@@ -600,6 +601,7 @@ class Ledger:
         )
         if self.waiting_due:  # this batch brought feeds that fork evidence waited for
             await self.settle_landed()  # (not left to land then: ingest.commit)
+            self.fast_memo.clear()
             await run_to_end(self._release_waiting())  # its memory follows its commit
         return results
 
@@ -635,6 +637,12 @@ class Ledger:
             await self.db.rollback()
             raise error
 
+    async def _before_writing(self) -> None:
+        """What any writer but an ingest's batch does on taking the lock (ledger/writer.py):
+        it starts from what is on disk, and may change rows the fast path keeps."""
+        await self._settle_quietly()
+        self.fast_memo.clear()
+
     async def _settle_quietly(self) -> None:
         """``settle_landed`` for a writer other than the ingest that left the COMMIT: a
         failed one is that ingest's to report; this writer starts from what is on disk."""
@@ -645,8 +653,8 @@ class Ledger:
         """Before an ingest returns or raises: every COMMIT it left to land has landed or
         failed (``Landing.error``; its batch and the ones after it are not stored)."""
         if landings and not landings[-1].settled:
-            async with self._write:  # acquiring it settles the COMMIT (or another writer did)
-                pass
+            async with self._write.continuing():  # (or another writer settled it)
+                await self._settle_quietly()
 
     async def _commit_append(self, prepared: Prepared) -> list[IngestResult]:
         """Group commit: appends that queued while a transaction held the writer go in
@@ -775,6 +783,7 @@ class Ledger:
         self.generation += 1
         self.recent.clear()
         self.folds.clear()  # they may hold events the rollback took back
+        self.fast_memo.clear()
 
     def after_commit(self, batch: Batch, landing: asyncio.Future[None] | None = None) -> None:
         """After a batch's transaction: its COMMIT landed, or is ``landing`` (writer.py)."""

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -131,10 +132,24 @@ def _world(tmp: Path) -> tuple[World, dict]:
     return world, {"elm": elm, "oak": oak, "ana": ana, "bo": bo, "cy": cy, "setup": setup}
 
 
-async def test_a_day_of_new_things_and_claims_takes_the_fast_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cap", [fast.Memo.CAP, 3, 0])
+async def test_a_day_of_new_things_and_claims_takes_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
     """Requests, offers, resources and claims (own pod, other pod, narrower lane, on
     accepted requests, several on one request in a batch, out of (ts, id) order within
-    it), in batches: all stored by the fast path, as the general path stores them."""
+    it), in batches: all stored by the fast path, as the general path stores them.
+
+    With request rows kept between batches (``fast.Memo``), a few, or none: a claim on a
+    request the fast path wrote is folded onto the row it kept, or onto the row read."""
+    monkeypatch.setattr(fast.Memo, "CAP", cap)
+    real, reads = fast._stored_requests, []
+
+    async def counted_reads(db, ids):  # type: ignore[no-untyped-def]
+        reads.append(len(ids))
+        return await real(db, ids)
+
+    monkeypatch.setattr(fast, "_stored_requests", counted_reads)
     world, w = _world(tmp_path)
     rng = random.Random(7)
     writers = [w["ana"], w["bo"], w["cy"], w["elm"].author]
@@ -170,6 +185,10 @@ async def test_a_day_of_new_things_and_claims_takes_the_fast_path(tmp_path: Path
     batches += [wires([need]), wires([late, early])]
     seen = await twins(tmp_path / "a", w["elm"].id, batches)
     assert seen == [len(batches) - 1, 0]
+    if cap >= len(requests) + 1:  # every request kept: none read back
+        assert reads == []
+    else:
+        assert sum(reads) > (50 if cap == 0 else 20)
 
 
 async def test_what_the_fast_path_declines_is_stored_the_general_way(tmp_path: Path) -> None:
