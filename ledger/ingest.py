@@ -30,6 +30,7 @@ from podlink.protocol.text import b64e, key_or_none
 
 if TYPE_CHECKING:
     from podlink.ledger.ledger import Ledger
+    from podlink.ledger.writer import Streak
 
 log = logging.getLogger("podlink.ledger")
 
@@ -286,12 +287,14 @@ async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True)
 
 
 async def commit(
-    ledger: Ledger, prep: Prepared, *, source: str, allow_pending: bool, linger: bool = False
-) -> list[IngestResult]:
+    ledger: Ledger, prep: Prepared, *, source: str, allow_pending: bool,
+    linger: bool = False, owner: Streak | None = None,
+) -> list[IngestResult]:  # fmt: skip
     """Dedupe, chain, authorise, store and project a prepared batch: one transaction.
 
-    The caller holds the ledger's write lock. ``linger``: leave the COMMIT to land while
-    the caller goes on (ledger/writer.py); the caller must settle it before it returns."""
+    The caller holds the ledger's write lock, and has settled any COMMIT left to land
+    but its own (ledger/writer.py). ``linger``: leave this one's COMMIT to land while
+    ``owner`` goes on; the owner must settle it before it returns."""
     db = ledger.db
     batch = Batch(ledger, source, allow_pending, prep.now, prep.results)
     origin = key_or_none(source)
@@ -333,7 +336,7 @@ async def commit(
     roster = ledger.roster.snapshot()  # a roster event folded here must not outlive a rollback
     try:
         async with transaction(db) as tx:
-            await ledger.settle_landed()  # the COMMIT before this BEGIN, if one was left
+            await ledger.settle_landed()  # its own COMMIT before this BEGIN, if one was left
             batch.first_pos = ledger.next_pos
             await _load_heads(batch, candidates)
             await _forget_emptied_feeds(batch, candidates)
@@ -344,14 +347,12 @@ async def commit(
             if not stored_fast:
                 ledger.fast_memo.clear()  # the general path may change any request
             forgot = False if stored_fast else await _general(batch, candidates, refills)
-            # (a forget shreds the WAL next, and released fork evidence is checked next:
-            # both need this COMMIT on disk first)
-            tx.linger = linger and not forgot and not ledger.waiting_due
+            tx.linger = linger and not forgot  # (a forget shreds the WAL next: on disk first)
     except BaseException:
         ledger.roster.restore(roster)
         ledger.forget_caches()
         raise
-    ledger.after_commit(batch, tx.landing)
+    ledger.after_commit(batch, tx.landing, owner)
     if forgot:
         await ledger.shred_wal()
     return _final(batch)

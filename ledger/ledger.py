@@ -38,7 +38,7 @@ from podlink.ledger.store import (
     translated,
 )
 from podlink.ledger.verifier import Verifier
-from podlink.ledger.writer import Landing, Writer
+from podlink.ledger.writer import Landing, Streak, Writer
 from podlink.protocol import clock, kinds
 from podlink.protocol.boxes import MEMBER_KEY_LEN
 from podlink.protocol.envelope import decode_header, verify_signature_parts
@@ -516,7 +516,7 @@ class Ledger:
         # Pipeline: the next batches' signatures are checked while this one commits.
         probe = allow_pending  # peers send copies; local appends almost never do
         upcoming: deque[asyncio.Future[Prepared]] = deque()
-        landings: list[Landing] = []  # the COMMITs it left to land (ledger/writer.py)
+        streak = Streak()  # the COMMITs it leaves to land (ledger/writer.py)
         try:
             for i in range(len(parts)):
                 # The batch to commit next, and PREPARE_AHEAD more checked during its commit.
@@ -531,21 +531,21 @@ class Ledger:
                 # Each COMMIT but the last is left to land while the next batch goes on.
                 before = self._landing
                 linger = i < len(parts) - 1 and not (source == "local" and not allow_pending)
-                results += await self._commit(prepared, source, allow_pending, linger=linger)
+                results += await self._commit(
+                    prepared, source, allow_pending, linger=linger, owner=streak
+                )
                 if self._landing is not None and self._landing is not before:
-                    landings.append(self._landing)
+                    streak.landings.append(self._landing)
         except BaseException as err:
             await self._stop_preparing(upcoming)
-            await run_to_end(self._settle_all(landings))
-            failed = next((x.error for x in landings if x.error is not None), None)
-            if failed is None or not isinstance(err, Exception):
+            await run_to_end(self._settle_all(streak))
+            if streak.error is None or not isinstance(err, Exception):
                 raise
             # A batch queued behind a failed COMMIT fails too; the COMMIT says why.
-            raise _storage_error(failed) from err
-        await self._settle_all(landings)
-        for landing in landings:
-            if landing.error is not None:
-                raise _storage_error(landing.error)
+            raise _storage_error(streak.error) from err
+        await self._settle_all(streak)
+        if streak.error is not None:
+            raise _storage_error(streak.error)
         if self.waiting_due:
             await self._drain_waiting()
         return results
@@ -578,27 +578,37 @@ class Ledger:
         return results
 
     async def _commit(
-        self, prepared: Prepared, source: str, allow_pending: bool, *, linger: bool = False
-    ) -> list[IngestResult]:
+        self, prepared: Prepared, source: str, allow_pending: bool, *,
+        linger: bool = False, owner: Streak | None = None,
+    ) -> list[IngestResult]:  # fmt: skip
         if source == "local" and not allow_pending:
             return await self._commit_append(prepared)
-        # A batch settles a COMMIT left before it after its own BEGIN (ingest.commit).
+        # A batch of the ingest that left a COMMIT to land settles it after its own BEGIN
+        # (ingest.commit); any other settles it first (_commit_locked).
         async with self._write.continuing(), translated("ingest failed and was rolled back"):
             self._check_open()
-            return await self._commit_locked(prepared, source, allow_pending, linger)
+            return await self._commit_locked(prepared, source, allow_pending, linger, owner)
 
     async def _commit_locked(
-        self, prepared: Prepared, source: str, allow_pending: bool, linger: bool = False
-    ) -> list[IngestResult]:
-        if self._stale_caches or time.monotonic() - self._last_purge >= 60:
-            await self._settle_quietly()  # the reload and the purge go by what is on disk
+        self, prepared: Prepared, source: str, allow_pending: bool,
+        linger: bool = False, owner: Streak | None = None,
+    ) -> list[IngestResult]:  # fmt: skip
+        if owner is not None and owner.error is not None:
+            raise owner.error  # a COMMIT it left failed (settled by another writer, say)
+        landing = self._landing
+        if landing is not None and (
+            landing.owner is not owner  # (its outcome decides what is a copy here)
+            or self._stale_caches or time.monotonic() - self._last_purge >= 60
+        ):  # (the reload and the purge go by what is on disk)
+            await self._settle_for(owner)
         if self._stale_caches:
             await self._load()
             self._stale_caches = False
         await self._purge_pending()
         results = await commit(
-            self, prepared, source=source, allow_pending=allow_pending, linger=linger
-        )
+            self, prepared, source=source, allow_pending=allow_pending, linger=linger,
+            owner=owner,
+        )  # fmt: skip
         if self.waiting_due:  # this batch brought feeds that fork evidence waited for
             await self.settle_landed()  # (not left to land then: ingest.commit)
             self.fast_memo.clear()
@@ -623,6 +633,8 @@ class Ledger:
                     self.notify_stored(landing.head)
             else:  # what the writer holds in memory had the batch; the disk has not
                 self.forget_caches()
+                if landing.owner.error is None:
+                    landing.owner.error = landing.error
         return landing.error
 
     async def settle_landed(self) -> None:
@@ -643,15 +655,24 @@ class Ledger:
         await self._settle_quietly()
         self.fast_memo.clear()
 
-    async def _settle_quietly(self) -> None:
-        """``settle_landed`` for a writer other than the ingest that left the COMMIT: a
-        failed one is that ingest's to report; this writer starts from what is on disk."""
-        with contextlib.suppress(Exception):
+    async def _settle_for(self, owner: Streak | None) -> None:
+        """``settle_landed`` before a writer starts. A failed COMMIT is raised to the
+        ingest that left it (``owner``), and to no other: that writer starts from what
+        is on disk (the ingest that left it raises it at its next batch)."""
+        landing = self._landing
+        try:
             await self.settle_landed()
+        except Exception:
+            if landing is not None and landing.owner is owner:
+                raise
 
-    async def _settle_all(self, landings: list[Landing]) -> None:
+    async def _settle_quietly(self) -> None:
+        await self._settle_for(None)
+
+    async def _settle_all(self, streak: Streak) -> None:
         """Before an ingest returns or raises: every COMMIT it left to land has landed or
-        failed (``Landing.error``; its batch and the ones after it are not stored)."""
+        failed (``Streak.error``; its batch and the ones after it are not stored)."""
+        landings = streak.landings
         if landings and not landings[-1].settled:
             async with self._write.continuing():  # (or another writer settled it)
                 await self._settle_quietly()
@@ -785,8 +806,12 @@ class Ledger:
         self.folds.clear()  # they may hold events the rollback took back
         self.fast_memo.clear()
 
-    def after_commit(self, batch: Batch, landing: asyncio.Future[None] | None = None) -> None:
-        """After a batch's transaction: its COMMIT landed, or is ``landing`` (writer.py)."""
+    def after_commit(
+        self, batch: Batch, landing: asyncio.Future[None] | None = None,
+        owner: Streak | None = None,
+    ) -> None:  # fmt: skip
+        """After a batch's transaction: its COMMIT landed, or is ``landing``, left by
+        ``owner`` (writer.py)."""
         self.heads.update(batch.heads)
         if self.waiting_feeds:  # (nothing more to do on an ingest while no evidence waits)
             self._note_due(batch.heads)
@@ -796,7 +821,8 @@ class Ledger:
             self.recent.append((self.generation, batch.stored_ids))
         news = bool(batch.stored or batch.forked)  # new fork evidence is news for peers too
         if landing is not None:
-            self._landing = Landing(landing, self.generation, self.next_pos - 1, news)
+            assert owner is not None, "a COMMIT is left to land only by an ingest"
+            self._landing = Landing(landing, self.generation, self.next_pos - 1, news, owner)
             return
         self.landed = self.generation
         if news:

@@ -70,8 +70,16 @@ async def transaction(db: aiosqlite.Connection) -> AsyncIterator[Tx]:
         else:
             await db.commit()
     except BaseException:
+        if tx.landing is not None:  # cancelled at the sleep: nobody will await it now
+            tx.landing.add_done_callback(_retrieved)
         await db.rollback()
         raise
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Mark a task's outcome as seen (asyncio logs an exception nobody retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _create_private(path: Path) -> None:

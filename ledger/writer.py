@@ -13,9 +13,13 @@ SQLite writes. Two things wait until the COMMIT has landed:
 What the writer knows (heads, positions, roster) moves on at once, as if the batch were
 on disk. If its COMMIT fails, whoever settles it rolls back, and the ledger reloads those
 from disk (``Ledger.forget_caches``). The next batch of the same ingest settles it right
-after its own BEGIN, which aiosqlite runs after the COMMIT. If the COMMIT failed, that
-batch is refused before it writes anything. ``Ledger.ingest`` returns only once all its
-COMMITs have landed, so "returned" still means "on disk".
+after its own BEGIN, which aiosqlite runs after the COMMIT; if the COMMIT failed, that
+batch is refused before it writes anything. Any other caller's batch (another ingest, a
+sync page) settles it before it starts, and goes on from what is on disk whatever the
+outcome: it is not failed by a COMMIT not its own, nor told "duplicate" of events not
+yet on disk. The ingest that left the COMMIT raises its failure at its next batch, even
+when another writer settled it. ``Ledger.ingest`` returns only once all its COMMITs have
+landed, so "returned" still means "on disk".
 """
 
 from __future__ import annotations
@@ -35,8 +39,18 @@ class Landing:
     generation: int  # Ledger.generation with the batch's ids in Ledger.recent
     head: int  # the last store position the batch took
     news: bool  # something for the listeners (events stored, fork evidence)
+    owner: Streak  # the ingest call that left it
     settled: bool = False
     error: BaseException | None = None  # once settled: why the COMMIT failed
+
+
+class Streak:
+    """One ingest call's batches: the COMMITs it left to land, and the first of them that
+    failed (set by whoever settled it). Its next batch is refused once that is set."""
+
+    def __init__(self) -> None:
+        self.landings: list[Landing] = []
+        self.error: BaseException | None = None
 
 
 class Writer(asyncio.Lock):
