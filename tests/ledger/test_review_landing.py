@@ -187,6 +187,14 @@ class _Told:
         assert heads == sorted(heads), heads
 
 
+async def _verifies_and_rebuilds(ledger: Ledger) -> None:
+    """Every signature and chain checks out, and a rebuild gives the live projections."""
+    assert (await ledger.verify()).ok
+    live = await ledger.dump()
+    await ledger.rebuild()
+    assert await ledger.dump() == live
+
+
 async def _consistent(ledger: Ledger) -> None:
     """The caches in memory say what the file says (after any reload they owe)."""
     if ledger._stale_caches:
@@ -261,10 +269,7 @@ async def test_an_ingest_cancelled_anywhere_stores_whole_batches_and_tells_only_
             await _consistent(ledger)
         told.check()
         assert len(cut_at) >= 3, cut_at  # cancelled around several COMMITs
-        assert (await ledger.verify()).ok
-        live = await ledger.dump()
-        await ledger.rebuild()
-        assert await ledger.dump() == live
+        await _verifies_and_rebuilds(ledger)
     finally:
         told.con.close()
         await ledger.close()
@@ -381,10 +386,7 @@ async def test_appends_pages_and_ingests_at_once_store_all_and_tell_only_what_is
         told.check()
         assert told.seen and told.seen[-1][0] == ledger.next_pos - 1
         assert ledger._landing is None and ledger.landed == ledger.generation
-        assert (await ledger.verify()).ok
-        live = await ledger.dump()
-        await ledger.rebuild()
-        assert await ledger.dump() == live
+        await _verifies_and_rebuilds(ledger)
     finally:
         told.con.close()
         await ledger.close()
