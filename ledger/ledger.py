@@ -610,7 +610,7 @@ class Ledger:
             owner=owner,
         )  # fmt: skip
         if self.waiting_due:  # this batch brought feeds that fork evidence waited for
-            await self.settle_landed()  # (not left to land then: ingest.commit)
+            await self.settle_landed()  # the release reads what is on disk
             self.fast_memo.clear()
             await run_to_end(self._release_waiting())  # its memory follows its commit
         return results
