@@ -289,12 +289,16 @@ async def prepare(ledger: Ledger, wires: Sequence[bytes], *, probe: bool = True)
 async def commit(
     ledger: Ledger, prep: Prepared, *, source: str, allow_pending: bool,
     linger: bool = False, owner: Streak | None = None,
+    then: tuple[str, Sequence[object]] | None = None,
 ) -> list[IngestResult]:  # fmt: skip
     """Dedupe, chain, authorise, store and project a prepared batch: one transaction.
 
     The caller holds the ledger's write lock, and has settled any COMMIT left to land
     but its own (ledger/writer.py). ``linger``: leave this one's COMMIT to land while
-    ``owner`` goes on; the owner must settle it before it returns."""
+    ``owner`` goes on; the owner must settle it before it returns. ``then``: one more
+    statement in the same transaction, run before any of the batch's (a pull's cursor
+    past the page before: see ``Ledger.store``); with it, there is a transaction even
+    if nothing is new."""
     db = ledger.db
     batch = Batch(ledger, source, allow_pending, prep.now, prep.results)
     origin = key_or_none(source)
@@ -330,13 +334,15 @@ async def commit(
             refills.append(cand)
         batch.result(cand, IngestResult("duplicate", cand.event.id_text))
 
-    if not candidates and not refills:
+    if not candidates and not refills and then is None:
         return _final(batch)
 
     roster = ledger.roster.snapshot()  # a roster event folded here must not outlive a rollback
     try:
         async with transaction(db) as tx:
             await ledger.settle_landed()  # its own COMMIT before this BEGIN, if one was left
+            if then is not None:
+                await db.execute(*then)
             batch.first_pos = ledger.next_pos
             await _load_heads(batch, candidates)
             await _forget_emptied_feeds(batch, candidates)

@@ -568,11 +568,30 @@ class Ledger:
             [await prepare(self, wires[i : i + size]) for i in range(0, len(wires), size)]
         )
 
-    async def store(self, checked: Checked, *, source: str = "peer") -> list[IngestResult]:
-        """The other half: dedupe, chain, authorise, store and project checked events."""
+    async def store(
+        self, checked: Checked, *, source: str = "peer", streak: Streak | None = None,
+        then: tuple[str, Sequence[object]] | None = None,
+    ) -> list[IngestResult]:  # fmt: skip
+        """The other half: dedupe, chain, authorise, store and project checked events.
+
+        For a pull, page after page: with ``streak`` each COMMIT is left to land while
+        the caller goes on (ledger/writer.py). The streak's next call settles it after
+        its BEGIN, and raises if it failed; ``settle`` waits for the last. ``then`` is
+        one more statement, first in the first transaction: the pull saves its cursor
+        past the page *before* this one there, which has landed by then, so a cursor
+        is never on disk ahead of its page's events."""
         results: list[IngestResult] = []
-        for prepared in checked.batches:
-            results += await self._commit(prepared, source, True)
+        batches = checked.batches
+        if not batches and then is not None:  # a page with no events: the cursor still
+            batches = [Prepared([], [], [], clock.now_ms())]
+        for i, prepared in enumerate(batches):
+            before = self._landing
+            results += await self._commit(
+                prepared, source, True, linger=streak is not None, owner=streak,
+                then=then if i == 0 else None,
+            )  # fmt: skip
+            if streak is not None and self._landing not in (None, before):
+                streak.landings.append(self._landing)  # type: ignore[arg-type]
         if self.waiting_due:
             await self._drain_waiting()
         return results
@@ -580,6 +599,7 @@ class Ledger:
     async def _commit(
         self, prepared: Prepared, source: str, allow_pending: bool, *,
         linger: bool = False, owner: Streak | None = None,
+        then: tuple[str, Sequence[object]] | None = None,
     ) -> list[IngestResult]:  # fmt: skip
         if source == "local" and not allow_pending:
             return await self._commit_append(prepared)
@@ -587,11 +607,14 @@ class Ledger:
         # (ingest.commit); any other settles it first (_commit_locked).
         async with self._write.continuing(), translated("ingest failed and was rolled back"):
             self._check_open()
-            return await self._commit_locked(prepared, source, allow_pending, linger, owner)
+            return await self._commit_locked(
+                prepared, source, allow_pending, linger, owner, then
+            )
 
     async def _commit_locked(
         self, prepared: Prepared, source: str, allow_pending: bool,
         linger: bool = False, owner: Streak | None = None,
+        then: tuple[str, Sequence[object]] | None = None,
     ) -> list[IngestResult]:  # fmt: skip
         if owner is not None and owner.error is not None:
             raise owner.error  # a COMMIT it left failed (settled by another writer, say)
@@ -607,7 +630,7 @@ class Ledger:
         await self._purge_pending()
         results = await commit(
             self, prepared, source=source, allow_pending=allow_pending, linger=linger,
-            owner=owner,
+            owner=owner, then=then,
         )  # fmt: skip
         if self.waiting_due:  # this batch brought feeds that fork evidence waited for
             await self.settle_landed()  # the release reads what is on disk
@@ -668,6 +691,14 @@ class Ledger:
 
     async def _settle_quietly(self) -> None:
         await self._settle_for(None)
+
+    async def settle(self, streak: Streak) -> None:
+        """Wait until every COMMIT ``streak`` left to land (``store``) has landed; raise
+        the first that failed (its batch, and every later one of the streak, is not on
+        disk)."""
+        await run_to_end(self._settle_all(streak))
+        if streak.error is not None:
+            raise _storage_error(streak.error)
 
     async def _settle_all(self, streak: Streak) -> None:
         """Before an ingest returns or raises: every COMMIT it left to land has landed or

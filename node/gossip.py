@@ -26,7 +26,8 @@ import yarl
 from podlink.ledger import forks as fork_rows
 from podlink.ledger import queries
 from podlink.ledger.ledger import Checked
-from podlink.ledger.store import rows
+from podlink.ledger.store import rows, run_to_end
+from podlink.ledger.writer import Streak
 from podlink.node.api_types import (
     FeedHead,
     Page,
@@ -37,7 +38,7 @@ from podlink.node.api_types import (
     msgpack_encoder,
     page_decoder,
 )
-from podlink.node.runtime import Node, PeerRecord
+from podlink.node.runtime import Node, PeerRecord, cursor_update
 from podlink.protocol.envelope import decode_event
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.evidence import Fork
@@ -108,6 +109,9 @@ class PeerLink:
         # (epoch, cursor) when the stream ended on a page saying the peer's store was
         # restored: the pull after it must see that, or the peer contradicts itself.
         self._restore_seen: tuple[bytes | None, int] | None = None
+        # The cursor past the page a pull stored last, moved in memory but not yet on
+        # disk: it is written in the next page's transaction (see _take).
+        self._unsaved: tuple[bytes, int, bytes, int] | None = None
         self._repair_error: PeerError | None = None  # what cut the last walk short
         self._lock = asyncio.Lock()  # one pull at a time (the loop and `podlink sync`)
         self.task: asyncio.Task[None] | None = None
@@ -206,20 +210,45 @@ class PeerLink:
         # one is stored (a page's events chain onto the last page's, which the store
         # step takes in order). With one page ahead, node B waited ~20 % of a sync for
         # the next page once its store got faster (docs/performance.md, eleventh round).
+        #
+        # Each page's COMMIT is left to land while the next page is taken (ledger/writer.py:
+        # the streak's next store settles it, and raises if it failed). So that a cursor is
+        # never on disk ahead of its page, a page's cursor is written in the next page's
+        # transaction, or once the last has landed.
         pages = _Ahead(self._fetch, self.record.cursor)
+        streak = Streak()
         try:
             while True:
                 page, checked = await pages.next()
-                r, s = await self._take(page, checked)
+                r, s = await self._take(page, checked, streak)
                 received, stored = received + r, stored + s
                 if _last(page):
                     break
                 if self.record.cursor != page.cursor:  # a repair moved it: refetch from there
                     await pages.cancel()
                     pages = _Ahead(self._fetch, self.record.cursor)
+        except BaseException:
+            if streak.landings or self._unsaved is not None:
+                await run_to_end(self._cursor_from_disk(streak))
+            raise
         finally:
+            self._unsaved = None
             await pages.cancel()
         return received, stored
+
+    async def _cursor_from_disk(self, streak: Streak) -> None:
+        """After a pull that stopped midway (cancelled, or a page failed): once every page
+        it left to land has landed, the cursor past the last is saved; if one failed, the
+        cursor stays where it is on disk. Then the cursor in memory is the one on disk."""
+        unsaved, self._unsaved = self._unsaved, None
+        try:
+            await self.node.ledger.settle(streak)
+        except Exception:  # (its error is the pull's to report)
+            unsaved = None
+        with contextlib.suppress(Exception):  # (a ledger closing: nothing to keep then)
+            if unsaved is not None:
+                await self.node.ledger.write(*cursor_update(*unsaved))
+            await self.node.reload_cursor(self.record.pod)
 
     async def _fetch(self, since: int) -> tuple[Page, asyncio.Future[Checked | None]]:
         """One page of changes after ``since``, and its events' check under way (they are
@@ -234,12 +263,20 @@ class PeerLink:
     async def _check(self, wires: list[bytes]) -> Checked | None:
         return await self.node.ledger.check(wires) if wires else None
 
-    async def _take(self, page: Page, checked: Checked | None = None) -> tuple[int, int]:
-        """Ingest one page, repairing first if the peer's store was restored."""
+    async def _take(
+        self, page: Page, checked: Checked | None = None, streak: Streak | None = None
+    ) -> tuple[int, int]:
+        """Ingest one page, repairing first if the peer's store was restored.
+
+        ``streak``: a pull's (``_pull_changes``); the page's COMMIT is left to land, and
+        its cursor waits for the next page's transaction, unless it is the last."""
         rec = self.record
         if (rec.epoch is not None and page.epoch != rec.epoch) or page.head < rec.cursor:
             log.warning("peer %s: store restored (epoch or head moved back); repairing",
                         self.source[:8])  # fmt: skip
+            if streak is not None:  # the pages before it on disk first
+                await self.node.ledger.settle(streak)
+                self._unsaved = None
             _, complete = await self.repair()
             if not complete:  # the cursor moves on: what a feed left behind, a repair fetches
                 await self.node.repaired(rec.pod, done=False)
@@ -251,8 +288,16 @@ class PeerLink:
             return 0, 0
         wires = [bytes(raw) for raw in page.events]
         stored = 0
-        if wires:
+        if streak is not None:
+            then = cursor_update(*self._unsaved) if self._unsaved is not None else None
+            results = await self.node.submit(
+                wires, source=self.source, checked=checked or Checked([]), streak=streak,
+                then=then,
+            )  # fmt: skip
+            self._unsaved = None
+        elif wires:
             results = await self.node.submit(wires, source=self.source, checked=checked)
+        if wires:
             stored = sum(r.status == "stored" for r in results)
             later = [r for r in results if r.status == "refused" and r.reason in LATER]
             if later and not rec.repair:
@@ -267,7 +312,13 @@ class PeerLink:
         self.status.behind = max(page.head - page.cursor, 0)
         self.node.metrics.set("peer_lag_events", self.status.behind, peer=self.source[:8])
         now = int(time.time())
-        await self.node.save_cursor(rec.pod, page.cursor, page.epoch, now)
+        if streak is not None and not _last(page):
+            self.node.cursor_moved(rec.pod, page.cursor, page.epoch, now)
+            self._unsaved = (rec.pod, page.cursor, page.epoch, now)
+        else:
+            if streak is not None:
+                await self.node.ledger.settle(streak)
+            await self.node.save_cursor(rec.pod, page.cursor, page.epoch, now)
         self.status.last_success = now
         if page.cursor >= page.head:
             # Evidence once caught up, not before: a piece is kept only about a feed we

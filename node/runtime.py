@@ -17,12 +17,21 @@ from podlink.ledger import queries
 from podlink.ledger.ingest import IngestResult
 from podlink.ledger.ledger import Checked, Ledger
 from podlink.ledger.store import rows
+from podlink.ledger.writer import Streak
 from podlink.node.config import Config
 from podlink.node.metrics import Metrics
 from podlink.protocol.keys import Keypair
 from podlink.protocol.text import b64e
 
 log = logging.getLogger("podlink.node")
+
+
+def cursor_update(pod: bytes, cursor: int, epoch: bytes, now_s: int) -> tuple[str, tuple]:
+    """The statement that saves where we are in a peer's changes."""
+    return (
+        "UPDATE peers SET cursor = ?, epoch = ?, last_sync = ? WHERE pod = ?",
+        (cursor, epoch, now_s, pod),
+    )
 
 
 @dataclass
@@ -114,14 +123,17 @@ class Node:
         source: str,
         local: bool = False,
         checked: Checked | None = None,
+        streak: Streak | None = None,
+        then: tuple[str, Sequence[object]] | None = None,
     ) -> list[IngestResult]:
         """Ingest events through the ledger, counting outcomes for /metrics.
 
-        ``checked``: ``wires`` went through ``ledger.check`` already; only store them."""
+        ``checked``: ``wires`` went through ``ledger.check`` already; only store them
+        (with ``streak`` and ``then`` as ``Ledger.store`` takes them: a pull's)."""
         if local:
             results = await self.ledger.append(wires)
         elif checked is not None:
-            results = await self.ledger.store(checked, source=source)
+            results = await self.ledger.store(checked, source=source, streak=streak, then=then)
         else:
             results = await self.ledger.ingest(wires, source=source)
         for r in results:
@@ -214,10 +226,20 @@ class Node:
             record.forks_cursor = cursor
 
     async def save_cursor(self, pod: bytes, cursor: int, epoch: bytes, now_s: int) -> None:
-        await self.ledger.write(
-            "UPDATE peers SET cursor = ?, epoch = ?, last_sync = ? WHERE pod = ?",
-            (cursor, epoch, now_s, pod),
-        )
+        await self.ledger.write(*cursor_update(pod, cursor, epoch, now_s))
+        self.cursor_moved(pod, cursor, epoch, now_s)
+
+    def cursor_moved(self, pod: bytes, cursor: int, epoch: bytes, now_s: int) -> None:
+        """The peer's record in memory (a pull writes the cursor with its next page)."""
         record = self.peers.get(pod)
         if record is not None:
             record.cursor, record.epoch, record.last_sync = cursor, epoch, now_s
+
+    async def reload_cursor(self, pod: bytes) -> None:
+        """The peer's cursor in memory as on disk again (a pull that failed midway)."""
+        found = await rows(
+            self.ledger.reader, "SELECT cursor, epoch, last_sync FROM peers WHERE pod = ?", (pod,)
+        )
+        record = self.peers.get(pod)
+        if found and record is not None:
+            record.cursor, record.epoch, record.last_sync = found[0]
