@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import random
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -62,23 +62,36 @@ async def _state(ledger: Ledger) -> dict:
     }
 
 
+@contextlib.asynccontextmanager
+async def fast_and_general(
+    root: Path, pod: bytes, batch_size: int = 1000
+) -> AsyncIterator[tuple[list[Ledger], list[bool]]]:
+    """Two ledgers of ``pod`` under ``root``, the fast path on and off, and the fast
+    path's verdicts while in the block (``counted``)."""
+    ledgers = []
+    try:
+        for name, on in (("fast", True), ("general", False)):
+            ledger = await Ledger.open(root / f"{name}.db", limits=Limits(batch_size=batch_size))
+            ledgers.append(ledger)
+            ledger.fast_path = on
+            await ledger.set_pod(pod)
+        with counted() as seen:
+            yield ledgers, seen
+    finally:
+        for ledger in ledgers:
+            await ledger.close()
+
+
 async def twins(
     root: Path, pod: bytes, batches: Sequence[Sequence[bytes]], batch_size: int = 1000
 ) -> list[int]:
     """Ingest ``batches`` with and without the fast path; assert the same outcome; return
     how many batches the fast path stored and declined."""
-    ledgers = []
-    for name, on in (("fast", True), ("general", False)):
-        ledger = await Ledger.open(root / f"{name}.db", limits=Limits(batch_size=batch_size))
-        ledger.fast_path = on
-        await ledger.set_pod(pod)
-        ledgers.append(ledger)
-    try:
-        with counted() as seen:
-            outcomes: list[list] = [[], []]
-            for batch in batches:
-                for i, ledger in enumerate(ledgers):
-                    outcomes[i].append(list(await ledger.ingest(batch)))
+    async with fast_and_general(root, pod, batch_size) as (ledgers, seen):
+        outcomes: list[list] = [[], []]
+        for batch in batches:
+            for i, ledger in enumerate(ledgers):
+                outcomes[i].append(list(await ledger.ingest(batch)))
         assert outcomes[0] == outcomes[1]
         states = [await _state(ledger) for ledger in ledgers]
         for part in states[0]:
@@ -89,9 +102,6 @@ async def twins(
         assert ledgers[0].next_pos == ledgers[1].next_pos
         assert ledgers[0].heads == ledgers[1].heads
         return [seen.count(True), seen.count(False)]
-    finally:
-        for ledger in ledgers:
-            await ledger.close()
 
 
 def chunks(events: Sequence[Event], rng: random.Random) -> list[list[bytes]]:

@@ -19,11 +19,11 @@ from pathlib import Path
 from podlink.ledger import ingest as ingest_mod
 from podlink.ledger import projections
 from podlink.ledger import state as st
-from podlink.ledger.ledger import Ledger, Limits
+from podlink.ledger.ledger import Ledger
 from podlink.protocol import kinds as k
 from podlink.protocol.envelope import Event
 from tests.ledger.helpers import World, bodiless, request_row, until_queued, wires
-from tests.ledger.test_fast import _LOG, counted
+from tests.ledger.test_fast import _LOG, fast_and_general
 
 
 async def _folds_exact(ledger: Ledger) -> None:
@@ -74,18 +74,8 @@ class Twins:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, root: Path, pod: bytes, batch_size: int = 1000):  # type: ignore[no-untyped-def]
-        ledgers = []
-        for name, on in (("fast", True), ("general", False)):
-            ledger = await Ledger.open(root / f"{name}.db", limits=Limits(batch_size=batch_size))
-            ledger.fast_path = on
-            await ledger.set_pod(pod)
-            ledgers.append(ledger)
-        try:
-            with counted() as seen:
-                yield cls(ledgers[0], ledgers[1], seen)
-        finally:
-            for ledger in ledgers:
-                await ledger.close()
+        async with fast_and_general(root, pod, batch_size) as (ledgers, seen):
+            yield cls(ledgers[0], ledgers[1], seen)
 
     async def feed(self, *batches: Sequence[bytes]) -> list:
         """Ingest each batch into both; the same results; the fast path's verdicts."""

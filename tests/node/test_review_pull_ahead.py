@@ -42,6 +42,20 @@ def _stub_link(fetch: Any) -> PeerLink:
     return link
 
 
+async def _run_released(
+    fetch: Any, asked: asyncio.Event, gate: asyncio.Event, steps: int
+) -> asyncio.Task[None]:
+    """``PeerLink.run`` of a stub link on ``fetch``, once it has asked for the first page:
+    the fetch let go (``gate``), then ``steps`` turns of the loop."""
+    task = asyncio.ensure_future(_stub_link(fetch).run())
+    await asyncio.wait_for(asked.wait(), 5)
+    await asyncio.sleep(0)
+    gate.set()
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    return task
+
+
 def _page(since: int) -> Page:
     return Page(epoch=b"e" * 16, cursor=since + 1, head=100, events=[], forks=0)
 
@@ -82,13 +96,7 @@ async def test_a_link_stopped_as_a_page_is_handed_over_leaves_no_check_running()
             checks.append(check)
             return _page(since), check
 
-        link = _stub_link(fetch)
-        task = asyncio.ensure_future(link.run())
-        await asyncio.wait_for(asked.wait(), 5)
-        await asyncio.sleep(0)
-        gate.set()
-        for _ in range(steps):
-            await asyncio.sleep(0)
+        task = await _run_released(fetch, asked, gate, steps)
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
         assert task in done and task.cancelled(), f"{steps} steps: the link did not stop"
@@ -117,13 +125,7 @@ async def test_a_link_stopped_as_a_fetch_fails_stops() -> None:
             await gate.wait()
             raise PeerError("unreadable page: test")
 
-        link = _stub_link(fetch)
-        task = asyncio.ensure_future(link.run())
-        await asyncio.wait_for(asked.wait(), 5)
-        await asyncio.sleep(0)
-        gate.set()
-        for _ in range(steps):
-            await asyncio.sleep(0)
+        task = await _run_released(fetch, asked, gate, steps)
         if task.done():  # never the case: run loops on a peer's errors
             continue
         task.cancel()  # what Gossip.stop_peer does, before it awaits the task
