@@ -34,7 +34,7 @@ from podlink.cli.session import run_sync
 from podlink.ledger import queries
 from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger
-from podlink.ledger.store import private_file
+from podlink.ledger.store import ids_joined, private_file
 from podlink.protocol import kinds
 from podlink.protocol.envelope import encode_wire
 from podlink.protocol.keys import Keypair
@@ -177,7 +177,8 @@ async def _carry(
         # events carried give it (as the V8 migration does), so that it can be gossiped.
         await ledger.write(
             "UPDATE forks SET kept_pod = e.pod, kept_payload = e.payload, kept_sig = e.sig "
-            "FROM events AS e WHERE e.id = forks.kept_id AND forks.kept_payload IS NULL")
+            f"FROM events AS e WHERE {ids_joined('e.id', 'forks.kept_id')} "
+            "AND forks.kept_payload IS NULL")
         # And the other header's pod, read from its bytes as V8 does (schema.py): without
         # it a peers-lane proof is kept but never served to the pods it concerns.
         await ledger.write(

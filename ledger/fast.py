@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from podlink.ledger import state as st
 from podlink.ledger.projections import URGENCY_RANK, insert_sql
-from podlink.ledger.store import chunks, marks, rows
+from podlink.ledger.store import chunks, ids_in, marks, rows
 from podlink.protocol import clock, kinds
 from podlink.protocol.text import b64e
 
@@ -225,9 +225,10 @@ async def _stored_requests(db, ids: set[bytes]) -> dict[bytes, _Request] | None:
         sql = (
             "SELECT e.id, r.rowid, r.pod, r.lane, r.status, r.accepted_claim, r.updated_ts, "
             f"r.claims FROM events AS e JOIN requests AS r ON r.rowid = e.pos "
-            f"WHERE e.id IN ({marks(len(part))})"
+            f"WHERE {ids_in(len(part), 'e.id')}"
         )
-        for id_, pos, pod, lane, status, accepted, updated, n in await rows(db, sql, part):
+        found_rows = await rows(db, sql, [*part, *part])
+        for id_, pos, pod, lane, status, accepted, updated, n in found_rows:
             found[id_] = _Request(pos, pod, lane, status, accepted, updated, n, -1, status,
                                   accepted)  # fmt: skip
     if len(found) != len(ids):

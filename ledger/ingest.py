@@ -21,7 +21,16 @@ import msgspec
 
 from podlink.ledger import fast, projections
 from podlink.ledger import state as st
-from podlink.ledger.store import chunks, marks, rows, transaction
+from podlink.ledger.store import (
+    chunks,
+    id_is,
+    ids_in,
+    ids_joined,
+    marks,
+    rows,
+    transaction,
+    twice,
+)  # fmt: skip
 from podlink.ledger.verifier import PROCESS_MIN, check_signed
 from podlink.protocol import clock, kinds
 from podlink.protocol.envelope import Event, decode_event, decode_header
@@ -402,9 +411,9 @@ async def _refill(batch: Batch, cand: Candidate) -> None:
     """Put back the body of a stored event that arrived without one (or with a bad one)."""
     ev = cand.event
     async with batch.ledger.db.execute(
-        "UPDATE events SET body = ? WHERE id = ? AND body IS NULL AND dropped = 0 "
+        f"UPDATE events SET body = ? WHERE {id_is()} AND body IS NULL AND dropped = 0 "
         "RETURNING root",
-        (ev.body, ev.id),
+        (ev.body, *twice(ev.id)),
     ) as cur:
         refilled = await cur.fetchall()
     if not refilled:
@@ -447,9 +456,11 @@ async def _stored_sigs(db, ids: list[bytes]) -> dict[bytes, tuple[bytes, bool]]:
     for part in chunks(ids):
         sql = (
             "SELECT id, sig, body IS NULL AND dropped = 0 FROM events "
-            f"WHERE id IN ({marks(len(part))})"
+            f"WHERE {ids_in(len(part))}"
         )
-        found.update((id_, (sig, bool(r))) for id_, sig, r in await rows(db, sql, part))
+        found.update(
+            (id_, (sig, bool(r))) for id_, sig, r in await rows(db, sql, [*part, *part])
+        )
     return found
 
 
@@ -645,7 +656,9 @@ async def _resolve_root(batch: Batch, ev: Event, root: bytes) -> bytes:
     if root in batch.claim_roots:
         return batch.claim_roots[root]
     found = await rows(
-        batch.ledger.db, "SELECT root FROM events WHERE id = ? AND kind = 'claim.make'", (root,)
+        batch.ledger.db,
+        f"SELECT root FROM events WHERE {id_is()} AND kind = 'claim.make'",
+        twice(root),
     )
     return found[0][0] if found and found[0][0] is not None else root
 
@@ -972,7 +985,7 @@ async def _flush(batch: Batch) -> None:
             "kept_sig, other_id, other_pod, other_payload, other_sig, source, received) "
             "SELECT :author, :lane, :seq, :kept_id, e.pod, e.payload, e.sig, :other_id, "
             ":other_pod, :other_payload, :other_sig, :source, :received "
-            "FROM (SELECT :kept_id AS k) LEFT JOIN events AS e ON e.id = k",
+            f"FROM (SELECT :kept_id AS k) LEFT JOIN events AS e ON {ids_joined('e.id', 'k')}",
             batch.forks,
         )
         batch.forked += len(batch.forks)

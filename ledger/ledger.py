@@ -30,6 +30,7 @@ from podlink.ledger.schema import PROJECTIONS
 from podlink.ledger.store import (
     BUSY_TIMEOUT_MS,
     connect,
+    ids_joined,
     marks,
     rows,
     run_to_end,
@@ -1061,7 +1062,7 @@ async def _check_feed_heads(
     table = {}
     for author, lane, seq, id_, pos in await rows(
         db, "SELECT f.author, f.lane, f.seq, f.id, e.pos FROM feeds AS f "
-        "LEFT JOIN events AS e ON e.id = f.id"):  # fmt: skip
+        f"LEFT JOIN events AS e ON {ids_joined('e.id', 'f.id')}"):  # fmt: skip
         if pos is not None and pos > end:  # stored after verify began
             heads.pop((author, lane), None)
             continue
@@ -1106,6 +1107,6 @@ async def _recompute_roots(db: aiosqlite.Connection) -> None:
         await db.executemany("UPDATE events SET root = ? WHERE pos = ?", updates)
     await db.execute(
         "UPDATE events AS a SET root = c.root FROM events AS c "
-        "WHERE a.kind IN ('claim.accept', 'claim.decline') AND c.id = a.root "
+        f"WHERE a.kind IN ('claim.accept', 'claim.decline') AND {ids_joined('c.id', 'a.root')} "
         "AND c.kind = 'claim.make' AND c.root IS NOT NULL"
     )

@@ -58,7 +58,7 @@ async def load_roots(db: aiosqlite.Connection, roots: Iterable[bytes]) -> dict[b
     roots = list(roots)
     for part in chunks(roots):
         sql = of_roots(f"SELECT root, {EVENT_COLUMNS} FROM events", len(part))
-        for row in await rows(db, sql, [*part, *part]):
+        for row in await rows(db, sql, [*part, *part, *part]):
             grouped[row[0]].append(view_from_row(row[1:]))
     return grouped
 
@@ -452,7 +452,7 @@ async def forget_members(db: aiosqlite.Connection, members: list[bytes]) -> None
     await db.executemany(
         "UPDATE events SET body = NULL, dropped = 1 "
         f"WHERE pos IN ({of_roots('SELECT pos FROM events', 1, where)})",
-        [(m, *MEMBER_KINDS) * 2 for m in members],
+        [(m, *MEMBER_KINDS, m, m, *MEMBER_KINDS) for m in members],
     )
 
 

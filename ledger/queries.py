@@ -23,7 +23,16 @@ from podlink.ledger.projections import (
     load_roster,
     view_from_row,
 )
-from podlink.ledger.store import chunks, marks, of_roots, rows, rows_by_pairs, scalar
+from podlink.ledger.store import (
+    chunks,
+    id_is,
+    ids_joined,
+    marks,
+    of_roots,
+    rows,
+    rows_by_pairs,
+    scalar,
+)  # fmt: skip
 from podlink.protocol import boxes, kinds
 from podlink.protocol.errors import ProtocolError
 from podlink.protocol.text import b64e, key_or_none
@@ -79,12 +88,15 @@ async def resolve(db: aiosqlite.Connection, table: str, prefix: str, what: str) 
     if table in POSITIONED:  # no id index of its own: its rows sit at their event's pos
         sql = (
             f"SELECT e.id FROM events e JOIN {table} t ON t.rowid = e.pos "
-            "WHERE e.id >= ? AND e.id < ? LIMIT 50"
+            "WHERE substr(e.id, 1, 8) BETWEEN substr(?, 1, 8) AND substr(?, 1, 8) "
+            "AND e.id >= ? AND e.id < ? LIMIT 50"
         )
+        params: tuple[bytes, ...] = (lo, hi, lo, hi)
     else:
         column = "pod" if table == "pods" else "id"
         sql = f"SELECT {column} FROM {table} WHERE {column} >= ? AND {column} < ? LIMIT 50"
-    found = [r[0] for r in await rows(db, sql, (lo, hi)) if b64e(r[0]).startswith(prefix)]
+        params = (lo, hi)
+    found = [r[0] for r in await rows(db, sql, params) if b64e(r[0]).startswith(prefix)]
     if not found:
         raise NotFound(f"no {what} with id starting {prefix!r}")
     if len(found) > 1:
@@ -125,7 +137,7 @@ def _filters(
     params = [value for _, value in equal if value is not None]
     if made_by is not None:
         where.append(_at_event())
-        params += [made_by, made_by]
+        params += [made_by, made_by, made_by]
     return where, params
 
 
@@ -135,9 +147,10 @@ def _where(conditions: Sequence[str]) -> str:
 
 def _at_event(table: str = "") -> str:
     """The condition for the one row of a positioned table made by event ``?`` (its id
-    given twice): such rows sit at their event's store position and have no id index."""
+    given three times): such rows sit at their event's store position and have no id
+    index."""
     prefix = f"{table}." if table else ""
-    return f"{prefix}rowid = (SELECT pos FROM events WHERE id = ?) AND {prefix}id = ?"
+    return f"{prefix}rowid = (SELECT pos FROM events WHERE {id_is()}) AND {prefix}id = ?"
 
 
 async def _positioned_page(
@@ -303,9 +316,8 @@ async def get_request(
     is not one of the request's), so a writer learns what came of its event."""
     found = await rows(
         db,
-        f"SELECT {REQUEST_COLUMNS} FROM requests "
-        "WHERE rowid = (SELECT pos FROM events WHERE id = ?) AND id = ?",
-        (request, request),
+        f"SELECT {REQUEST_COLUMNS} FROM requests WHERE {_at_event()}",
+        (request, request, request),
     )
     if not found:
         raise NotFound(f"no request {b64e(request)[:10]}")
@@ -360,7 +372,7 @@ async def _newest_claims(
 
 async def load_roots_one(db: aiosqlite.Connection, root: bytes) -> list[st.EventView]:
     sql = of_roots(f"SELECT {EVENT_COLUMNS} FROM events", 1)
-    return [view_from_row(r) for r in await rows(db, sql, (root, root))]
+    return [view_from_row(r) for r in await rows(db, sql, (root, root, root))]
 
 
 CLAIM_COLUMNS = "id, request, pod, author, lane, by_member, note, status, ts, decided_ts, reason"
@@ -425,8 +437,10 @@ async def list_hours(
         "SELECT f.id, f.hours, f.ts, r.id, r.title, r.pod, r.for_member, r.accepted_claim, "
         "c.pod, c.by_member "
         "FROM fulfilments f "
-        "JOIN requests r ON r.rowid = (SELECT pos FROM events WHERE id = f.request) "
-        "LEFT JOIN claims c ON c.rowid = (SELECT pos FROM events WHERE id = r.accepted_claim) "
+        "JOIN requests r ON r.rowid = "
+        f"(SELECT pos FROM events WHERE {ids_joined('id', 'f.request')}) "
+        "LEFT JOIN claims c ON c.rowid = "
+        f"(SELECT pos FROM events WHERE {ids_joined('id', 'r.accepted_claim')}) "
         f"{_where(where)} ORDER BY "
     )
     if after is not None:

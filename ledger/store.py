@@ -222,14 +222,39 @@ def marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def id_is(column: str = "id") -> str:
+    """``column = ?`` for an event id, in a form that reaches the events' id index (schema
+    V13: it holds each id's first 8 bytes). Bind the id twice: ``(*twice(id_))``."""
+    return f"(substr({column}, 1, 8) = substr(?, 1, 8) AND {column} = ?)"
+
+
+def twice(value: Any) -> tuple[Any, Any]:
+    """The parameters of one :func:`id_is`."""
+    return value, value
+
+
+def ids_in(n: int, column: str = "id") -> str:
+    """``column IN (n ids)`` through the events' id index; bind ``[*ids, *ids]``."""
+    m = marks(n)
+    prefixes = ",".join(["substr(?, 1, 8)"] * n)
+    return f"(substr({column}, 1, 8) IN ({prefixes}) AND {column} IN ({m}))"
+
+
+def ids_joined(event_id: str, other: str) -> str:
+    """A join condition ``event_id = other`` (``event_id`` an events' id column, ``other``
+    a column of another table) that looks the event up through the id index."""
+    return f"(substr({event_id}, 1, 8) = substr({other}, 1, 8) AND {event_id} = {other})"
+
+
 def of_roots(select: str, n: int, where: str = "") -> str:
     """``select`` (``SELECT ... FROM events``) restricted to the events of ``n`` roots.
 
     Followers are found through the partial root index, anchors (root = id) through the
-    id index; bind the roots twice, each time followed by the parameters of ``where``."""
+    id index. Bind the roots followed by the parameters of ``where``, then the roots twice
+    (:func:`ids_in`) followed by those parameters again."""
     also = f" AND {where}" if where else ""
     m = marks(n)
     return (
         f"{select} WHERE root IN ({m}) AND root != id{also} "
-        f"UNION ALL {select} WHERE id IN ({m}) AND root = id{also}"
+        f"UNION ALL {select} WHERE {ids_in(n)} AND root = id{also}"
     )

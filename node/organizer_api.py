@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import web
 
 from podlink.ledger import projections, queries, state
-from podlink.ledger.store import rows, scalar
+from podlink.ledger.store import id_is, rows, scalar, twice
 from podlink.node import invites
 from podlink.node.api_types import (
     MAX_POSITION,
@@ -178,7 +178,8 @@ async def _check_changes(node: Any, wires: list[bytes]) -> None:
             ev = decode_event(wire)
             if ev.pod != node.pod or not ev.header.refs or ev.kind not in CHANGES:
                 continue
-            if await scalar(node.ledger.reader, "SELECT 1 FROM events WHERE id = ?", (ev.id,)):
+            held = f"SELECT 1 FROM events WHERE {id_is()}"
+            if await scalar(node.ledger.reader, held, twice(ev.id)):
                 continue  # sent again (a retry): a duplicate, changing nothing
             first = ev.header.refs[0]
             if ev.kind.startswith("request.") or ev.kind == "claim.make":
@@ -189,8 +190,8 @@ async def _check_changes(node: Any, wires: list[bytes]) -> None:
                 claim = first
                 request = await scalar(
                     node.ledger.reader, "SELECT request FROM claims "
-                    "WHERE rowid = (SELECT pos FROM events WHERE id = ?) AND id = ?",
-                    (claim, claim),
+                    f"WHERE rowid = (SELECT pos FROM events WHERE {id_is()}) AND id = ?",
+                    (claim, claim, claim),
                 )  # fmt: skip
             if request is None:
                 continue
@@ -199,16 +200,16 @@ async def _check_changes(node: Any, wires: list[bytes]) -> None:
             found = await rows(
                 node.ledger.reader,
                 "SELECT status, accepted_claim FROM requests "
-                "WHERE rowid = (SELECT pos FROM events WHERE id = ?) AND id = ? AND pod = ?",
-                (request, request, node.pod),
+                f"WHERE rowid = (SELECT pos FROM events WHERE {id_is()}) AND id = ? AND pod = ?",
+                (request, request, request, node.pod),
             )  # fmt: skip
             if not found:
                 continue  # not a request of ours: its pod decides
             newest = await scalar(
                 node.ledger.reader,
                 "SELECT max(ts) FROM (SELECT ts FROM events WHERE root = ? AND root != id "
-                "AND pod = ? UNION ALL SELECT ts FROM events WHERE id = ? AND pod = ?)",
-                (request, node.pod, request, node.pod),
+                f"AND pod = ? UNION ALL SELECT ts FROM events WHERE {id_is()} AND pod = ?)",
+                (request, node.pod, request, request, node.pod),
             )  # fmt: skip
             if newest is not None and ev.ts <= newest:
                 raise APIError("invalid", _changed_since(ev.kind, newest), status=409)
@@ -294,7 +295,7 @@ async def _submit(node: Any, body: Any, wires: list[bytes]) -> web.Response:
         if member not in stored_ids:
             await node.ledger.write(
                 "DELETE FROM member_keys WHERE member = ? "
-                "AND NOT EXISTS (SELECT 1 FROM events WHERE id = ?)", (member, member),
+                f"AND NOT EXISTS (SELECT 1 FROM events WHERE {id_is()})", (member, *twice(member)),
             )  # fmt: skip
     out = [msgspec.convert(msgspec.to_builtins(r), Result) for r in results]
     refused = next((r for r in results if not r.ok and r.status != "pending"), None)

@@ -22,6 +22,7 @@ from click.testing import CliRunner, Result
 from podlink.cli.main import main
 from podlink.ledger.authoring import Author
 from podlink.ledger.ledger import Ledger
+from podlink.ledger.projections import POSITIONED
 from podlink.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from podlink.ledger.store import _statements
 from podlink.protocol import boxes, kinds
@@ -309,6 +310,8 @@ def downgrade(live: Path, old: Path, version: int) -> None:
                   "members", "resources", "roster"):  # fmt: skip
         # The columns that version had (later versions add some, e.g. V7's reasons).
         names = ", ".join(f'"{r[1]}"' for r in con.execute(f"PRAGMA main.table_info({table})"))
+        if table in POSITIONED:  # rows sit at their event's store position (V3)
+            names = f"rowid, {names}"
         con.execute(f"INSERT OR IGNORE INTO main.{table} ({names}) "
                     f"SELECT {names} FROM live.{table}")  # fmt: skip
     con.execute("DETACH live")
