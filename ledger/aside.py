@@ -65,7 +65,7 @@ def _scrub_one(path: Path, members: Sequence[bytes]) -> None:
             db.executemany(
                 "UPDATE events SET body = NULL, dropped = 1 "
                 f"WHERE pos IN ({of_roots('SELECT pos FROM events', 1, where)})",
-                [(m, *MEMBER_KINDS, m, m, *MEMBER_KINDS) for m in members],
+                [(m, m, *MEMBER_KINDS) * 2 for m in members],
             )
             db.execute("COMMIT")
         except BaseException:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from podlink.ledger import state as st
 from podlink.ledger.projections import URGENCY_RANK, insert_sql
-from podlink.ledger.store import chunks, ids_in, marks, rows
+from podlink.ledger.store import chunks, ids_in, rows
 from podlink.protocol import clock, kinds
 from podlink.protocol.text import b64e
 
@@ -100,8 +100,8 @@ async def store(batch: Batch, cands: list[Candidate]) -> bool:
     memo = ledger.fast_memo
     ids = [c.event.id for c in cands]
     for part in chunks(ids):
-        sql = f"SELECT 1 FROM events WHERE root IN ({marks(len(part))}) AND root != id LIMIT 1"
-        if await rows(db, sql, part):
+        sql = f"SELECT 1 FROM events WHERE {ids_in(len(part), 'root')} AND root != id LIMIT 1"
+        if await rows(db, sql, [*part, *part]):
             return False
     opened = {c.event.id for c in cands if c.event.header.kind == "request.open"}
     named = {
@@ -236,9 +236,9 @@ async def _stored_requests(db, ids: set[bytes]) -> dict[bytes, _Request] | None:
     for part in chunks(listed):
         sql = (
             "SELECT root, max(ts), sum(kind != 'claim.make') FROM events "
-            f"WHERE root IN ({marks(len(part))}) AND root != id GROUP BY root"
+            f"WHERE {ids_in(len(part), 'root')} AND root != id GROUP BY root"
         )
-        for root, newest, others in await rows(db, sql, part):
+        for root, newest, others in await rows(db, sql, [*part, *part]):
             if others:
                 return None
             found[root].after = newest

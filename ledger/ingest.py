@@ -440,10 +440,11 @@ async def _fresh_roots(batch: Batch) -> dict[bytes, list[st.EventView]]:
     older: set[bytes] = set()
     for part in chunks(candidates):
         sql = (
-            f"SELECT root FROM events WHERE root IN ({marks(len(part))}) AND root != id "
+            f"SELECT root FROM events WHERE {ids_in(len(part), 'root')} AND root != id "
             "AND pos < ?"
         )
-        older.update(r[0] for r in await rows(batch.ledger.db, sql, [*part, batch.first_pos]))
+        found = await rows(batch.ledger.db, sql, [*part, *part, batch.first_pos])
+        older.update(r[0] for r in found)
     return {r: batch.views[r] for r in candidates if r not in older}
 
 
@@ -956,10 +957,10 @@ async def _rehome_answers(db, claims: dict[bytes, bytes]) -> set[bytes]:
     moves: list[tuple[bytes, int]] = []
     for part in chunks(list(claims)):
         sql = (
-            f"SELECT pos, root, kind, pod, payload FROM events WHERE root IN "
-            f"({marks(len(part))}) AND root != id AND kind IN ('claim.accept', 'claim.decline')"
+            f"SELECT pos, root, kind, pod, payload FROM events WHERE {ids_in(len(part), 'root')} "
+            "AND root != id AND kind IN ('claim.accept', 'claim.decline')"
         )
-        for pos, root, kind, pod, payload in await rows(db, sql, part):
+        for pos, root, kind, pod, payload in await rows(db, sql, [*part, *part]):
             refs = tuple(decode_header(payload).refs)
             if st.root_of(kind, b"", pod, refs) == root:
                 moves.append((claims[root], pos))

@@ -17,7 +17,7 @@ import aiosqlite
 
 from podlink.ledger import state as st
 from podlink.ledger.schema import PROJECTIONS
-from podlink.ledger.store import chunks, marks, of_roots, rows
+from podlink.ledger.store import chunks, id_is, ids_in, marks, of_roots, rows, twice
 from podlink.protocol import kinds
 from podlink.protocol.envelope import decode_header
 from podlink.protocol.errors import ProtocolError
@@ -58,7 +58,7 @@ async def load_roots(db: aiosqlite.Connection, roots: Iterable[bytes]) -> dict[b
     roots = list(roots)
     for part in chunks(roots):
         sql = of_roots(f"SELECT root, {EVENT_COLUMNS} FROM events", len(part))
-        for row in await rows(db, sql, [*part, *part, *part]):
+        for row in await rows(db, sql, [*part] * 4):
             grouped[row[0]].append(view_from_row(row[1:]))
     return grouped
 
@@ -86,10 +86,10 @@ async def load_roster(
     named: dict[bytes, set[bytes]] = defaultdict(set)
     for part in chunks(list(by_pod)):
         sql = (
-            f"SELECT pod, body FROM events WHERE root IN ({marks(len(part))}) AND root != id "
+            f"SELECT pod, body FROM events WHERE {ids_in(len(part), 'root')} AND root != id "
             "AND kind = 'roster.add' AND body IS NOT NULL"
         )
-        for pod, body in await rows(db, sql, part):
+        for pod, body in await rows(db, sql, [*part, *part]):
             named[pod].add(kinds.decode_body("roster.add", body).key)  # type: ignore[union-attr]
     return st.Roster(by_pod, named)
 
@@ -97,10 +97,10 @@ async def load_roster(
 async def roster_views(db: aiosqlite.Connection, pod: bytes) -> list[st.EventView]:
     """Every stored roster event of ``pod`` (a roster event's root is its pod)."""
     sql = (
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE root = ? AND root != id "
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE {id_is('root')} AND root != id "
         "AND kind IN ('roster.add', 'roster.remove')"
     )
-    return [view_from_row(r) for r in await rows(db, sql, (pod,))]
+    return [view_from_row(r) for r in await rows(db, sql, twice(pod))]
 
 
 async def refold_roster(
@@ -452,7 +452,7 @@ async def forget_members(db: aiosqlite.Connection, members: list[bytes]) -> None
     await db.executemany(
         "UPDATE events SET body = NULL, dropped = 1 "
         f"WHERE pos IN ({of_roots('SELECT pos FROM events', 1, where)})",
-        [(m, *MEMBER_KINDS, m, m, *MEMBER_KINDS) for m in members],
+        [(m, m, *MEMBER_KINDS) * 2 for m in members],
     )
 
 

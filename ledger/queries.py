@@ -372,7 +372,7 @@ async def _newest_claims(
 
 async def load_roots_one(db: aiosqlite.Connection, root: bytes) -> list[st.EventView]:
     sql = of_roots(f"SELECT {EVENT_COLUMNS} FROM events", 1)
-    return [view_from_row(r) for r in await rows(db, sql, (root, root, root))]
+    return [view_from_row(r) for r in await rows(db, sql, (root,) * 4)]
 
 
 CLAIM_COLUMNS = "id, request, pod, author, lane, by_member, note, status, ts, decided_ts, reason"
@@ -396,10 +396,10 @@ async def list_claims(
     where, params = _filters([("status", status), ("pod", pod)], made_by=id)
     if request is not None:  # through the events' root index (claims have none by request)
         where.append(
-            "rowid IN (SELECT pos FROM events WHERE root = ? AND root != id "
+            f"rowid IN (SELECT pos FROM events WHERE {id_is('root')} AND root != id "
             "AND kind = 'claim.make') AND request = ?"
         )
-        params += [request, request]
+        params += [request, request, request]
     order = "ts DESC, id DESC" if newest_first else "ts, id"
     found = await _positioned_page(db, "claims", CLAIM_COLUMNS, where, params, order=order,
                                    limit=limit, offset=offset, after=after)  # fmt: skip

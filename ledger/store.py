@@ -223,8 +223,8 @@ def marks(n: int) -> str:
 
 
 def id_is(column: str = "id") -> str:
-    """``column = ?`` for an event id, in a form that reaches the events' id index (schema
-    V13: it holds each id's first 8 bytes). Bind the id twice: ``(*twice(id_))``."""
+    """``column = ?`` for an id, in a form that reaches the events' indexes of ids and roots
+    (schema V13: they hold each id's first 8 bytes). Bind the id twice: ``twice(id_)``."""
     return f"(substr({column}, 1, 8) = substr(?, 1, 8) AND {column} = ?)"
 
 
@@ -234,7 +234,8 @@ def twice(value: Any) -> tuple[Any, Any]:
 
 
 def ids_in(n: int, column: str = "id") -> str:
-    """``column IN (n ids)`` through the events' id index; bind ``[*ids, *ids]``."""
+    """``column IN (n ids)`` through the events' index of ``column`` (``id`` or ``root``);
+    bind ``[*ids, *ids]``."""
     m = marks(n)
     prefixes = ",".join(["substr(?, 1, 8)"] * n)
     return f"(substr({column}, 1, 8) IN ({prefixes}) AND {column} IN ({m}))"
@@ -250,11 +251,10 @@ def of_roots(select: str, n: int, where: str = "") -> str:
     """``select`` (``SELECT ... FROM events``) restricted to the events of ``n`` roots.
 
     Followers are found through the partial root index, anchors (root = id) through the
-    id index. Bind the roots followed by the parameters of ``where``, then the roots twice
-    (:func:`ids_in`) followed by those parameters again."""
+    id index. Bind the roots twice (:func:`ids_in`) followed by the parameters of
+    ``where``, then the same again."""
     also = f" AND {where}" if where else ""
-    m = marks(n)
     return (
-        f"{select} WHERE root IN ({m}) AND root != id{also} "
+        f"{select} WHERE {ids_in(n, 'root')} AND root != id{also} "
         f"UNION ALL {select} WHERE {ids_in(n)} AND root = id{also}"
     )

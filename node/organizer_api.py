@@ -207,9 +207,9 @@ async def _check_changes(node: Any, wires: list[bytes]) -> None:
                 continue  # not a request of ours: its pod decides
             newest = await scalar(
                 node.ledger.reader,
-                "SELECT max(ts) FROM (SELECT ts FROM events WHERE root = ? AND root != id "
+                f"SELECT max(ts) FROM (SELECT ts FROM events WHERE {id_is('root')} AND root != id "
                 f"AND pod = ? UNION ALL SELECT ts FROM events WHERE {id_is()} AND pod = ?)",
-                (request, node.pod, request, request, node.pod),
+                (request, request, node.pod, request, request, node.pod),
             )  # fmt: skip
             if newest is not None and ev.ts <= newest:
                 raise APIError("invalid", _changed_since(ev.kind, newest), status=409)

@@ -1,6 +1,7 @@
-"""Schema V13: the events' id index holds each id's first 8 bytes, not a UNIQUE index on
-the whole id. Every lookup of an event by id must still be a search of that index, never a
-scan of the log (at a million events a scan is a second per lookup), and ids stay unique.
+"""Schema V13: the events' indexes of ids and roots hold each id's first 8 bytes, and the
+whole id is no longer UNIQUE. Every lookup of an event by id or of followers by their root
+must still be a search of those indexes, never a scan of the log (at a million events a
+scan is a second per lookup), and ids stay unique.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def _events_aliases(sql: str) -> set[str]:
 
 
 def _looks_up_ids(sql: str) -> bool:
-    """Whether a (parameter-expanded) statement compares an id column with a value or
-    another column: what must go through the id index when the table is events."""
-    return bool(re.search(r"\bid\s*(=|IN\b|>=)", sql)) and bool(re.search(r"\bevents\b", sql))
+    """Whether a (parameter-expanded) statement compares an id or a root with a value or
+    another column: what must go through the id or root index when the table is events."""
+    return bool(re.search(r"\b(id|root)\s*(=|IN\b|>=)", sql)) and bool(
+        re.search(r"\bevents\b", sql)
+    )
 
 
 def _scans(path: Path, statements: set[str]) -> list[tuple[str, list[str]]]:
@@ -114,7 +117,8 @@ async def test_every_lookup_by_id_searches_the_prefix_index(
 
 
 def test_a_lookup_written_against_the_whole_id_is_caught(tmp_path: Path) -> None:
-    """The check above can fail: ``id = ?`` on events is a full scan under V13."""
+    """The check above can fail: ``id = ?`` or ``root IN (...)`` on events is a full scan
+    under V13."""
     path = tmp_path / "x.db"
     con = sqlite3.connect(path, isolation_level=None)
     for script in MIGRATIONS:
@@ -123,7 +127,15 @@ def test_a_lookup_written_against_the_whole_id_is_caught(tmp_path: Path) -> None
     con.close()
     raw = "SELECT pos FROM events WHERE id = x'00'"
     good = "SELECT pos FROM events WHERE (substr(id, 1, 8) = substr(x'00', 1, 8) AND id = x'00')"
-    assert _scans(path, {raw, good}) == [(raw, ["SCAN events"])]
+    raw_root = "SELECT pos FROM events WHERE root IN (x'00') AND root != id"
+    good_root = (
+        "SELECT pos FROM events WHERE (substr(root, 1, 8) IN (substr(x'00', 1, 8)) "
+        "AND root IN (x'00')) AND root != id"
+    )
+    found = _scans(path, {raw, good, raw_root, good_root})
+    assert sorted(found) == sorted(
+        [(raw, ["SCAN events"]), (raw_root, ["SCAN events USING INDEX events_root"])]
+    )
 
 
 async def test_the_schema_holds_no_index_of_whole_ids_and_ids_stay_unique(
@@ -141,6 +153,7 @@ async def test_the_schema_holds_no_index_of_whole_ids_and_ids_stay_unique(
         for name in indexes
     }
     assert columns["events_id"] == [None]  # an expression: substr(id, 1, 8)
+    assert columns["events_root"] == [None]  # substr(root, 1, 8), followers only
     assert [name for name, cols in columns.items() if cols == ["id"]] == []
     assert [cols for name, cols in columns.items() if indexes[name]] == [
         ["author", "lane", "seq"]
