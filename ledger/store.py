@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from podlink.ledger.errors import SchemaTooNew, StorageError
-from podlink.ledger.schema import MIGRATIONS, SCHEMA_VERSION
+from podlink.ledger.schema import LEFTOVERS, MIGRATIONS, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 5000  # how long a statement waits for a lock another connection holds
 PRAGMAS = (
@@ -35,7 +36,11 @@ PRAGMAS = (
     f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
 )
 T = TypeVar("T")
-MAX_PARAMS = 500  # ids per IN (...) query, well under SQLite's variable limit
+log = logging.getLogger("podlink.ledger")
+# Ids per IN (...) query. A lookup through an index of prefixes binds each id twice, and
+# of_roots four times: 2,000 variables, well under the 32,766 of any SQLite with STRICT
+# tables (3.37+, which the schema needs already).
+MAX_PARAMS = 500
 
 
 class Tx:
@@ -160,10 +165,22 @@ async def migrate(db: aiosqlite.Connection) -> None:
             f"this database has schema {version}, newer than this podlink ({SCHEMA_VERSION});"
             " upgrade podlink"
         )
+    if version < SCHEMA_VERSION and await scalar(db, "SELECT count(*) FROM sqlite_schema"):
+        log.warning(
+            "migrating the database from schema %d to %d (once; a large log takes a while: "
+            "about 1-2 s per 100,000 events)", version, SCHEMA_VERSION,
+        )  # fmt: skip
     for target in range(version + 1, SCHEMA_VERSION + 1):
         async with transaction(db):
             await _run_script(db, MIGRATIONS[target - 1])
             await db.execute(f"PRAGMA user_version={target}")
+    left = [name for (name,) in await rows(
+        db, f"SELECT name FROM sqlite_schema WHERE type = 'table' AND name IN "
+        f"({marks(len(LEFTOVERS))})", LEFTOVERS)]  # fmt: skip
+    for name in left:
+        await db.execute(f"DROP TABLE {name}")  # autocommit: no statement journal
+    if left:  # the WAL holds the copy and the zeroed pages: give the disk back now
+        await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 async def _run_script(db: aiosqlite.Connection, script: str) -> None:

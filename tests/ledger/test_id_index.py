@@ -201,3 +201,26 @@ async def test_a_v12_file_moves_its_log_to_v13_in_store_order(
         assert last == [(before[-1][0] + 1, req.id)]
         assert (await q.get_request(ledger.reader, reqs[0].id))["status"] == "accepted"
         assert (await ledger.verify()).ok
+        tables = await query(ledger, "SELECT name FROM sqlite_schema WHERE type = 'table'")
+        assert ("events_v12",) not in tables and ("events_v13",) not in tables
+        assert await query(ledger, "PRAGMA integrity_check") == [("ok",)]
+
+
+async def test_an_open_cut_before_the_old_log_was_dropped_drops_it_next_time(
+    tmp_path: Path, world: World
+) -> None:
+    """The old table is dropped after the migration's transaction: a node stopped in
+    between (the file at schema 13, ``events_v12`` still there) drops it on its next
+    open, and the log is untouched."""
+    _, events = world.pod()
+    path = tmp_path / "pod.db"
+    async with await Ledger.open(path) as ledger:
+        assert statuses(await ledger.ingest(wires(events))) == ["stored"] * len(events)
+        before = await query(ledger, "SELECT pos, id FROM events ORDER BY pos")
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("CREATE TABLE events_v12 AS SELECT * FROM events")  # what V13 set aside
+    con.close()
+    async with await Ledger.open(path) as ledger:
+        tables = await query(ledger, "SELECT name FROM sqlite_schema WHERE type = 'table'")
+        assert ("events_v12",) not in tables
+        assert await query(ledger, "SELECT pos, id FROM events ORDER BY pos") == before
