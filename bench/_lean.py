@@ -99,8 +99,8 @@ class Lean:
         stored: set[bytes] = set()
         for i in range(0, len(ids), 500):
             part = ids[i : i + 500]
-            stored.update(r[0] for r in db.execute(
-                f"SELECT id FROM events WHERE id IN ({_marks(len(part))})", part))  # fmt: skip
+            sql = f"SELECT id FROM events WHERE {store.ids_in(len(part))}"
+            stored.update(r[0] for r in db.execute(sql, [*part, *part]))
         # Requests the batch's claims name and did not open itself: their rows, by id.
         opened = {ev.id for ev, _ in events if ev.header.kind == "request.open"}
         named = list({
@@ -113,8 +113,8 @@ class Lean:
             for row in db.execute(
                 "SELECT e.id, r.rowid, r.pod, r.lane, r.status, r.accepted_claim, r.updated_ts, "
                 f"r.claims FROM events e JOIN requests r ON r.rowid = e.pos "
-                f"WHERE e.id IN ({_marks(len(part))})",
-                part,
+                f"WHERE {store.ids_in(len(part), 'e.id')}",
+                [*part, *part],
             ):
                 reqs[row[0]] = [*row[1:], False]  # last: changed by this batch
         rows, requests, offers, resources, claims = [], [], [], [], []
