@@ -174,12 +174,22 @@ async def migrate(db: aiosqlite.Connection) -> None:
         async with transaction(db):
             await _run_script(db, MIGRATIONS[target - 1])
             await db.execute(f"PRAGMA user_version={target}")
+    try:
+        await drop_leftovers(db)
+    except sqlite3.Error as err:  # the schema is whole: open anyway, try again next time
+        log.warning("could not drop what the last migration set aside (%s); the next "
+                    "open tries again", err)  # fmt: skip
+
+
+async def drop_leftovers(db: aiosqlite.Connection) -> None:
+    """Drop the tables a migration set aside (schema.LEFTOVERS), each in a transaction
+    of its own, then empty the WAL, which holds the copy and the zeroed pages."""
     left = [name for (name,) in await rows(
         db, f"SELECT name FROM sqlite_schema WHERE type = 'table' AND name IN "
         f"({marks(len(LEFTOVERS))})", LEFTOVERS)]  # fmt: skip
     for name in left:
         await db.execute(f"DROP TABLE {name}")  # autocommit: no statement journal
-    if left:  # the WAL holds the copy and the zeroed pages: give the disk back now
+    if left:
         await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 

@@ -1,8 +1,8 @@
 """Review of schema V13 (the events' indexes on 8-byte prefixes of ids and roots, no
 UNIQUE (id), the old log set aside as ``events_v12`` and dropped after the migration).
 
-Each test says whether it shows a fault ("FAULT: ...", failing on the code reviewed) or
-a corner checked and found correct.
+Each test says whether it shows a fault ("FAULT: ...", failing on the code reviewed, and
+fixed since: kept as a regression test) or a corner checked and found correct.
 """
 
 from __future__ import annotations
@@ -184,8 +184,8 @@ async def test_a_forget_scrubs_the_old_log_a_copy_set_aside_still_holds(
     ledger, so the leftover is never dropped there), and a later forget scrubs only the
     copy's ``events`` (ledger/aside.py _scrub_one): the forgotten member's body stays in
     ``events_v12`` of the copy for good, against aside.py's promise that their details
-    are destroyed in every copy. Fix: _scrub_one drops schema.LEFTOVERS tables (or
-    keep_aside does), before scrubbing."""
+    are destroyed in every copy. Fixed: _scrub_one drops schema.LEFTOVERS tables, on
+    their own, before scrubbing."""
     elm, setup = world.pod("Elm")
     ana, add = world.organizer(elm)
     key = boxes.new_member_key()
