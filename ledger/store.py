@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from podlink.ledger.errors import SchemaTooNew, StorageError
-from podlink.ledger.schema import LEFTOVERS, MIGRATIONS, SCHEMA_VERSION
+from podlink.ledger.schema import LEFTOVERS, MIGRATIONS, ROOM, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 5000  # how long a statement waits for a lock another connection holds
 PRAGMAS = (
@@ -165,6 +166,9 @@ async def migrate(db: aiosqlite.Connection) -> None:
             f"this database has schema {version}, newer than this podlink ({SCHEMA_VERSION});"
             " upgrade podlink"
         )
+    room = max((ROOM.get(t, 0.0) for t in range(version + 1, SCHEMA_VERSION + 1)), default=0.0)
+    if version and room:
+        await _check_room(db, version, room)
     if version < SCHEMA_VERSION and await scalar(db, "SELECT count(*) FROM sqlite_schema"):
         log.warning(
             "migrating the database from schema %d to %d (once; a large log takes a while: "
@@ -179,6 +183,26 @@ async def migrate(db: aiosqlite.Connection) -> None:
     except sqlite3.Error as err:  # the schema is whole: open anyway, try again next time
         log.warning("could not drop what the last migration set aside (%s); the next "
                     "open tries again", err)  # fmt: skip
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the disk holding ``folder`` (a function of its own: tests stand in
+    for a full disk through it)."""
+    return shutil.disk_usage(folder).free
+
+
+async def _check_room(db: aiosqlite.Connection, version: int, room: float) -> None:
+    """Refuse, before it starts, a migration the disk has no room for: cut short by a
+    full disk, it would leave a WAL as large as the room it found, and the node down."""
+    path = Path(next(r[2] for r in await rows(db, "PRAGMA database_list") if r[1] == "main"))
+    size = await scalar(db, "PRAGMA page_count") * await scalar(db, "PRAGMA page_size")
+    need, free = int(size * room), free_bytes(path.parent)
+    if free < need:
+        raise StorageError(
+            f"upgrading {path} from schema {version} to {SCHEMA_VERSION} copies its log once "
+            f"and needs about {need / 1e6:,.0f} MB free on its disk; {free / 1e6:,.0f} MB "
+            "are: make room (or move the folder), then start podlink again"
+        )
 
 
 async def drop_leftovers(db: aiosqlite.Connection) -> None:

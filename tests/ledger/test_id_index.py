@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from podlink.ledger import queries as q
+from podlink.ledger import store
 from podlink.ledger.errors import StorageError
 from podlink.ledger.ledger import Ledger
 from podlink.ledger.schema import MIGRATIONS
@@ -223,4 +224,34 @@ async def test_an_open_cut_before_the_old_log_was_dropped_drops_it_next_time(
     async with await Ledger.open(path) as ledger:
         tables = await query(ledger, "SELECT name FROM sqlite_schema WHERE type = 'table'")
         assert ("events_v12",) not in tables
+        assert await query(ledger, "SELECT pos, id FROM events ORDER BY pos") == before
+
+
+async def test_an_upgrade_the_disk_has_no_room_for_is_refused_before_it_starts(
+    tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """V13 copies the log: with less free disk than it needs, the open is refused with a
+    sentence that says how much, and the file is left at schema 12, whole; with room, the
+    same file opens at 13. (The disk's free space is stood in for: filling a real disk
+    is not something a test should do.)"""
+    pod, events = world.pod()
+    _, add = world.organizer(pod)
+    live_path, old = tmp_path / "live.db", tmp_path / "v12.db"
+    async with await Ledger.open(live_path) as live:
+        await live.set_pod(pod.id)
+        assert statuses(await live.ingest(wires([*events, add]))) == ["stored"] * (len(events) + 1)
+        before = await query(live, "SELECT pos, id FROM events ORDER BY pos")
+    downgrade(live_path, old, 12)
+    size = old.stat().st_size
+    monkeypatch.setattr(store, "free_bytes", lambda folder: size)  # 1 x: not enough
+    with pytest.raises(StorageError, match=r"from schema 12 to 13 copies its log once and "
+                       r"needs about [\d,]+ MB free on its disk; [\d,]+ MB are"):  # fmt: skip
+        await Ledger.open(old)
+    con = sqlite3.connect(old)
+    assert con.execute("PRAGMA user_version").fetchone() == (12,)
+    assert con.execute("SELECT pos, id FROM events ORDER BY pos").fetchall() == before
+    con.close()
+    monkeypatch.setattr(store, "free_bytes", lambda folder: 2 * size)
+    async with await Ledger.open(old) as ledger:
+        assert await query(ledger, "PRAGMA user_version") == [(len(MIGRATIONS),)]
         assert await query(ledger, "SELECT pos, id FROM events ORDER BY pos") == before
