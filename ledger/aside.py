@@ -19,7 +19,7 @@ from pathlib import Path
 
 from podlink.ledger.projections import MEMBER_KINDS
 from podlink.ledger.schema import LEFTOVERS
-from podlink.ledger.store import marks, of_roots
+from podlink.ledger.store import LEFTOVERS_HELD, marks, of_roots
 
 log = logging.getLogger("podlink.ledger")
 
@@ -60,10 +60,7 @@ def _scrub_one(path: Path, members: Sequence[bytes]) -> None:
         db.execute("PRAGMA secure_delete=ON")  # freed cells zeroed, as in the live file
         # A copy of a file whose migration was cut before it dropped the old log (schema
         # V13's events_v12) still holds every body there: drop it first, on its own.
-        for (name,) in db.execute(
-            f"SELECT name FROM sqlite_schema WHERE type = 'table' AND name IN "
-            f"({marks(len(LEFTOVERS))})", LEFTOVERS,
-        ).fetchall():  # fmt: skip
+        for (name,) in db.execute(LEFTOVERS_HELD, LEFTOVERS).fetchall():
             db.execute(f"DROP TABLE {name}")
         db.execute("BEGIN IMMEDIATE")
         try:

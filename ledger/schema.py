@@ -340,8 +340,8 @@ CREATE INDEX IF NOT EXISTS claims_pending ON claims (pod)
 # V13: the events' id index holds the first 8 bytes of each id, not all 32. Ids are
 # random, so a commit of 1,000 events wrote a page of that index for most of them; with
 # entries a third of the size the index has a third of the pages, a commit writes fewer
-# of them, and more of it stays in the page cache (docs/performance.md, thirteenth
-# round: raw's own insert and COMMIT took 13.3 -> 10.3 us/event at 100k events). A
+# of them, and more of it stays in the page cache (`python -m bench._id_index`: raw's
+# own insert and COMMIT took 14.2 -> 10.7 us/event at 100k events). A
 # lookup names the prefix and the whole id (store.id_is, ids_in, ids_joined): the prefix
 # finds the rows, the id picks the one. UNIQUE (id) goes: an id is the hash of a header
 # that holds its (author, lane, seq), which stays unique, so two rows with one id would

@@ -205,12 +205,17 @@ async def _check_room(db: aiosqlite.Connection, version: int, room: float) -> No
         )
 
 
+# The tables of schema.LEFTOVERS a file holds (bind LEFTOVERS).
+LEFTOVERS_HELD = (
+    "SELECT name FROM sqlite_schema WHERE type = 'table' "
+    f"AND name IN ({','.join('?' * len(LEFTOVERS))})"
+)
+
+
 async def drop_leftovers(db: aiosqlite.Connection) -> None:
     """Drop the tables a migration set aside (schema.LEFTOVERS), each in a transaction
     of its own, then empty the WAL, which holds the copy and the zeroed pages."""
-    left = [name for (name,) in await rows(
-        db, f"SELECT name FROM sqlite_schema WHERE type = 'table' AND name IN "
-        f"({marks(len(LEFTOVERS))})", LEFTOVERS)]  # fmt: skip
+    left = [name for (name,) in await rows(db, LEFTOVERS_HELD, LEFTOVERS)]
     for name in left:
         await db.execute(f"DROP TABLE {name}")  # autocommit: no statement journal
     if left:
