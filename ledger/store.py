@@ -205,13 +205,6 @@ async def _check_room(db: aiosqlite.Connection, version: int, room: float) -> No
         )
 
 
-# The tables of schema.LEFTOVERS a file holds (bind LEFTOVERS).
-LEFTOVERS_HELD = (
-    "SELECT name FROM sqlite_schema WHERE type = 'table' "
-    f"AND name IN ({','.join('?' * len(LEFTOVERS))})"
-)
-
-
 async def drop_leftovers(db: aiosqlite.Connection) -> None:
     """Drop the tables a migration set aside (schema.LEFTOVERS), each in a transaction
     of its own, then empty the WAL, which holds the copy and the zeroed pages."""
@@ -276,6 +269,12 @@ def chunks(items: Sequence[Any], size: int = MAX_PARAMS) -> Iterable[Sequence[An
 def marks(n: int) -> str:
     """``?,?,?`` for an IN clause of n parameters."""
     return ",".join("?" * n)
+
+
+# The tables of schema.LEFTOVERS a file holds (bind LEFTOVERS).
+LEFTOVERS_HELD = (
+    f"SELECT name FROM sqlite_schema WHERE type = 'table' AND name IN ({marks(len(LEFTOVERS))})"
+)
 
 
 def id_is(column: str = "id") -> str:

@@ -36,9 +36,10 @@ def keys_in(path: Path) -> set[bytes]:
         return {m for (m,) in db.execute("SELECT member FROM member_keys")}
 
 
-def bodies_in(path: Path, member: bytes) -> int:
+def bodies_in(path: Path, member: bytes, table: str = "events") -> int:
+    """Rows of ``table`` (an events table) of ``member``'s that still hold a body."""
     with closing(sqlite3.connect(path)) as db:
-        sql = "SELECT count(*) FROM events WHERE (id = ? OR root = ?) AND body IS NOT NULL"
+        sql = f"SELECT count(*) FROM {table} WHERE (id = ? OR root = ?) AND body IS NOT NULL"
         return db.execute(sql, (member, member)).fetchone()[0]
 
 

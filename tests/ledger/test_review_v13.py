@@ -27,6 +27,7 @@ from podlink.protocol import kinds as k
 from podlink.protocol.text import b64e
 from tests.ledger.conftest import OpenLedger
 from tests.ledger.helpers import World, query, statuses, wires
+from tests.ledger.test_aside import bodies_in, details
 from tests.ledger.test_id_index import _scans, _traced
 from tests.ledger.test_review_lifecycle import downgrade
 
@@ -34,20 +35,9 @@ EVENT_COLUMNS = ("pos, id, pod, author, lane, seq, ts, kind, root, payload, sig,
                  "received, origin")  # fmt: skip
 
 
-def _member_details(name: str) -> bytes:
-    return k.encode_body(k.MemberDetails(name=name, contact="555 0100"))
-
-
 def _tables(path: Path) -> set[str]:
     with closing(sqlite3.connect(path)) as db:
         return {n for (n,) in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-
-
-def _bodies(path: Path, table: str, member: bytes) -> int:
-    """Rows of ``table`` (an events table) of ``member``'s that still hold a body."""
-    with closing(sqlite3.connect(path)) as db:
-        sql = f"SELECT count(*) FROM {table} WHERE (id = ? OR root = ?) AND body IS NOT NULL"
-        return db.execute(sql, (member, member)).fetchone()[0]
 
 
 async def _twin(ledger: Ledger, of: bytes, *, root: bytes | None = None, tail: int = 1) -> bytes:
@@ -189,7 +179,7 @@ async def test_a_forget_scrubs_the_old_log_a_copy_set_aside_still_holds(
     elm, setup = world.pod("Elm")
     ana, add = world.organizer(elm)
     key = boxes.new_member_key()
-    gone = ana.write(k.MemberJoined(box=boxes.lock(key, _member_details("Gone Soon"))), "pod")
+    gone = ana.write(k.MemberJoined(box=boxes.lock(key, details("Gone Soon"))), "pod")
     live = tmp_path / "ledger.db"
     async with await Ledger.open(live) as ledger:
         await ledger.set_pod(elm.id)
@@ -200,15 +190,15 @@ async def test_a_forget_scrubs_the_old_log_a_copy_set_aside_still_holds(
         con.execute("CREATE TABLE events_v12 AS SELECT * FROM events")
     kept = live.with_name(f"{live.name}{aside.ASIDE}20261101-090000")
     restore.keep_aside(live, kept)  # the node stopped; restore keeps the file it replaces
-    assert _bodies(kept, "events_v12", gone.id) == 1
+    assert bodies_in(kept, gone.id, "events_v12") == 1
     async with await Ledger.open(live) as ledger:  # its own leftover dropped on open
         assert "events_v12" not in _tables(live)
         forget = ana.write(k.MemberForgotten(), "pod", [gone.id])
         assert statuses(await ledger.ingest(wires([forget]))) == ["stored"]
-    assert _bodies(kept, "events", gone.id) == 0  # the copy's log is scrubbed...
+    assert bodies_in(kept, gone.id, "events") == 0  # the copy's log is scrubbed...
     tables = _tables(kept)
     # ...and its old log must be too (or be gone)
-    assert "events_v12" not in tables or _bodies(kept, "events_v12", gone.id) == 0
+    assert "events_v12" not in tables or bodies_in(kept, gone.id, "events_v12") == 0
 
 
 async def test_a_forget_scrubs_a_copy_set_aside_before_v13(tmp_path: Path, world: World) -> None:
@@ -219,8 +209,8 @@ async def test_a_forget_scrubs_a_copy_set_aside_before_v13(tmp_path: Path, world
     elm, setup = world.pod("Elm")
     ana, add = world.organizer(elm)
     key, other_key = boxes.new_member_key(), boxes.new_member_key()
-    gone = ana.write(k.MemberJoined(box=boxes.lock(key, _member_details("Gone"))), "pod")
-    stays = ana.write(k.MemberJoined(box=boxes.lock(other_key, _member_details("Stays"))), "pod")
+    gone = ana.write(k.MemberJoined(box=boxes.lock(key, details("Gone"))), "pod")
+    stays = ana.write(k.MemberJoined(box=boxes.lock(other_key, details("Stays"))), "pod")
     live = tmp_path / "ledger.db"
     old = tmp_path / f"ledger.db{aside.ASIDE}20260101-090000"
     async with await Ledger.open(live) as ledger:
@@ -233,11 +223,11 @@ async def test_a_forget_scrubs_a_copy_set_aside_before_v13(tmp_path: Path, world
         downgrade(live, old, 12)
         with closing(sqlite3.connect(old)) as con:
             assert con.execute("PRAGMA user_version").fetchone()[0] == 12
-        assert _bodies(old, "events", gone.id) == 1
+        assert bodies_in(old, gone.id, "events") == 1
         forget = ana.write(k.MemberForgotten(), "pod", [gone.id])
         assert statuses(await ledger.ingest(wires([forget]))) == ["stored"]
-    assert _bodies(old, "events", gone.id) == 0
-    assert _bodies(old, "events", stays.id) == 1
+    assert bodies_in(old, gone.id, "events") == 0
+    assert bodies_in(old, stays.id, "events") == 1
     with closing(sqlite3.connect(old)) as con:
         assert {m for (m,) in con.execute("SELECT member FROM member_keys")} == {stays.id}
 
@@ -251,7 +241,7 @@ async def test_forget_and_hours_search_the_prefix_indexes(
     elm, setup = world.pod("Elm")
     ana, add = world.organizer(elm)
     key = boxes.new_member_key()
-    gone = ana.write(k.MemberJoined(box=boxes.lock(key, _member_details("Gone"))), "pod")
+    gone = ana.write(k.MemberJoined(box=boxes.lock(key, details("Gone"))), "pod")
     need = ana.write(k.RequestOpened(title="Soup", category="food"), "network")
     claim = ana.write(k.ClaimMade(note="me"), "network", [need.id])
     accept = ana.write(k.ClaimAccepted(), "network", [claim.id])
